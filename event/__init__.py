@@ -1,0 +1,60 @@
+"""event: process events over RabbitMQ, wire-compatible with Ruby's Hutch and hutch-schedule.
+
+Everything a user imports is listed here::
+
+    from event import WorkerPool, Publisher, Message, Context, Retry, Dead
+
+    pool = WorkerPool(namespace="myapp", concurrency=200)
+
+    @pool.consumer("app.send_email", max_concurrency=5, prefetch=30)
+    async def send_email(ctx: Context, msg: Message) -> None:
+        ...
+
+    async with Publisher(namespace="myapp") as publisher:
+        await publisher.publish("app.send_email", {"to": "a@b.c"})
+
+The errors the library raises are in :mod:`event.errors`, all derived from :class:`EventError`.
+"""
+
+from event.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    DecodeError,
+    EventError,
+    PayloadError,
+    PublishError,
+    PublishNacked,
+    PublishTimeout,
+    TopologyMismatch,
+    Unroutable,
+    ValidationError,
+)
+from event.message import Context, Message
+from event.middleware import CallNext, Middleware
+from event.pool import WorkerPool
+from event.publisher import Publisher
+from event.signals import Dead, Retry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CallNext",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "Context",
+    "Dead",
+    "DecodeError",
+    "EventError",
+    "Message",
+    "Middleware",
+    "PayloadError",
+    "PublishError",
+    "PublishNacked",
+    "PublishTimeout",
+    "Publisher",
+    "Retry",
+    "TopologyMismatch",
+    "Unroutable",
+    "ValidationError",
+    "WorkerPool",
+]

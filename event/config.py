@@ -1,0 +1,73 @@
+"""Settings and their validation: every bad value fails early, with the setting named."""
+
+from __future__ import annotations
+
+import math
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+from event.errors import ConfigurationError
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_EXCHANGE = "hutch"
+DEFAULT_PREFETCH = 50
+DEFAULT_CONCURRENCY = 200
+DEFAULT_GRACE_S = 30.0
+DEFAULT_PUBLISH_TIMEOUT_S = 30.0
+DEFAULT_THREADS = 32
+
+
+def resolve_url(url: str | None) -> str:
+    """The broker URL to use: ``url`` if given, else ``$AMQP_URL``, else the local broker."""
+    chosen = url or os.environ.get("AMQP_URL") or DEFAULT_URL
+    scheme = urlsplit(chosen).scheme
+    if scheme not in ("amqp", "amqps"):
+        raise ConfigurationError(f"broker URL {redact_url(chosen)!r} must start with amqp:// or amqps://")
+    return chosen
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def check_count(name: str, value: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """``value`` if it is a whole number within bounds, else a :class:`ConfigurationError` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be a whole number, not {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ConfigurationError(f"{name} must be at least {minimum}{upper}, not {value}")
+    return value
+
+
+def check_seconds(name: str, value: float, *, allow_zero: bool = True) -> float:
+    """``value`` if it is a finite, non-negative number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number of seconds, not {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigurationError(
+            f"{name} must be {'at least' if allow_zero else 'more than'} 0 s, not {value}"
+        )
+    return float(value)
+
+
+def check_name(name: str, value: str) -> str:
+    """``value`` if it is a usable AMQP name (exchange or queue): a short string without white space."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty string, not {value!r}")
+    if len(value.encode()) > 255 or any(ch.isspace() for ch in value):
+        raise ConfigurationError(f"{name} {value!r} must be at most 255 bytes and contain no white space")
+    if value.startswith("amq."):
+        raise ConfigurationError(f"{name} {value!r}: names starting with 'amq.' are reserved by the broker")
+    return value

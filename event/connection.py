@@ -1,0 +1,87 @@
+"""Opening AMQP connections and channels, with errors that say what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiormq
+import aiormq.abc
+from aiormq import exceptions as amqp_errors
+
+from event.config import redact_url
+from event.errors import ConnectionFailed
+
+Connection = aiormq.abc.AbstractConnection
+Channel = aiormq.abc.AbstractChannel
+
+HOW_TO_GET_A_BROKER = (
+    "start one locally with `rabbitmq-server -detached` (Debian: `apt-get install rabbitmq-server`), "
+    "or point AMQP_URL at a running broker"
+)
+
+
+async def connect(url: str, *, name: str, timeout: float = 10.0) -> Connection:
+    """Open a connection to ``url``, raising :class:`ConnectionFailed` with a readable reason."""
+    shown = redact_url(url)
+    try:
+        async with asyncio.timeout(timeout):
+            connection: Connection = await aiormq.connect(
+                url, client_properties={"connection_name": name, "product": "event (Python)"}
+            )
+            return connection
+    except amqp_errors.ProbableAuthenticationError as exc:
+        raise ConnectionFailed(
+            f"RabbitMQ at {shown} refused the login ({exc}): check the user and password in the URL"
+        ) from exc
+    except amqp_errors.AuthenticationError as exc:
+        raise ConnectionFailed(f"RabbitMQ at {shown} refused the login mechanism: {exc}") from exc
+    except TimeoutError as exc:
+        raise ConnectionFailed(
+            f"RabbitMQ at {shown} did not answer within {timeout:g} s; {HOW_TO_GET_A_BROKER}"
+        ) from exc
+    except (amqp_errors.AMQPError, OSError) as exc:
+        reason = _close_reason(exc)
+        if isinstance(exc, amqp_errors.InvalidFrameError) and "Connection.Close" in str(exc):
+            # aiormq drops the broker's reply text here; at this step the only refusal is of the vhost.
+            vhost = unquote(urlsplit(url).path[1:]) or "/"
+            raise ConnectionFailed(
+                f"RabbitMQ at {shown} refused vhost {vhost!r}: it does not exist or the user may not use "
+                f"it. Create it with `rabbitmqctl add_vhost {vhost}` and grant access with "
+                f"`rabbitmqctl set_permissions -p {vhost} USER '.*' '.*' '.*'`, or fix the URL"
+            ) from exc
+        raise ConnectionFailed(
+            f"cannot reach RabbitMQ at {shown} ({reason or exc}); {HOW_TO_GET_A_BROKER}"
+        ) from exc
+
+
+def _close_reason(exc: BaseException) -> str | None:
+    """The broker's own words from a Connection.Close frame hidden in an aiormq error, if any."""
+    for arg in exc.args:
+        text = getattr(arg, "reply_text", None)
+        if isinstance(text, str):
+            return text
+    return str(exc) if exc.args else None
+
+
+async def open_channel(connection: Connection, *, confirms: bool, prefetch: int | None = None) -> Channel:
+    """A new channel; ``confirms`` turns on publisher confirms, ``prefetch`` sets its QoS."""
+    try:
+        channel: Channel = await connection.channel(publisher_confirms=confirms)
+        if prefetch is not None:
+            await channel.basic_qos(prefetch_count=prefetch)
+    except (amqp_errors.AMQPError, RuntimeError, ConnectionError) as exc:
+        raise ConnectionFailed(f"could not open a channel: {exc}") from exc
+    return channel
+
+
+async def close_quietly(thing: Any) -> None:
+    """Close a channel or connection, ignoring that it may already be gone."""
+    if thing is None or thing.is_closed:
+        return
+    try:
+        async with asyncio.timeout(5):
+            await thing.close()
+    except Exception:  # best effort at shutdown: the broker cleans up after a dead connection anyway
+        pass

@@ -1,0 +1,99 @@
+"""A consumer's definition: what it consumes and how. Data only; the behaviour lives in ``dispatch``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from event import wire
+from event.config import check_count, check_name, check_seconds
+from event.errors import ConfigurationError
+from event.message import Message
+from event.middleware import Middleware
+
+AsyncHandler = Callable[[Any, Message[Any]], Awaitable[None]]
+SyncHandler = Callable[[Any, Message[Any]], None]
+Handler = AsyncHandler | SyncHandler
+
+# Hutch's queue options map to these exact argument keys (spec section 2).
+KNOWN_QUEUE_TYPES = ("classic", "quorum")
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """One consumer: its queue, bindings, handler and limits."""
+
+    handler: Handler
+    routing_keys: tuple[str, ...]
+    queue: str
+    context: Callable[[], Any]
+    prefetch: int
+    max_concurrency: int
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    middleware: tuple[Middleware, ...] = ()
+    timeout: float | None = None
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the handler is a coroutine function (else it runs in the pool's thread pool)."""
+        return inspect.iscoroutinefunction(self.handler)
+
+    @property
+    def bindings(self) -> tuple[str, ...]:
+        """The binding keys on the main exchange: each routing key, then the queue's own name."""
+        return (*self.routing_keys, self.queue)
+
+
+def define_consumer(
+    handler: Handler,
+    routing_keys: tuple[str, ...],
+    *,
+    namespace: str,
+    queue: str | None,
+    context: Callable[[], Any],
+    prefetch: int,
+    max_concurrency: int,
+    arguments: Mapping[str, Any] | None,
+    middleware: tuple[Middleware, ...],
+    timeout: float | None,
+) -> Consumer:
+    """Validate the options of ``@pool.consumer`` and build the :class:`Consumer`; errors name the handler."""
+    where = getattr(handler, "__qualname__", repr(handler))
+    if not callable(handler):
+        raise ConfigurationError(f"consumer handler {handler!r} is not callable")
+    if not routing_keys:
+        raise ConfigurationError(f"consumer {where} needs at least one routing key")
+    for key in routing_keys:
+        wire.validate_routing_key(key, pattern=True)
+    if len(set(routing_keys)) != len(routing_keys):
+        raise ConfigurationError(f"consumer {where} lists a routing key twice: {routing_keys}")
+    if queue is not None:
+        check_name(f"queue of consumer {where}", queue)
+    name = queue if queue is not None else wire.name_from_qualname(where)
+    full = wire.queue_name(namespace, name)
+    check_name(f"queue of consumer {where}", full)
+    if not callable(context):
+        raise ConfigurationError(
+            f"context of consumer {where} must be a class or a callable, not {context!r}"
+        )
+    args = dict(arguments or {})
+    queue_type = args.get("x-queue-type")
+    if queue_type is not None and queue_type not in KNOWN_QUEUE_TYPES:
+        raise ConfigurationError(
+            f"x-queue-type of consumer {where} must be one of {KNOWN_QUEUE_TYPES}, not {queue_type!r}"
+        )
+    return Consumer(
+        handler=handler,
+        routing_keys=routing_keys,
+        queue=full,
+        context=context,
+        prefetch=check_count(f"prefetch of consumer {where}", prefetch, minimum=1, maximum=65535),
+        max_concurrency=check_count(f"max_concurrency of consumer {where}", max_concurrency),
+        arguments=args,
+        middleware=middleware,
+        timeout=None
+        if timeout is None
+        else check_seconds(f"timeout of consumer {where}", timeout, allow_zero=False),
+    )

@@ -1,0 +1,254 @@
+"""The hot path: delivery -> decode -> middleware -> handler -> ack, or a confirmed dead copy then ack.
+
+One :class:`Dispatcher` serves one consumer. It owns the consumer's concurrency limit and the tasks
+running its handlers; the pool hands it a fresh :class:`AckTracker` whenever its channel is (re)opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import orjson
+from aiormq import spec
+from aiormq.abc import DeliveredMessage
+
+from event import wire
+from event.acks import AckTracker
+from event.consumer import Consumer
+from event.errors import DecodeError
+from event.message import Message
+from event.middleware import Middleware, Step, compose
+
+log = logging.getLogger("event.dispatch")
+
+# Publishes a copy through the default exchange to the named queue and waits for its confirm.
+SendCopy = Callable[[str, bytes, spec.Basic.Properties], Awaitable[None]]
+
+REQUEUE_PAUSE_S = 1.0
+
+
+class HandlerAborted(Exception):
+    """A sync handler's thread raised a BaseException (KeyboardInterrupt, SystemExit): the message failed."""
+
+
+def decode(raw: bytes, content_type: str | None) -> Any:
+    """The JSON body of a delivery; :class:`DecodeError` for another content type or invalid JSON."""
+    if content_type:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != wire.CONTENT_TYPE:
+            raise DecodeError(f"content type {content_type!r} is not {wire.CONTENT_TYPE}")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"body is not valid JSON ({exc}); it starts with {raw[:40]!r}") from exc
+
+
+def _call_sync(
+    handler: Callable[[Any, Message[Any]], Any], ctx: Any, msg: Message[Any]
+) -> BaseException | None:
+    # Runs in a worker thread. A BaseException escaping here would reach the event loop and stop the
+    # worker, so it is handed back as a value and turned into an ordinary failure of this message.
+    try:
+        handler(ctx, msg)
+    except BaseException as exc:
+        return exc
+    return None
+
+
+def endpoint_for(consumer: Consumer, executor: Executor) -> Step:
+    """The innermost step of the chain: the handler itself, in the loop or in the thread pool."""
+    handler = consumer.handler
+    if consumer.is_async:
+        return handler  # type: ignore[return-value]
+
+    async def in_thread(ctx: Any, msg: Message[Any]) -> None:
+        error = await asyncio.get_running_loop().run_in_executor(executor, _call_sync, handler, ctx, msg)
+        if error is None:
+            return
+        if isinstance(error, Exception):
+            raise error
+        raise HandlerAborted(f"handler raised {type(error).__name__}: {error}") from error
+
+    return in_thread
+
+
+class Dispatcher:
+    """Runs one consumer's deliveries under its limits and settles each one exactly once."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        *,
+        exchange: str,
+        dead_queue: str,
+        middleware: Sequence[Middleware],
+        pool_slots: asyncio.Semaphore | None,
+        executor: Executor,
+        send_copy: SendCopy,
+    ) -> None:
+        self.consumer = consumer
+        self.exchange = exchange
+        self.dead_queue = dead_queue
+        self.chain = compose((*middleware, *consumer.middleware), endpoint_for(consumer, executor))
+        self.slots = asyncio.Semaphore(consumer.max_concurrency) if consumer.max_concurrency else None
+        self.pool_slots = pool_slots
+        self.send_copy = send_copy
+        self.acks: AckTracker | None = None
+        self.accepting = True
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.running = 0  # handlers running now (for tests and metrics)
+
+    def attach(self, acks: AckTracker) -> None:
+        """Use ``acks`` for the deliveries of a newly opened channel."""
+        self.acks = acks
+
+    async def on_delivery(self, delivered: DeliveredMessage) -> None:
+        """aiormq's consumer callback.
+
+        aiormq runs it in a task that dies with the channel; the work moves to a task of ours so that a
+        handler running when the connection drops still finishes (its ack is dropped with the channel,
+        and the broker redelivers the message).
+        """
+        acks = self.acks
+        if acks is None:
+            return
+        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
+        tag: int = deliver.delivery_tag  # type: ignore[assignment]
+        acks.delivered(tag)
+        task = asyncio.get_running_loop().create_task(self._run(delivered, tag, acks))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+        # The consumer's own limit first, so that messages waiting for it never hold a pool-wide slot.
+        slots, pool_slots = self.slots, self.pool_slots
+        if slots is not None:
+            await slots.acquire()
+        try:
+            if pool_slots is not None:
+                await pool_slots.acquire()
+            try:
+                if self.accepting and acks.alive:
+                    # A delivery not started before shutdown stays unacked: the broker hands it back.
+                    await self._process(delivered, tag, acks)
+            finally:
+                if pool_slots is not None:
+                    pool_slots.release()
+        finally:
+            if slots is not None:
+                slots.release()
+
+    async def _process(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+        consumer = self.consumer
+        props = delivered.header.properties
+        headers: dict[str, Any] = props.headers or {}
+        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
+        delivery_routing_key: str = deliver.routing_key or ""
+        routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
+        failures = wire.failures(headers, consumer.routing_keys, consumer.queue)
+        try:
+            body = decode(delivered.body, props.content_type)
+        except DecodeError as exc:
+            await self._to_dead_queue(delivered, tag, acks, routing_key, failures, exc)
+            return
+        msg: Message[Any] = Message(
+            routing_key=routing_key,
+            body=body,
+            raw=delivered.body,
+            headers=headers,
+            message_id=props.message_id,
+            timestamp=props.timestamp,
+            attempt=failures + 1,
+            redelivered=bool(deliver.redelivered),
+            queue=consumer.queue,
+            delivery_routing_key=delivery_routing_key,
+            exchange=deliver.exchange or "",
+        )
+        self.running += 1
+        try:
+            ctx = consumer.context()
+            if consumer.timeout is None:
+                await self.chain(ctx, msg)
+            else:
+                async with asyncio.timeout(consumer.timeout):
+                    await self.chain(ctx, msg)
+        except Exception as exc:
+            self.running -= 1
+            await self._to_dead_queue(delivered, tag, acks, routing_key, failures, exc, msg)
+            return
+        except BaseException:
+            self.running -= 1
+            raise
+        self.running -= 1
+        await acks.ack(tag)
+
+    async def _to_dead_queue(
+        self,
+        delivered: DeliveredMessage,
+        tag: int,
+        acks: AckTracker,
+        routing_key: str,
+        failures: int,
+        error: BaseException,
+        msg: Message[Any] | None = None,
+    ) -> None:
+        consumer = self.consumer
+        props = delivered.header.properties
+        log.error(
+            "message %s (%s) failed in %s on attempt %d: %s: %s; sending it to the dead queue %s",
+            props.message_id,
+            routing_key,
+            consumer.queue,
+            failures + 1,
+            type(error).__name__,
+            error,
+            self.dead_queue,
+            exc_info=error if msg is not None else None,
+            extra={
+                "message_id": props.message_id,
+                "routing_key": routing_key,
+                "queue": consumer.queue,
+                "attempt": failures + 1,
+            },
+        )
+        headers = wire.dead_headers(
+            props.headers or {},
+            routing_key=routing_key,
+            queue=consumer.queue,
+            error=wire.format_error(error),
+            failed_at_ms=int(time.time() * 1000),
+            failures=failures,
+        )
+        copy = spec.Basic.Properties(
+            content_type=props.content_type,
+            content_encoding=props.content_encoding,
+            delivery_mode=wire.PERSISTENT,
+            message_id=props.message_id or str(uuid.uuid4()),
+            timestamp=props.timestamp,
+            headers=headers,
+            correlation_id=props.correlation_id,
+            reply_to=props.reply_to,
+            message_type=props.message_type,
+            app_id=props.app_id,
+        )
+        try:
+            await self.send_copy(self.dead_queue, delivered.body, copy)
+        except Exception as exc:
+            # Not confirmed, so not acked: hand the message back to the broker to try again later.
+            log.error(
+                "could not store message %s in the dead queue %s (%s); it stays in %s for redelivery",
+                props.message_id,
+                self.dead_queue,
+                exc,
+                consumer.queue,
+            )
+            await asyncio.sleep(REQUEUE_PAUSE_S)
+            await acks.reject(tag)
+            return
+        await acks.ack(tag)

@@ -1,0 +1,385 @@
+"""WorkerPool: the registry of consumers and their lifecycle (start, run, reconnect, drain, stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from aiormq import spec
+
+from event import topology, wire
+from event.acks import AckTracker
+from event.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_EXCHANGE,
+    DEFAULT_GRACE_S,
+    DEFAULT_PREFETCH,
+    DEFAULT_PUBLISH_TIMEOUT_S,
+    DEFAULT_THREADS,
+    check_count,
+    check_name,
+    check_seconds,
+    redact_url,
+    resolve_url,
+)
+from event.connection import Channel, Connection, close_quietly, connect, open_channel
+from event.consumer import Consumer, Handler, define_consumer
+from event.dispatch import Dispatcher
+from event.errors import ConfigurationError, ConnectionFailed, EventError
+from event.message import Context
+from event.middleware import Middleware
+from event.publisher import send
+
+log = logging.getLogger("event.pool")
+
+H = TypeVar("H", bound=Handler)
+M = TypeVar("M", bound=Middleware)
+
+ACK_INTERVAL_S = 0.05
+RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def _is_async(func: object) -> bool:
+    # inspect's TypeGuard would narrow the decorated function's type away from the caller's own.
+    return inspect.iscoroutinefunction(func)
+
+
+class WorkerPool:
+    """Consumers bound to a Hutch exchange, each with its own durable queue, run under shared limits.
+
+    ``concurrency`` caps the handlers running at once in the whole pool (0: no cap); each consumer may
+    cap its own with ``max_concurrency``. ``grace`` is how long shutdown waits for running handlers
+    before cancelling them (their messages then go back to the queue).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str = "",
+        exchange: str = DEFAULT_EXCHANGE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        grace: float = DEFAULT_GRACE_S,
+        threads: int = DEFAULT_THREADS,
+        dead_queue_ttl_ms: int = wire.DEAD_QUEUE_TTL_MS,
+        dead_queue_max_length: int = wire.DEAD_QUEUE_MAX_LENGTH,
+        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
+        name: str = "event worker",
+    ) -> None:
+        self.url = resolve_url(url)
+        self.namespace = namespace
+        self.exchange = check_name("exchange", exchange)
+        self.concurrency = check_count("concurrency", concurrency)
+        self.grace = check_seconds("grace", grace)
+        self.threads = check_count("threads", threads, minimum=1)
+        self.dead_queue = wire.dead_queue_name(namespace, exchange)
+        self.dead_queue_ttl_ms = check_count("dead_queue_ttl_ms", dead_queue_ttl_ms, minimum=1)
+        self.dead_queue_max_length = check_count("dead_queue_max_length", dead_queue_max_length, minimum=1)
+        self.publish_timeout = check_seconds("publish_timeout", publish_timeout, allow_zero=False)
+        self.name = name
+        self._consumers: dict[str, Consumer] = {}
+        self._middleware: list[Middleware] = []
+        self._dispatchers: list[Dispatcher] = []
+        self._connection: Connection | None = None
+        self._publish_channel: Channel | None = None
+        self._consuming: list[tuple[Channel, str, AckTracker]] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._ready: asyncio.Event | None = None
+        self._stop_calls = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkerPool(url={redact_url(self.url)!r}, namespace={self.namespace!r}, "
+            f"exchange={self.exchange!r}, consumers={list(self._consumers)})"
+        )
+
+    # --- registration ------------------------------------------------------------------------------------
+
+    def consumer(
+        self,
+        *routing_keys: str,
+        queue: str | None = None,
+        context: Callable[[], Any] = Context,
+        prefetch: int = DEFAULT_PREFETCH,
+        max_concurrency: int = 0,
+        arguments: Mapping[str, Any] | None = None,
+        middleware: tuple[Middleware, ...] = (),
+        timeout: float | None = None,
+    ) -> Callable[[H], H]:
+        """Register the decorated function as the consumer of ``routing_keys`` (topic patterns allowed).
+
+        Its queue is ``<namespace>:<queue>``, ``queue`` defaulting to the function's name in Hutch's
+        snake case. ``context`` is called for every message; the instance goes to each middleware and
+        to the handler. ``prefetch`` bounds the unacknowledged messages the broker sends this consumer,
+        ``max_concurrency`` the handlers it runs at once (0: only the pool's limit applies).
+        """
+
+        def register(handler: H) -> H:
+            defined = define_consumer(
+                handler,
+                routing_keys,
+                namespace=self.namespace,
+                queue=queue,
+                context=context,
+                prefetch=prefetch,
+                max_concurrency=max_concurrency,
+                arguments=arguments,
+                middleware=middleware,
+                timeout=timeout,
+            )
+            if defined.queue == self.dead_queue or wire.is_delay_queue_name(defined.queue, self.exchange):
+                raise ConfigurationError(
+                    f"queue {defined.queue!r} is reserved for event's own use; choose another"
+                )
+            taken = self._consumers.get(defined.queue)
+            if taken is not None:
+                raise ConfigurationError(
+                    f"queue {defined.queue!r} already belongs to consumer {taken.handler.__qualname__}; "
+                    f"give {getattr(handler, '__qualname__', handler)} another name with queue=..."
+                )
+            self._consumers[defined.queue] = defined
+            return handler
+
+        return register
+
+    def middleware(self, func: M) -> M:
+        """Register pool-wide middleware ``async def mw(ctx, msg, call_next)``; the first runs outermost."""
+        if not _is_async(func):
+            raise ConfigurationError(f"middleware {func!r} must be an async function (ctx, msg, call_next)")
+        self._middleware.append(func)
+        return func
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        """The registered consumers, in registration order."""
+        return tuple(self._consumers.values())
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Consume until SIGTERM/SIGINT or :meth:`stop`, reconnecting when the connection drops, then drain.
+
+        Raises :class:`ConfigurationError` or :class:`ConnectionFailed` when the first start fails.
+        """
+        if not self._consumers:
+            raise ConfigurationError(
+                f"{self!r} has no consumers: decorate a handler with @pool.consumer(...)"
+            )
+        loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._stop_calls = 0
+        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="event-handler")
+        pool_slots = asyncio.Semaphore(self.concurrency) if self.concurrency else None
+        self._dispatchers = [
+            Dispatcher(
+                consumer,
+                exchange=self.exchange,
+                dead_queue=self.dead_queue,
+                middleware=self._middleware,
+                pool_slots=pool_slots,
+                executor=self._executor,
+                send_copy=self._send_copy,
+            )
+            for consumer in self._consumers.values()
+        ]
+        installed: list[signal.Signals] = []
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(signum, self.stop)
+                    installed.append(signum)
+        try:
+            await self._start()
+            self._ready.set()
+            log.info("%s consuming %d queue(s) at %s", self.name, len(self._consumers), redact_url(self.url))
+            while not self._stop_requested.is_set():
+                connection = self._connection
+                assert connection is not None
+                stop_wait = asyncio.ensure_future(self._stop_requested.wait())
+                await asyncio.wait({stop_wait, connection.closing}, return_when=asyncio.FIRST_COMPLETED)
+                stop_wait.cancel()
+                if self._stop_requested.is_set():
+                    break
+                self._ready.clear()
+                log.warning("lost the connection to RabbitMQ at %s; reconnecting", redact_url(self.url))
+                self._forget_channels()
+                await self._reconnect()
+                if not self._stop_requested.is_set():
+                    self._ready.set()
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop: no new deliveries, running handlers finish within ``grace``.
+
+        A second call cancels running handlers at once (their messages go back to the queue).
+        """
+        self._stop_calls += 1
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Wait until :meth:`run` consumes from every queue (call it once :meth:`run` has started)."""
+        if self._ready is None:
+            raise RuntimeError(f"{self!r} is not running: start pool.run() first")
+        async with asyncio.timeout(timeout):
+            await self._ready.wait()
+
+    @contextlib.asynccontextmanager
+    async def running(self, timeout: float = 30.0) -> AsyncIterator[WorkerPool]:
+        """Run the pool in the background for the body of an ``async with`` (handy in tests and scripts)."""
+        task = asyncio.create_task(self.run(install_signal_handlers=False))
+        await asyncio.sleep(0)  # let run() create its events
+        ready = asyncio.create_task(self.wait_until_ready(timeout))
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            ready.cancel()
+            task.result()  # raises the start error
+        await ready
+        try:
+            yield self
+        finally:
+            self.stop()
+            await task
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers running right now, across all consumers."""
+        return sum(d.running for d in self._dispatchers)
+
+    # --- internals ---------------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        connection = await connect(self.url, name=self.name)
+        self._connection = connection
+        try:
+            await self._declare(connection)
+            self._publish_channel = await open_channel(connection, confirms=True)
+            for dispatcher in self._dispatchers:
+                await self._consume(connection, dispatcher)
+        except BaseException:
+            self._forget_channels()
+            await close_quietly(connection)
+            raise
+
+    async def _declare(self, connection: Connection) -> None:
+        channel = await open_channel(connection, confirms=False)
+        try:
+            await topology.declare_exchange(channel, self.exchange)
+            await topology.declare_dead_queue(
+                channel, self.dead_queue, ttl_ms=self.dead_queue_ttl_ms, max_length=self.dead_queue_max_length
+            )
+            for consumer in self._consumers.values():
+                await topology.declare_queue(
+                    channel,
+                    consumer.queue,
+                    consumer.arguments,
+                    role=f"queue of consumer {consumer.handler.__qualname__}",
+                )
+                await topology.bind_queue(channel, consumer.queue, self.exchange, consumer.bindings)
+        finally:
+            await close_quietly(channel)
+
+    async def _consume(self, connection: Connection, dispatcher: Dispatcher) -> None:
+        consumer = dispatcher.consumer
+        channel = await open_channel(connection, confirms=False, prefetch=consumer.prefetch)
+
+        async def send_ack(tag: int, multiple: bool) -> None:
+            await channel.basic_ack(tag, multiple=multiple)
+
+        async def send_reject(tag: int) -> None:
+            await channel.basic_reject(tag, requeue=True)
+
+        acks = AckTracker(
+            send_ack, send_reject, batch=max(1, consumer.prefetch // 4), interval=ACK_INTERVAL_S
+        )
+        dispatcher.attach(acks)
+        ok = await channel.basic_consume(consumer.queue, dispatcher.on_delivery)
+        self._consuming.append((channel, ok.consumer_tag, acks))  # type: ignore[arg-type]
+
+    async def _send_copy(self, queue: str, body: bytes, props: spec.Basic.Properties) -> None:
+        channel = self._publish_channel
+        if channel is None or channel.is_closed:
+            raise ConnectionFailed(f"no open channel to publish a copy to {queue!r}")
+        await send(
+            channel, exchange="", routing_key=queue, body=body, props=props, timeout=self.publish_timeout
+        )
+
+    def _forget_channels(self) -> None:
+        # Delivery tags belong to their channel: once it is gone, no ack may be sent for them anywhere.
+        for _, _, acks in self._consuming:
+            acks.abandon()
+        self._consuming = []
+        self._publish_channel = None
+
+    async def _reconnect(self) -> None:
+        assert self._stop_requested is not None
+        attempt = 0
+        while not self._stop_requested.is_set():
+            delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop_requested.wait()
+            if self._stop_requested.is_set():
+                return
+            try:
+                await self._start()
+            except ConfigurationError:
+                raise
+            except (EventError, OSError) as exc:
+                log.warning("reconnect attempt %d to %s failed: %s", attempt, redact_url(self.url), exc)
+                continue
+            log.info("reconnected to RabbitMQ at %s after %d attempt(s)", redact_url(self.url), attempt)
+            return
+
+    async def _shutdown(self) -> None:
+        for dispatcher in self._dispatchers:
+            dispatcher.accepting = False
+        for channel, consumer_tag, _ in self._consuming:
+            with contextlib.suppress(Exception):
+                await channel.basic_cancel(consumer_tag)
+        await self._drain()
+        for _, _, acks in self._consuming:
+            await acks.close()
+        for channel, _, _ in self._consuming:
+            await close_quietly(channel)
+        self._consuming = []
+        await close_quietly(self._publish_channel)
+        await close_quietly(self._connection)
+        self._publish_channel = self._connection = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        log.info("%s stopped", self.name)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace
+        while True:
+            tasks = {task for d in self._dispatchers for task in d.tasks}
+            if not tasks:
+                return
+            left = deadline - loop.time()
+            if left <= 0 or self._stop_calls > 1:
+                break
+            await asyncio.wait(tasks, timeout=min(left, 0.1))
+        running = {task for d in self._dispatchers for task in d.tasks}
+        log.warning(
+            "%d handler(s) still running after the %g s grace period: cancelling them",
+            len(running),
+            self.grace,
+        )
+        for task in running:
+            task.cancel()
+        await asyncio.wait(running, timeout=5)

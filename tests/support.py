@@ -1,0 +1,228 @@
+"""Helpers for the integration tests: the broker under test, its management API, and isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+HOW_TO_GET_A_BROKER = (
+    "Integration tests need a RabbitMQ broker. Start one with `rabbitmq-server -detached` "
+    "(Debian: `apt-get install rabbitmq-server`), or set AMQP_URL to a running broker; "
+    "with a Docker engine available, unset AMQP_URL and the tests start one with testcontainers."
+)
+
+
+def spec_dir() -> Path:
+    """Where shared/spec lives: $EVENT_SPEC_DIR, else ../shared/spec beside the checkout."""
+    configured = os.environ.get("EVENT_SPEC_DIR")
+    here = Path(__file__).resolve().parent.parent
+    candidates = [Path(configured)] if configured else []
+    candidates += [here.parent / "shared" / "spec", here / "shared" / "spec"]
+    for candidate in candidates:
+        if (candidate / "vectors.json").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"cannot find shared/spec/vectors.json (looked in {[str(c) for c in candidates]}); "
+        "set EVENT_SPEC_DIR to the folder holding wire-format.md and vectors.json"
+    )
+
+
+def vectors() -> dict[str, Any]:
+    """The spec's test vectors."""
+    loaded: dict[str, Any] = json.loads((spec_dir() / "vectors.json").read_text())
+    return loaded
+
+
+def broker_answers(url: str, timeout: float = 3.0) -> bool:
+    """Whether something accepts TCP connections at the URL's host and port."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Management:
+    """A small client of RabbitMQ's management HTTP API (the tests' window onto the broker)."""
+
+    base: str
+    user: str
+    password: str
+    vhost: str = "/"
+
+    @classmethod
+    def for_amqp_url(cls, amqp_url: str) -> Management:
+        parts = urllib.parse.urlsplit(amqp_url)
+        base = os.environ.get("RABBITMQ_MANAGEMENT_URL", f"http://{parts.hostname or '127.0.0.1'}:15672")
+        vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        return cls(base.rstrip("/"), parts.username or "guest", parts.password or "guest", vhost)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and method == "DELETE":
+                return None
+            raise
+        return json.loads(raw) if raw else None
+
+    @property
+    def _v(self) -> str:
+        return urllib.parse.quote(self.vhost, safe="")
+
+    def answers(self) -> bool:
+        try:
+            self.request("GET", "/api/overview")
+        except (OSError, urllib.error.URLError):
+            return False
+        return True
+
+    def queue(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.request(
+            "GET", f"/api/queues/{self._v}/{urllib.parse.quote(name, safe='')}"
+        )
+        return found
+
+    def exchange(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.request(
+            "GET", f"/api/exchanges/{self._v}/{urllib.parse.quote(name, safe='')}"
+        )
+        return found
+
+    def queue_names(self) -> list[str]:
+        return [q["name"] for q in self.request("GET", f"/api/queues/{self._v}?columns=name")]
+
+    def bindings_of(self, queue: str) -> list[dict[str, Any]]:
+        path = f"/api/queues/{self._v}/{urllib.parse.quote(queue, safe='')}/bindings"
+        found: list[dict[str, Any]] = self.request("GET", path)
+        return found
+
+    def delete_queue(self, name: str) -> None:
+        self.request("DELETE", f"/api/queues/{self._v}/{urllib.parse.quote(name, safe='')}")
+
+    def delete_exchange(self, name: str) -> None:
+        self.request("DELETE", f"/api/exchanges/{self._v}/{urllib.parse.quote(name, safe='')}")
+
+    def connections(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.request("GET", "/api/connections")
+        return found
+
+    def close_connections(self, client_name: str) -> int:
+        """Close every connection whose client-given name is ``client_name``; returns how many."""
+        closed = 0
+        for conn in self.connections():
+            if (conn.get("client_properties") or {}).get("connection_name") == client_name:
+                self.request("DELETE", f"/api/connections/{urllib.parse.quote(conn['name'], safe='')}")
+                closed += 1
+        return closed
+
+
+@dataclass
+class Isolation:
+    """One test's private namespace and exchange; ``cleanup`` deletes what the test declared."""
+
+    management: Management
+    namespace: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    exchange: str = ""
+    extra_queues: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.exchange:
+            self.exchange = f"ex-{self.namespace}"
+
+    def cleanup(self) -> None:
+        prefix = f"{self.namespace}:"
+        for name in self.management.queue_names():
+            if name.startswith(prefix) or name in self.extra_queues:
+                self.management.delete_queue(name)
+        self.management.delete_exchange(self.exchange)
+
+
+async def eventually(
+    check: Callable[[], bool] | Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+) -> None:
+    """Wait until ``check()`` is true; fail with the time it took otherwise."""
+    started = time.monotonic()
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout} s: {getattr(check, '__name__', check)}")
+        await asyncio.sleep(interval)
+
+
+class Probe:
+    """A raw aiormq connection of the test's own, to look at queues and publish as other clients do."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._connection: Any = None
+        self._channel: Any = None
+
+    async def channel(self) -> Any:
+        import aiormq
+
+        if self._channel is None or self._channel.is_closed:
+            if self._connection is None or self._connection.is_closed:
+                self._connection = await aiormq.connect(self.url)
+            self._channel = await self._connection.channel()
+        return self._channel
+
+    async def depth(self, queue: str) -> int:
+        """Messages ready in ``queue`` right now (a passive declare: no management-API lag)."""
+        ok = await (await self.channel()).queue_declare(queue, passive=True)
+        count: int = ok.message_count
+        return count
+
+    async def take_all(self, queue: str) -> list[Any]:
+        """Every message ready in ``queue``, taken off it."""
+        from aiormq import spec
+
+        channel = await self.channel()
+        taken = []
+        while True:
+            got = await channel.basic_get(queue, no_ack=True)
+            if isinstance(got.delivery, spec.Basic.GetEmpty):
+                return taken
+            taken.append(got)
+
+    async def publish(self, exchange: str, routing_key: str, body: bytes, **props: Any) -> None:
+        """Publish like another client would, with exactly the properties given."""
+        from aiormq import spec
+
+        await (await self.channel()).basic_publish(
+            body, exchange=exchange, routing_key=routing_key, properties=spec.Basic.Properties(**props)
+        )
+
+    async def close(self) -> None:
+        if self._connection is not None and not self._connection.is_closed:
+            await self._connection.close()
