@@ -12,6 +12,7 @@ from event.config import check_count, check_name, check_seconds
 from event.errors import ConfigurationError
 from event.message import Message
 from event.middleware import Middleware
+from event.retry import Backoff
 
 AsyncHandler = Callable[[Any, Message[Any]], Awaitable[None]]
 SyncHandler = Callable[[Any, Message[Any]], None]
@@ -34,6 +35,8 @@ class Consumer:
     arguments: Mapping[str, Any] = field(default_factory=dict)
     middleware: tuple[Middleware, ...] = ()
     timeout: float | None = None
+    retries: int = 0
+    backoff: Backoff | None = None
 
     @property
     def is_async(self) -> bool:
@@ -58,6 +61,8 @@ def define_consumer(
     arguments: Mapping[str, Any] | None,
     middleware: tuple[Middleware, ...],
     timeout: float | None,
+    retries: int,
+    backoff: Backoff | None,
 ) -> Consumer:
     """Validate the options of ``@pool.consumer`` and build the :class:`Consumer`; errors name the handler."""
     where = getattr(handler, "__qualname__", repr(handler))
@@ -78,6 +83,8 @@ def define_consumer(
         raise ConfigurationError(
             f"context of consumer {where} must be a class or a callable, not {context!r}"
         )
+    if backoff is not None and not callable(backoff):
+        raise ConfigurationError(f"backoff of consumer {where} must be a function of the failure count")
     args = dict(arguments or {})
     queue_type = args.get("x-queue-type")
     if queue_type is not None and queue_type not in KNOWN_QUEUE_TYPES:
@@ -93,6 +100,8 @@ def define_consumer(
         max_concurrency=check_count(f"max_concurrency of consumer {where}", max_concurrency),
         arguments=args,
         middleware=middleware,
+        retries=check_count(f"retries of consumer {where}", retries),
+        backoff=backoff,
         timeout=None
         if timeout is None
         else check_seconds(f"timeout of consumer {where}", timeout, allow_zero=False),

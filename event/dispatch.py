@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -24,11 +23,14 @@ from event.consumer import Consumer
 from event.errors import DecodeError
 from event.message import Message
 from event.middleware import Middleware, Step, compose
+from event.publisher import copy_properties
+from event.retry import decide
+from event.signals import Dead, Retry
 
 log = logging.getLogger("event.dispatch")
 
-# Publishes a copy through the default exchange to the named queue and waits for its confirm.
-SendCopy = Callable[[str, bytes, spec.Basic.Properties], Awaitable[None]]
+# Publishes a copy (exchange, routing key, body, properties) and waits for the broker's confirm.
+SendCopy = Callable[[str, str, bytes, spec.Basic.Properties], Awaitable[None]]
 
 REQUEUE_PAUSE_S = 1.0
 
@@ -85,15 +87,19 @@ class Dispatcher:
         self,
         consumer: Consumer,
         *,
+        namespace: str,
         exchange: str,
         dead_queue: str,
         middleware: Sequence[Middleware],
         pool_slots: asyncio.Semaphore | None,
         executor: Executor,
         send_copy: SendCopy,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.consumer = consumer
+        self.namespace = namespace
         self.exchange = exchange
+        self.clock = clock
         self.dead_queue = dead_queue
         self.chain = compose((*middleware, *consumer.middleware), endpoint_for(consumer, executor))
         self.slots = asyncio.Semaphore(consumer.max_concurrency) if consumer.max_concurrency else None
@@ -150,12 +156,21 @@ class Dispatcher:
         headers: dict[str, Any] = props.headers or {}
         deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
         delivery_routing_key: str = deliver.routing_key or ""
+        addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
+        if addressed is not None and addressed != consumer.queue:
+            await acks.ack(tag)  # a retry meant for another queue, seen here through a '#' binding
+            return
         routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
+        now_ms = int(self.clock() * 1000)
+        due_in = wire.due_in_ms(headers, now_ms)
+        if due_in is not None and due_in > 1000:
+            await self._park(delivered, tag, acks, routing_key, due_in / 1000)
+            return
         failures = wire.failures(headers, consumer.routing_keys, consumer.queue)
         try:
             body = decode(delivered.body, props.content_type)
         except DecodeError as exc:
-            await self._to_dead_queue(delivered, tag, acks, routing_key, failures, exc)
+            await self._failed(delivered, tag, acks, routing_key, failures, exc)
             return
         msg: Message[Any] = Message(
             routing_key=routing_key,
@@ -180,7 +195,7 @@ class Dispatcher:
                     await self.chain(ctx, msg)
         except Exception as exc:
             self.running -= 1
-            await self._to_dead_queue(delivered, tag, acks, routing_key, failures, exc, msg)
+            await self._failed(delivered, tag, acks, routing_key, failures, exc)
             return
         except BaseException:
             self.running -= 1
@@ -188,7 +203,7 @@ class Dispatcher:
         self.running -= 1
         await acks.ack(tag)
 
-    async def _to_dead_queue(
+    async def _failed(
         self,
         delivered: DeliveredMessage,
         tag: int,
@@ -196,57 +211,105 @@ class Dispatcher:
         routing_key: str,
         failures: int,
         error: BaseException,
-        msg: Message[Any] | None = None,
     ) -> None:
         consumer = self.consumer
         props = delivered.header.properties
+        decision = decide(error, failures, consumer.retries, consumer.backoff)
+        context = {
+            "message_id": props.message_id,
+            "routing_key": routing_key,
+            "queue": consumer.queue,
+            "attempt": failures + 1,
+        }
+        traceback = error if not isinstance(error, DecodeError | Dead | Retry) else None
+        if decision.delay is not None:
+            log.warning(
+                "message %s (%s) failed in %s on attempt %d: %s: %s; %s",
+                props.message_id, routing_key, consumer.queue, failures + 1,
+                type(error).__name__, error, decision.reason,
+                exc_info=traceback, extra=context,
+            )  # fmt: skip
+            level, due_at_ms = wire.delay_plan(decision.delay, int(self.clock() * 1000))
+            if not isinstance(error, Retry):
+                due_at_ms = None  # the default back-off stops at the longest level, as hutch-schedule's
+            headers = wire.retry_headers(
+                props.headers or {}, failures=failures, routing_key=routing_key, queue=consumer.queue,
+                due_at_ms=due_at_ms,
+            )  # fmt: skip
+            await self._settle_with_copy(
+                delivered,
+                tag,
+                acks,
+                self._delay_route(level),
+                copy_properties(props, headers, level),
+                "a retry",
+            )
+            return
         log.error(
-            "message %s (%s) failed in %s on attempt %d: %s: %s; sending it to the dead queue %s",
-            props.message_id,
-            routing_key,
-            consumer.queue,
-            failures + 1,
-            type(error).__name__,
-            error,
-            self.dead_queue,
-            exc_info=error if msg is not None else None,
-            extra={
-                "message_id": props.message_id,
-                "routing_key": routing_key,
-                "queue": consumer.queue,
-                "attempt": failures + 1,
-            },
-        )
+            "message %s (%s) failed in %s on attempt %d: %s: %s; %s, so it goes to the dead queue %s",
+            props.message_id, routing_key, consumer.queue, failures + 1,
+            type(error).__name__, error, decision.reason, self.dead_queue,
+            exc_info=traceback, extra=context,
+        )  # fmt: skip
         headers = wire.dead_headers(
             props.headers or {},
             routing_key=routing_key,
             queue=consumer.queue,
             error=wire.format_error(error),
-            failed_at_ms=int(time.time() * 1000),
+            failed_at_ms=int(self.clock() * 1000),
             failures=failures,
         )
-        copy = spec.Basic.Properties(
-            content_type=props.content_type,
-            content_encoding=props.content_encoding,
-            delivery_mode=wire.PERSISTENT,
-            message_id=props.message_id or str(uuid.uuid4()),
-            timestamp=props.timestamp,
-            headers=headers,
-            correlation_id=props.correlation_id,
-            reply_to=props.reply_to,
-            message_type=props.message_type,
-            app_id=props.app_id,
+        await self._settle_with_copy(
+            delivered,
+            tag,
+            acks,
+            ("", self.dead_queue),
+            copy_properties(props, headers, None),
+            "the dead queue",
         )
+
+    async def _park(
+        self, delivered: DeliveredMessage, tag: int, acks: AckTracker, routing_key: str, seconds: float
+    ) -> None:
+        # A long delay outlasts the longest level: wait one more level, addressed to this queue alone.
+        props = delivered.header.properties
+        level = wire.delay_level(seconds)
+        headers = wire.repark_headers(props.headers or {}, queue=self.consumer.queue, routing_key=routing_key)
+        await self._settle_with_copy(
+            delivered,
+            tag,
+            acks,
+            self._delay_route(level),
+            copy_properties(props, headers, level),
+            "a re-park",
+        )
+
+    def _delay_route(self, level: int) -> tuple[str, str]:
+        """The exchange and routing key that reach this namespace's delay queue of ``level``."""
+        queue = wire.delay_queue_name(self.namespace, self.exchange, level)
+        return wire.delay_exchange_name(self.exchange), queue
+
+    async def _settle_with_copy(
+        self,
+        delivered: DeliveredMessage,
+        tag: int,
+        acks: AckTracker,
+        route: tuple[str, str],
+        props: spec.Basic.Properties,
+        what: str,
+    ) -> None:
+        """Ack the delivery once its copy is confirmed at ``route`` (exchange, key); else hand it back."""
+        exchange, queue = route
         try:
-            await self.send_copy(self.dead_queue, delivered.body, copy)
+            await self.send_copy(exchange, queue, delivered.body, props)
         except Exception as exc:
-            # Not confirmed, so not acked: hand the message back to the broker to try again later.
             log.error(
-                "could not store message %s in the dead queue %s (%s); it stays in %s for redelivery",
-                props.message_id,
-                self.dead_queue,
+                "could not store %s of message %s in %s (%s); it stays in %s for redelivery",
+                what,
+                delivered.header.properties.message_id,
+                queue,
                 exc,
-                consumer.queue,
+                self.consumer.queue,
             )
             await asyncio.sleep(REQUEUE_PAUSE_S)
             await acks.reject(tag)

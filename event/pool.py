@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.message import Context
 from event.middleware import Middleware
 from event.publisher import send
+from event.retry import DEFAULT_RETRIES, Backoff
 
 log = logging.getLogger("event.pool")
 
@@ -71,6 +73,7 @@ class WorkerPool:
         dead_queue_max_length: int = wire.DEAD_QUEUE_MAX_LENGTH,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
         name: str = "event worker",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = namespace
@@ -83,11 +86,13 @@ class WorkerPool:
         self.dead_queue_max_length = check_count("dead_queue_max_length", dead_queue_max_length, minimum=1)
         self.publish_timeout = check_seconds("publish_timeout", publish_timeout, allow_zero=False)
         self.name = name
+        self.clock = clock
         self._consumers: dict[str, Consumer] = {}
         self._middleware: list[Middleware] = []
         self._dispatchers: list[Dispatcher] = []
         self._connection: Connection | None = None
         self._publish_channel: Channel | None = None
+        self._publish_lock = asyncio.Lock()
         self._consuming: list[tuple[Channel, str, AckTracker]] = []
         self._executor: ThreadPoolExecutor | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -112,6 +117,8 @@ class WorkerPool:
         arguments: Mapping[str, Any] | None = None,
         middleware: tuple[Middleware, ...] = (),
         timeout: float | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff: Backoff | None = None,
     ) -> Callable[[H], H]:
         """Register the decorated function as the consumer of ``routing_keys`` (topic patterns allowed).
 
@@ -119,6 +126,10 @@ class WorkerPool:
         snake case. ``context`` is called for every message; the instance goes to each middleware and
         to the handler. ``prefetch`` bounds the unacknowledged messages the broker sends this consumer,
         ``max_concurrency`` the handlers it runs at once (0: only the pool's limit applies).
+
+        A failing message is retried while its attempt is at most ``retries``, after ``backoff(failures)``
+        seconds (default: hutch-schedule's ``failures**4 + 2``, rounded up to a delay level), then goes to
+        the dead queue. ``timeout`` cancels a handler after that many seconds, counting a failure.
         """
 
         def register(handler: H) -> H:
@@ -133,6 +144,8 @@ class WorkerPool:
                 arguments=arguments,
                 middleware=middleware,
                 timeout=timeout,
+                retries=retries,
+                backoff=backoff,
             )
             if defined.queue == self.dead_queue or wire.is_delay_queue_name(defined.queue, self.exchange):
                 raise ConfigurationError(
@@ -181,12 +194,14 @@ class WorkerPool:
         self._dispatchers = [
             Dispatcher(
                 consumer,
+                namespace=self.namespace,
                 exchange=self.exchange,
                 dead_queue=self.dead_queue,
                 middleware=self._middleware,
                 pool_slots=pool_slots,
                 executor=self._executor,
                 send_copy=self._send_copy,
+                clock=self.clock,
             )
             for consumer in self._consumers.values()
         ]
@@ -276,6 +291,7 @@ class WorkerPool:
         channel = await open_channel(connection, confirms=False)
         try:
             await topology.declare_exchange(channel, self.exchange)
+            await topology.declare_delay_queues(channel, self.namespace, self.exchange)
             await topology.declare_dead_queue(
                 channel, self.dead_queue, ttl_ms=self.dead_queue_ttl_ms, max_length=self.dead_queue_max_length
             )
@@ -307,13 +323,33 @@ class WorkerPool:
         ok = await channel.basic_consume(consumer.queue, dispatcher.on_delivery)
         self._consuming.append((channel, ok.consumer_tag, acks))  # type: ignore[arg-type]
 
-    async def _send_copy(self, queue: str, body: bytes, props: spec.Basic.Properties) -> None:
+    async def _send_copy(self, exchange: str, queue: str, body: bytes, props: spec.Basic.Properties) -> None:
         channel = self._publish_channel
         if channel is None or channel.is_closed:
-            raise ConnectionFailed(f"no open channel to publish a copy to {queue!r}")
+            channel = await self._reopen_publish_channel(queue)
+        # Mandatory: a copy to a queue that is gone must fail loudly, not vanish.
         await send(
-            channel, exchange="", routing_key=queue, body=body, props=props, timeout=self.publish_timeout
+            channel,
+            exchange=exchange,
+            routing_key=queue,
+            body=body,
+            props=props,
+            mandatory=True,
+            timeout=self.publish_timeout,
         )
+
+    async def _reopen_publish_channel(self, queue: str) -> Channel:
+        # A channel error (a queue or exchange deleted under us) closes only the channel: open another
+        # on the same connection, once, however many copies are waiting for it.
+        async with self._publish_lock:
+            channel, connection = self._publish_channel, self._connection
+            if channel is not None and not channel.is_closed:
+                return channel
+            if connection is None or connection.is_closed:
+                raise ConnectionFailed(f"no connection to publish a copy to {queue!r}: waiting to reconnect")
+            channel = await open_channel(connection, confirms=True)
+            self._publish_channel = channel
+            return channel
 
     def _forget_channels(self) -> None:
         # Delivery tags belong to their channel: once it is gone, no ack may be sent for them anywhere.

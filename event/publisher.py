@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -34,6 +35,30 @@ def encode(routing_key: str, payload: Any) -> bytes:
         raise TypeError(f"payload for {routing_key!r} cannot be serialised to JSON: {exc}") from exc
 
 
+def delay_seconds(delay: float | timedelta) -> float:
+    """``delay`` in seconds; a :class:`ValueError` naming ``delay`` when negative, NaN or infinite."""
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise TypeError(f"delay must be seconds (int or float) or a timedelta, not {type(delay).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"delay must be a finite number of seconds, at least 0, not {delay!r}")
+    return seconds
+
+
+def seconds_until(when: datetime, now: float) -> float:
+    """Seconds from ``now`` (epoch seconds) until the aware datetime ``when``; may be negative."""
+    if not isinstance(when, datetime):
+        raise TypeError(f"when must be a datetime, not {type(when).__name__}")
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(
+            f"when must be an aware datetime (with a time zone), not the naive {when.isoformat()}"
+        )
+    return when.timestamp() - now
+
+
 def properties(
     *, message_id: str | None = None, headers: Mapping[str, Any] | None = None, expiration: str | None = None
 ) -> spec.Basic.Properties:
@@ -45,6 +70,28 @@ def properties(
         timestamp=datetime.fromtimestamp(int(time.time()), tz=UTC),
         headers=dict(headers) if headers else None,
         expiration=expiration,
+    )
+
+
+def copy_properties(
+    props: spec.Basic.Properties, headers: dict[str, Any], level: int | None
+) -> spec.Basic.Properties:
+    """The properties of a copy (retry, re-park, dead, requeue): the original's, persistent, new headers.
+
+    ``level`` sets the per-message TTL of a delay queue; a dead copy has none, so it never expires early.
+    """
+    return spec.Basic.Properties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        delivery_mode=wire.PERSISTENT,
+        message_id=props.message_id or str(uuid.uuid4()),
+        timestamp=props.timestamp,
+        headers=headers,
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        expiration=None if level is None else str(level * 1000),
+        message_type=props.message_type,
+        app_id=props.app_id,
     )
 
 
@@ -110,12 +157,14 @@ class Publisher:
         exchange: str = DEFAULT_EXCHANGE,
         timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
         connection_name: str = "event publisher",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = namespace
         self.exchange = check_name("exchange", exchange)
         self.timeout = check_seconds("publish timeout", timeout, allow_zero=False)
         self._connection_name = connection_name
+        self._clock = clock
         self._connection: Connection | None = None
         self._channel: Channel | None = None
 
@@ -131,6 +180,7 @@ class Publisher:
         try:
             self._channel = await open_channel(self._connection, confirms=True)
             await topology.declare_exchange(self._channel, self.exchange)
+            await topology.declare_delay_queues(self._channel, self.namespace, self.exchange)
         except BaseException:
             await self.close()
             raise
@@ -177,6 +227,68 @@ class Publisher:
         body = encode(routing_key, payload)
         await self.publish_raw(
             routing_key, body, properties(message_id=message_id, headers=headers), mandatory=mandatory
+        )
+
+    async def publish_in(
+        self,
+        delay: float | timedelta,
+        routing_key: str,
+        payload: Any,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """Publish ``payload`` to be delivered after ``delay`` (seconds or a ``timedelta``), never earlier.
+
+        The message waits in hutch-schedule's delay queue of the smallest level at least ``delay`` (so a
+        7 s delay is delivered after 10 s); 0 publishes at once. Delays over 3 hours are parked again by
+        the consumer until due. A negative, NaN or infinite delay raises :class:`ValueError`.
+        """
+        await self._publish_delayed(delay_seconds(delay), routing_key, payload, headers, message_id)
+
+    async def publish_at(
+        self,
+        when: datetime,
+        routing_key: str,
+        payload: Any,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """Publish ``payload`` for delivery at ``when`` (an aware datetime) or later; a past one: now."""
+        seconds = seconds_until(when, self._clock())
+        await self._publish_delayed(max(seconds, 0.0), routing_key, payload, headers, message_id)
+
+    async def _publish_delayed(
+        self,
+        seconds: float,
+        routing_key: str,
+        payload: Any,
+        headers: Mapping[str, Any] | None,
+        message_id: str | None,
+    ) -> None:
+        if seconds <= 0:
+            await self.publish(routing_key, payload, headers=headers, message_id=message_id)
+            return
+        wire.validate_routing_key(routing_key, pattern=False)
+        body = encode(routing_key, payload)
+        level, due_at_ms = wire.delay_plan(seconds, int(self._clock() * 1000))
+        props = properties(
+            message_id=message_id,
+            headers=wire.delayed_headers(headers, routing_key, due_at_ms=due_at_ms),
+            expiration=str(level * 1000),
+        )
+        # Straight into our own delay queue (one copy, whatever other namespaces share the exchange),
+        # through the delay exchange rather than the spec's default one: see wire.delay_exchange_name.
+        # Mandatory, so a missing queue raises instead of dropping the message.
+        await send(
+            self._open_channel(),
+            exchange=wire.delay_exchange_name(self.exchange),
+            routing_key=wire.delay_queue_name(self.namespace, self.exchange, level),
+            body=body,
+            props=props,
+            mandatory=True,
+            timeout=self.timeout,
         )
 
     async def publish_raw(

@@ -59,6 +59,28 @@ async def declare_dead_queue(channel: Channel, queue: str, *, ttl_ms: int, max_l
     await declare_queue(channel, queue, wire.dead_queue_arguments(ttl_ms, max_length), role="dead queue")
 
 
+async def declare_delay_queues(channel: Channel, namespace: str, exchange: str) -> None:
+    """hutch-schedule's 21 delay queues, with exactly its arguments so both sides can declare them.
+
+    Each is also bound, by its own name, to the direct delay exchange our delayed copies go through.
+    """
+    delay_exchange = wire.delay_exchange_name(exchange)
+    try:
+        await channel.exchange_declare(
+            exchange=delay_exchange, exchange_type="direct", durable=True, auto_delete=False
+        )
+    except amqp_errors.ChannelPreconditionFailed as exc:
+        raise TopologyMismatch(
+            f"exchange {delay_exchange!r} already exists with other properties than ours (type direct, "
+            f"durable); the broker says: {_reply(exc)}"
+        ) from exc
+    arguments = wire.delay_queue_arguments(exchange)
+    for level in wire.LEVELS:
+        queue = wire.delay_queue_name(namespace, exchange, level)
+        await declare_queue(channel, queue, arguments, role="delay queue")
+        await channel.queue_bind(queue=queue, exchange=delay_exchange, routing_key=queue)
+
+
 def _reply(exc: BaseException) -> str:
     for arg in exc.args:
         text = getattr(arg, "reply_text", None)

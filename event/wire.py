@@ -7,6 +7,7 @@ No I/O and no state: each rule is a small function that a test can call with pla
 from __future__ import annotations
 
 import bisect
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -76,6 +77,16 @@ def delay_queue_name(namespace: str, exchange: str, level_s: int) -> str:
 def dead_queue_name(namespace: str, exchange: str) -> str:
     """The bounded dead queue, e.g. ``myapp:hutch_dead_queue``."""
     return queue_name(namespace, f"{exchange}_dead_queue")
+
+
+def delay_exchange_name(exchange: str) -> str:
+    """The direct exchange that delayed copies are published through, e.g. ``hutch.delay``.
+
+    The spec publishes them through the default exchange, but there a ``CC`` header naming a queue
+    also delivers an immediate copy to that queue, so every retry would run twice. On this exchange
+    only the delay queues are bound (each by its own, namespaced name), so ``CC`` matches nothing.
+    """
+    return f"{exchange}.delay"
 
 
 def is_delay_queue_name(name: str, exchange: str) -> bool:
@@ -150,6 +161,41 @@ def logical_routing_key(
     return delivery_routing_key
 
 
+def topic_matches(pattern: str, key: str) -> bool:
+    """Whether a topic binding ``pattern`` matches ``key`` as RabbitMQ decides (``*`` one word, ``#`` any)."""
+    return _match(pattern.split("."), key.split("."))
+
+
+def _match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head in ("*", words[0])) and _match(rest, words[1:])
+
+
+def addressed_queue(
+    delivery_routing_key: str, headers: Mapping[str, Any], exchange: str = "hutch"
+) -> str | None:
+    """The one queue a delay-queue delivery is meant for (a retry or re-park), or None for an event.
+
+    A retry names its queue in ``CC`` while ``event-routing-key`` keeps the event's key; a delayed event
+    names its routing key in both. Queues bound to ``#`` see the former too, and must leave it alone.
+    """
+    if not is_delay_queue_name(delivery_routing_key, exchange):
+        return None
+    cc = headers.get("CC")
+    if not isinstance(cc, list | tuple) or not cc:
+        return None
+    first = cc[0].decode() if isinstance(cc[0], bytes) else str(cc[0])
+    own = headers.get(H_ROUTING_KEY)
+    own = own.decode() if isinstance(own, bytes) else own
+    return first if isinstance(own, str) and own and first != own else None
+
+
 # --- delays and retries ----------------------------------------------------------------------------------
 
 
@@ -157,6 +203,12 @@ def delay_level(delay_s: float) -> int:
     """The smallest level at least ``delay_s`` (never early); ``MAX_LEVEL`` for longer delays."""
     index = bisect.bisect_left(LEVELS, delay_s)
     return LEVELS[index] if index < len(LEVELS) else MAX_LEVEL
+
+
+def delay_plan(delay_s: float, now_ms: int) -> tuple[int, int | None]:
+    """The level to park a message delayed by ``delay_s`` in, and its due time when the level is short."""
+    level = delay_level(delay_s)
+    return level, (now_ms + math.ceil(delay_s * 1000) if is_long_delay(delay_s) else None)
 
 
 def is_long_delay(delay_s: float) -> bool:
@@ -189,7 +241,53 @@ def failures(headers: Mapping[str, Any], routing_keys: Iterable[str], queue: str
     return total
 
 
+def due_in_ms(headers: Mapping[str, Any], now_ms: int) -> int | None:
+    """Milliseconds until ``event-due-at``, or None when the header is absent or unusable."""
+    due = headers.get(H_DUE_AT)
+    if isinstance(due, bool) or not isinstance(due, int):
+        return None
+    return due - now_ms
+
+
 # --- headers of copies -----------------------------------------------------------------------------------
+
+
+def _with_cc(headers: Mapping[str, Any] | None, cc: list[str]) -> dict[str, Any]:
+    out = dict(headers or {})
+    out["CC"] = cc
+    return out
+
+
+def delayed_headers(
+    headers: Mapping[str, Any] | None, routing_key: str, *, due_at_ms: int | None
+) -> dict[str, Any]:
+    """Headers of a delayed event (spec section 4): ``CC`` and our routing key, no failure counted."""
+    out = _with_cc(headers, [routing_key])
+    out[H_ROUTING_KEY] = routing_key
+    out[H_RETRIES] = 0
+    if due_at_ms is not None:
+        out[H_DUE_AT] = due_at_ms
+    return out
+
+
+def retry_headers(
+    headers: Mapping[str, Any], *, failures: int, routing_key: str, queue: str, due_at_ms: int | None = None
+) -> dict[str, Any]:
+    """Headers of a retry copy (spec section 6): addressed to the failing queue only, failure counted."""
+    out = _with_cc(headers, [queue])
+    out[H_RETRIES] = failures + 1
+    out[H_ROUTING_KEY] = routing_key
+    out.pop(H_DUE_AT, None)
+    if due_at_ms is not None:
+        out[H_DUE_AT] = due_at_ms
+    return out
+
+
+def repark_headers(headers: Mapping[str, Any], *, queue: str, routing_key: str) -> dict[str, Any]:
+    """Headers of a long-delayed message parked again until due: every header kept, sent to ``queue``."""
+    out = _with_cc(headers, [queue])
+    out[H_ROUTING_KEY] = routing_key
+    return out
 
 
 def format_error(error: BaseException | str) -> str:

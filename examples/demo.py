@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any
 
-from event import Context, Message, Publisher, WorkerPool
+from event import Context, Dead, Message, Publisher, WorkerPool
 
 NAMESPACE = os.environ.get("EVENT_DEMO_NAMESPACE", "demo")
 EXCHANGE = os.environ.get("EVENT_DEMO_EXCHANGE", "hutch")
@@ -39,7 +39,7 @@ async def find_user(ctx: Any, msg: Message[Any], call_next: Any) -> Any:
 @pool.consumer("app.send_email", context=MailContext, max_concurrency=5, prefetch=30)
 async def send_email(ctx: MailContext, msg: Message[Any]) -> None:
     if msg.body.get("bounce"):
-        raise RuntimeError(f"mailbox of {ctx.user} is full")
+        raise Dead(f"mailbox of {ctx.user} is full")  # retrying won't help: straight to the dead queue
     await handled.put(f"send_email: mail for {ctx.user} (attempt {msg.attempt})")
 
 

@@ -154,11 +154,12 @@ class Isolation:
             self.exchange = f"ex-{self.namespace}"
 
     def cleanup(self) -> None:
-        prefix = f"{self.namespace}:"
+        prefixes = (f"{self.namespace}:", f"{self.exchange}_")  # the latter: queues of no namespace
         for name in self.management.queue_names():
-            if name.startswith(prefix) or name in self.extra_queues:
+            if name.startswith(prefixes) or name in self.extra_queues:
                 self.management.delete_queue(name)
         self.management.delete_exchange(self.exchange)
+        self.management.delete_exchange(f"{self.exchange}.delay")
 
 
 async def eventually(

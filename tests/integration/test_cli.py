@@ -65,6 +65,8 @@ async def test_publish_delivers_with_headers(
         '{"n": 1}',
         "--exchange",
         iso.exchange,
+        "--namespace",
+        iso.namespace,
         "--header",
         "trace=abc",
         url=pool_kwargs["url"],

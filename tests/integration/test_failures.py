@@ -16,7 +16,7 @@ async def test_failures_go_to_the_dead_queue_with_the_error_named_and_the_worker
     pool = WorkerPool(**pool_kwargs)
     handled: list[Any] = []
 
-    @pool.consumer("app.send_email")
+    @pool.consumer("app.send_email", retries=0)
     async def send_email(ctx: object, msg: Message[Any]) -> None:
         if msg.body.get("explode"):
             raise RuntimeError("smtp said no")
@@ -66,7 +66,7 @@ async def test_a_failing_consumer_does_not_touch_another_consumers_copy(
     pool = WorkerPool(**pool_kwargs)
     good: list[str] = []
 
-    @pool.consumer("app.order.placed")
+    @pool.consumer("app.order.placed", retries=0)
     async def flaky(ctx: object, msg: Message[Any]) -> None:
         raise ValueError("nope")
 
@@ -92,7 +92,7 @@ async def test_a_base_exception_in_a_thread_handler_fails_the_message_not_the_wo
     pool = WorkerPool(**pool_kwargs)
     handled: list[int] = []
 
-    @pool.consumer("app.sync")
+    @pool.consumer("app.sync", retries=0)
     def interrupted(ctx: object, msg: Message[Any]) -> None:
         if msg.body["n"] == 1:
             raise KeyboardInterrupt
@@ -119,7 +119,7 @@ async def test_a_handler_past_its_timeout_is_cancelled_and_dead_queued(
 
     pool = WorkerPool(**pool_kwargs)
 
-    @pool.consumer("app.slow", timeout=0.2)
+    @pool.consumer("app.slow", timeout=0.2, retries=0)
     async def slow(ctx: object, msg: Message[Any]) -> None:
         await asyncio.sleep(30)
 

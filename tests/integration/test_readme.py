@@ -38,4 +38,4 @@ def test_demo_runs_and_parks_the_failed_mail(pool_kwargs: dict[str, Any], iso: I
     assert "send_email: mail for ada (attempt 1)" in lines
     assert "audit: app.user.signed_up {'user': 'cyd'}" in lines
     assert lines[-1] == f"done; the bounced mail waits in {iso.namespace}:{iso.exchange}_dead_queue"
-    assert "RuntimeError: mailbox of bob is full" in result.stderr
+    assert "Dead: mailbox of bob is full" in result.stderr
