@@ -22,6 +22,7 @@ from event.acks import AckTracker
 from event.consumer import Consumer
 from event.errors import DecodeError
 from event.message import Message
+from event.metrics import ConsumerStats
 from event.middleware import Middleware, Step, compose
 from event.publisher import copy_properties
 from event.retry import decide
@@ -95,6 +96,7 @@ class Dispatcher:
         executor: Executor,
         send_copy: SendCopy,
         clock: Callable[[], float] = time.time,
+        stats: ConsumerStats | None = None,
     ) -> None:
         self.consumer = consumer
         self.namespace = namespace
@@ -109,6 +111,8 @@ class Dispatcher:
         self.accepting = True
         self.tasks: set[asyncio.Task[None]] = set()
         self.running = 0  # handlers running now (for tests and metrics)
+        self.stats = stats or ConsumerStats(consumer.queue, consumer.max_concurrency)
+        self.stats.in_flight = lambda: self.running
 
     def attach(self, acks: AckTracker) -> None:
         """Use ``acks`` for the deliveries of a newly opened channel."""
@@ -134,6 +138,10 @@ class Dispatcher:
     async def _run(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
         # The consumer's own limit first, so that messages waiting for it never hold a pool-wide slot.
         slots, pool_slots = self.slots, self.pool_slots
+        if slots is None and pool_slots is None:
+            if self.accepting and acks.alive:
+                await self._process(delivered, tag, acks)
+            return
         if slots is not None:
             await slots.acquire()
         try:
@@ -156,17 +164,22 @@ class Dispatcher:
         headers: dict[str, Any] = props.headers or {}
         deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
         delivery_routing_key: str = deliver.routing_key or ""
-        addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
-        if addressed is not None and addressed != consumer.queue:
-            await acks.ack(tag)  # a retry meant for another queue, seen here through a '#' binding
-            return
-        routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
-        now_ms = int(self.clock() * 1000)
-        due_in = wire.due_in_ms(headers, now_ms)
-        if due_in is not None and due_in > 1000:
-            await self._park(delivered, tag, acks, routing_key, due_in / 1000)
-            return
-        failures = wire.failures(headers, consumer.routing_keys, consumer.queue)
+        if headers:
+            addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
+            if addressed is not None and addressed != consumer.queue:
+                await acks.ack(tag)  # a retry meant for another queue, seen here through a '#' binding
+                return
+            routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
+            due_in = wire.due_in_ms(headers, int(self.clock() * 1000))
+            if due_in is not None and due_in > 1000:
+                self.stats.count("received", routing_key)
+                await self._park(delivered, tag, acks, routing_key, due_in / 1000)
+                return
+            failures = wire.failures(headers, consumer.routing_keys, consumer.queue)
+        else:  # the common case, a plain publish: every header rule has its default answer
+            routing_key, failures = delivery_routing_key, 0
+        stats = self.stats
+        stats.count("received", routing_key)
         try:
             body = decode(delivered.body, props.content_type)
         except DecodeError as exc:
@@ -185,6 +198,8 @@ class Dispatcher:
             delivery_routing_key=delivery_routing_key,
             exchange=deliver.exchange or "",
         )
+        error: Exception | None = None
+        started = time.perf_counter()
         self.running += 1
         try:
             ctx = consumer.context()
@@ -194,13 +209,14 @@ class Dispatcher:
                 async with asyncio.timeout(consumer.timeout):
                     await self.chain(ctx, msg)
         except Exception as exc:
+            error = exc
+        finally:
             self.running -= 1
-            await self._failed(delivered, tag, acks, routing_key, failures, exc)
+            stats.durations.observe(time.perf_counter() - started)
+        if error is not None:
+            await self._failed(delivered, tag, acks, routing_key, failures, error)
             return
-        except BaseException:
-            self.running -= 1
-            raise
-        self.running -= 1
+        stats.count("handled", routing_key)
         await acks.ack(tag)
 
     async def _failed(
@@ -214,6 +230,7 @@ class Dispatcher:
     ) -> None:
         consumer = self.consumer
         props = delivered.header.properties
+        self.stats.count("failed", routing_key)
         decision = decide(error, failures, consumer.retries, consumer.backoff)
         context = {
             "message_id": props.message_id,
@@ -243,6 +260,8 @@ class Dispatcher:
                 self._delay_route(level),
                 copy_properties(props, headers, level),
                 "a retry",
+                "retried",
+                routing_key,
             )
             return
         log.error(
@@ -266,6 +285,8 @@ class Dispatcher:
             ("", self.dead_queue),
             copy_properties(props, headers, None),
             "the dead queue",
+            "dead",
+            routing_key,
         )
 
     async def _park(
@@ -282,6 +303,8 @@ class Dispatcher:
             self._delay_route(level),
             copy_properties(props, headers, level),
             "a re-park",
+            "reparked",
+            routing_key,
         )
 
     def _delay_route(self, level: int) -> tuple[str, str]:
@@ -297,6 +320,8 @@ class Dispatcher:
         route: tuple[str, str],
         props: spec.Basic.Properties,
         what: str,
+        outcome: str,
+        routing_key: str,
     ) -> None:
         """Ack the delivery once its copy is confirmed at ``route`` (exchange, key); else hand it back."""
         exchange, queue = route
@@ -314,4 +339,5 @@ class Dispatcher:
             await asyncio.sleep(REQUEUE_PAUSE_S)
             await acks.reject(tag)
             return
+        self.stats.count(outcome, routing_key)
         await acks.ack(tag)

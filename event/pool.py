@@ -34,6 +34,7 @@ from event.consumer import Consumer, Handler, define_consumer
 from event.dispatch import Dispatcher
 from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.message import Context
+from event.metrics import ConsumerStats, PoolStats, registry_for
 from event.middleware import Middleware
 from event.publisher import send
 from event.retry import DEFAULT_RETRIES, Backoff
@@ -98,6 +99,8 @@ class WorkerPool:
         self._stop_requested: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
         self._stop_calls = 0
+        self.stats = PoolStats(concurrency=self.concurrency)
+        self.registry = registry_for(self.stats)  # the pool's own: serve it with event.http or your app
 
     def __repr__(self) -> str:
         return (
@@ -189,6 +192,7 @@ class WorkerPool:
         self._stop_requested = asyncio.Event()
         self._ready = asyncio.Event()
         self._stop_calls = 0
+        self.stats.consumers = []
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="event-handler")
         pool_slots = asyncio.Semaphore(self.concurrency) if self.concurrency else None
         self._dispatchers = [
@@ -202,6 +206,7 @@ class WorkerPool:
                 executor=self._executor,
                 send_copy=self._send_copy,
                 clock=self.clock,
+                stats=self._consumer_stats(consumer),
             )
             for consumer in self._consumers.values()
         ]
@@ -213,7 +218,7 @@ class WorkerPool:
                     installed.append(signum)
         try:
             await self._start()
-            self._ready.set()
+            self._set_ready(True)
             log.info("%s consuming %d queue(s) at %s", self.name, len(self._consumers), redact_url(self.url))
             while not self._stop_requested.is_set():
                 connection = self._connection
@@ -223,12 +228,13 @@ class WorkerPool:
                 stop_wait.cancel()
                 if self._stop_requested.is_set():
                     break
-                self._ready.clear()
+                self._set_ready(False)
                 log.warning("lost the connection to RabbitMQ at %s; reconnecting", redact_url(self.url))
                 self._forget_channels()
                 await self._reconnect()
                 if not self._stop_requested.is_set():
-                    self._ready.set()
+                    self.stats.reconnects += 1
+                    self._set_ready(True)
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
@@ -268,6 +274,40 @@ class WorkerPool:
             await task
 
     @property
+    def ready(self) -> bool:
+        """Whether the pool is connected and consuming from every queue (for ``/readyz``)."""
+        connection = self._connection
+        return bool(
+            self._ready and self._ready.is_set() and connection is not None and not connection.is_closed
+        )
+
+    def _set_ready(self, ready: bool) -> None:
+        assert self._ready is not None
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+        self.stats.connected = ready
+
+    def _consumer_stats(self, consumer: Consumer) -> ConsumerStats:
+        stats = ConsumerStats(consumer.queue, consumer.max_concurrency)
+        self.stats.consumers.append(stats)
+        return stats
+
+    def topology(self) -> topology.Plan:
+        """Everything this pool declares on the broker (what ``event topology`` prints)."""
+        return topology.pool_plan(
+            self.namespace,
+            self.exchange,
+            dead_ttl_ms=self.dead_queue_ttl_ms,
+            dead_max_length=self.dead_queue_max_length,
+            consumers=[
+                (c.handler.__qualname__, c.queue, dict(c.arguments), c.bindings)
+                for c in self._consumers.values()
+            ],
+        )
+
+    @property
     def in_flight(self) -> int:
         """Handlers running right now, across all consumers."""
         return sum(d.running for d in self._dispatchers)
@@ -290,19 +330,7 @@ class WorkerPool:
     async def _declare(self, connection: Connection) -> None:
         channel = await open_channel(connection, confirms=False)
         try:
-            await topology.declare_exchange(channel, self.exchange)
-            await topology.declare_delay_queues(channel, self.namespace, self.exchange)
-            await topology.declare_dead_queue(
-                channel, self.dead_queue, ttl_ms=self.dead_queue_ttl_ms, max_length=self.dead_queue_max_length
-            )
-            for consumer in self._consumers.values():
-                await topology.declare_queue(
-                    channel,
-                    consumer.queue,
-                    consumer.arguments,
-                    role=f"queue of consumer {consumer.handler.__qualname__}",
-                )
-                await topology.bind_queue(channel, consumer.queue, self.exchange, consumer.bindings)
+            await topology.declare(channel, self.topology())
         finally:
             await close_quietly(channel)
 
@@ -336,6 +364,7 @@ class WorkerPool:
             props=props,
             mandatory=True,
             timeout=self.publish_timeout,
+            stats=self.stats.publish,
         )
 
     async def _reopen_publish_channel(self, queue: str) -> Channel:

@@ -25,6 +25,7 @@ from event.config import (
 )
 from event.connection import Channel, Connection, close_quietly, connect, open_channel
 from event.errors import ConnectionFailed, PublishError, PublishNacked, PublishTimeout, Unroutable
+from event.metrics import PublishStats
 
 
 def encode(routing_key: str, payload: Any) -> bytes:
@@ -104,8 +105,29 @@ async def send(
     props: spec.Basic.Properties,
     mandatory: bool = False,
     timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
+    stats: PublishStats | None = None,
 ) -> None:
     """Publish one message and wait for the broker's confirm, turning every failure into a PublishError."""
+    started = time.perf_counter()
+    try:
+        await _send(channel, exchange, routing_key, body, props, mandatory, timeout)
+    except Exception as exc:
+        if stats is not None:
+            stats.failed(exchange, exc)
+        raise
+    if stats is not None:
+        stats.ok(exchange, time.perf_counter() - started)
+
+
+async def _send(
+    channel: Channel,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    props: spec.Basic.Properties,
+    mandatory: bool,
+    timeout: float,
+) -> None:
     where = f"exchange {exchange!r}, routing key {routing_key!r}"
     try:
         result = await channel.basic_publish(
@@ -165,6 +187,7 @@ class Publisher:
         self.timeout = check_seconds("publish timeout", timeout, allow_zero=False)
         self._connection_name = connection_name
         self._clock = clock
+        self.stats = PublishStats()  # see event.metrics.publish_families to export them
         self._connection: Connection | None = None
         self._channel: Channel | None = None
 
@@ -179,8 +202,7 @@ class Publisher:
         self._connection = await connect(self.url, name=self._connection_name)
         try:
             self._channel = await open_channel(self._connection, confirms=True)
-            await topology.declare_exchange(self._channel, self.exchange)
-            await topology.declare_delay_queues(self._channel, self.namespace, self.exchange)
+            await topology.declare(self._channel, topology.delay_plan(self.namespace, self.exchange))
         except BaseException:
             await self.close()
             raise
@@ -289,6 +311,7 @@ class Publisher:
             props=props,
             mandatory=True,
             timeout=self.timeout,
+            stats=self.stats,
         )
 
     async def publish_raw(
@@ -303,6 +326,7 @@ class Publisher:
             props=props,
             mandatory=mandatory,
             timeout=self.timeout,
+            stats=self.stats,
         )
 
 

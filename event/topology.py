@@ -1,12 +1,14 @@
-"""Declaring exchanges, queues and bindings from ``wire``'s answers, with mismatches reported clearly.
+"""What a pool or publisher declares on the broker: a plan built from ``wire``'s rules, and its declaration.
 
-A failed declare closes the channel it was sent on, so each step uses the channel it is given and a
-mismatch is fatal for that channel: callers treat :class:`TopologyMismatch` as a configuration error.
+The plan is data, so ``event topology`` can print it and compare it with the broker, and the pool
+declares exactly what it prints. A failed declare closes the channel it was sent on, so a mismatch is
+fatal for that channel: callers treat :class:`TopologyMismatch` as a configuration error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiormq import exceptions as amqp_errors
@@ -14,71 +16,154 @@ from aiormq import exceptions as amqp_errors
 from event import wire
 from event.connection import Channel
 from event.errors import ConfigurationError, TopologyMismatch
+from event.management import ManagementApi
 
 
-async def declare_exchange(channel: Channel, exchange: str) -> None:
-    """The main exchange as Hutch declares it: topic, durable, not auto-delete, no arguments."""
+@dataclass(frozen=True)
+class Exchange:
+    """An exchange to declare: durable, not auto-delete, no arguments."""
+
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A durable queue to declare with exactly ``arguments``, and its bindings (exchange, key)."""
+
+    name: str
+    role: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    bindings: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything to declare, in order: exchanges first, then queues with their bindings."""
+
+    exchanges: tuple[Exchange, ...]
+    queues: tuple[Queue, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (for ``event topology --json``)."""
+        return {
+            "exchanges": [{"name": e.name, "type": e.kind} for e in self.exchanges],
+            "queues": [
+                {
+                    "name": q.name,
+                    "role": q.role,
+                    "arguments": q.arguments,
+                    "bindings": [{"exchange": x, "routing_key": k} for x, k in q.bindings],
+                }
+                for q in self.queues
+            ],
+        }
+
+
+def delay_plan(namespace: str, exchange: str) -> Plan:
+    """The main exchange and hutch-schedule's delay queues, bound by their own names on the delay exchange."""
+    delay_exchange = wire.delay_exchange_name(exchange)
+    arguments = wire.delay_queue_arguments(exchange)
+    queues = []
+    for level in wire.LEVELS:
+        name = wire.delay_queue_name(namespace, exchange, level)
+        queues.append(Queue(name, "delay queue", arguments, ((delay_exchange, name),)))
+    return Plan((Exchange(exchange, "topic"), Exchange(delay_exchange, "direct")), tuple(queues))
+
+
+def pool_plan(
+    namespace: str,
+    exchange: str,
+    *,
+    dead_ttl_ms: int,
+    dead_max_length: int,
+    consumers: Iterable[tuple[str, str, dict[str, Any], tuple[str, ...]]],
+) -> Plan:
+    """A pool's topology: the delay plan, the dead queue, and each consumer's (handler, queue, args, keys)."""
+    base = delay_plan(namespace, exchange)
+    dead = Queue(
+        wire.dead_queue_name(namespace, exchange),
+        "dead queue",
+        wire.dead_queue_arguments(dead_ttl_ms, dead_max_length),
+    )
+    queues = [
+        Queue(queue, f"queue of consumer {handler}", dict(arguments), tuple((exchange, key) for key in keys))
+        for handler, queue, arguments, keys in consumers
+    ]
+    return Plan(base.exchanges, (*base.queues, dead, *queues))
+
+
+async def declare(channel: Channel, plan: Plan) -> None:
+    """Declare every exchange, queue and binding of ``plan``."""
+    for exchange in plan.exchanges:
+        await declare_exchange(channel, exchange)
+    for queue in plan.queues:
+        await declare_queue(channel, queue)
+        for source, key in queue.bindings:
+            await channel.queue_bind(queue=queue.name, exchange=source, routing_key=key)
+
+
+async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
+    """One exchange as Hutch declares its own: durable, not auto-delete, no arguments."""
     try:
         await channel.exchange_declare(
-            exchange=exchange, exchange_type="topic", durable=True, auto_delete=False
+            exchange=exchange.name, exchange_type=exchange.kind, durable=True, auto_delete=False
         )
     except amqp_errors.ChannelPreconditionFailed as exc:
         raise TopologyMismatch(
-            f"exchange {exchange!r} already exists with other properties than ours "
-            f"(type topic, durable, no arguments); the broker says: {_reply(exc)}. "
+            f"exchange {exchange.name!r} already exists with other properties than ours "
+            f"(type {exchange.kind}, durable, no arguments); the broker says: {_reply(exc)}. "
             f"Use another exchange name or delete the old exchange."
         ) from exc
 
 
-async def declare_queue(
-    channel: Channel, queue: str, arguments: Mapping[str, Any], *, role: str = "queue"
-) -> None:
-    """A durable, non-exclusive, non-auto-delete queue with exactly ``arguments``."""
+async def declare_queue(channel: Channel, queue: Queue) -> None:
+    """A durable, non-exclusive, non-auto-delete queue with exactly its arguments."""
     try:
         await channel.queue_declare(
-            queue=queue, durable=True, exclusive=False, auto_delete=False, arguments=dict(arguments)
+            queue=queue.name,
+            durable=True,
+            exclusive=False,
+            auto_delete=False,
+            arguments=dict(queue.arguments),
         )
     except amqp_errors.ChannelPreconditionFailed as exc:
         raise TopologyMismatch(
-            f"{role} {queue!r} already exists with other arguments than ours ({dict(arguments)!r}); "
-            f"the broker says: {_reply(exc)}. Change the options to match, or delete the queue "
-            f"(`rabbitmqctl delete_queue {queue}`) once it is drained."
+            f"{queue.role} {queue.name!r} already exists with other arguments than ours "
+            f"({queue.arguments!r}); the broker says: {_reply(exc)}. Change the options to match, or "
+            f"delete the queue (`rabbitmqctl delete_queue {queue.name}`) once it is drained."
         ) from exc
     except amqp_errors.ChannelAccessRefused as exc:
-        raise ConfigurationError(f"the broker refused to declare {role} {queue!r}: {_reply(exc)}") from exc
-
-
-async def bind_queue(channel: Channel, queue: str, exchange: str, keys: Iterable[str]) -> None:
-    """One binding of ``queue`` on ``exchange`` per key."""
-    for key in keys:
-        await channel.queue_bind(queue=queue, exchange=exchange, routing_key=key)
-
-
-async def declare_dead_queue(channel: Channel, queue: str, *, ttl_ms: int, max_length: int) -> None:
-    """The bounded dead queue of spec section 7."""
-    await declare_queue(channel, queue, wire.dead_queue_arguments(ttl_ms, max_length), role="dead queue")
-
-
-async def declare_delay_queues(channel: Channel, namespace: str, exchange: str) -> None:
-    """hutch-schedule's 21 delay queues, with exactly its arguments so both sides can declare them.
-
-    Each is also bound, by its own name, to the direct delay exchange our delayed copies go through.
-    """
-    delay_exchange = wire.delay_exchange_name(exchange)
-    try:
-        await channel.exchange_declare(
-            exchange=delay_exchange, exchange_type="direct", durable=True, auto_delete=False
-        )
-    except amqp_errors.ChannelPreconditionFailed as exc:
-        raise TopologyMismatch(
-            f"exchange {delay_exchange!r} already exists with other properties than ours (type direct, "
-            f"durable); the broker says: {_reply(exc)}"
+        raise ConfigurationError(
+            f"the broker refused to declare {queue.role} {queue.name!r}: {_reply(exc)}"
         ) from exc
-    arguments = wire.delay_queue_arguments(exchange)
-    for level in wire.LEVELS:
-        queue = wire.delay_queue_name(namespace, exchange, level)
-        await declare_queue(channel, queue, arguments, role="delay queue")
-        await channel.queue_bind(queue=queue, exchange=delay_exchange, routing_key=queue)
+
+
+async def differences(plan: Plan, api: ManagementApi) -> list[str]:
+    """What the broker lacks or has otherwise than ``plan``, one sentence each (empty: they match)."""
+    found: list[str] = []
+    for exchange in plan.exchanges:
+        actual = await api.exchange(exchange.name)
+        if actual is None:
+            found.append(f"exchange {exchange.name!r} is missing")
+        elif actual.get("type") != exchange.kind or not actual.get("durable"):
+            found.append(
+                f"exchange {exchange.name!r} is {actual.get('type')} (durable={actual.get('durable')}), "
+                f"not {exchange.kind} (durable=True)"
+            )
+    for queue in plan.queues:
+        actual = await api.queue(queue.name)
+        if actual is None:
+            found.append(f"{queue.role} {queue.name!r} is missing")
+            continue
+        if (actual.get("arguments") or {}) != queue.arguments:
+            has = actual.get("arguments")
+            found.append(f"{queue.role} {queue.name!r} has arguments {has!r}, not {queue.arguments!r}")
+        bound = {(b["source"], b["routing_key"]) for b in await api.bindings(queue.name) if b.get("source")}
+        for source, key in queue.bindings:
+            if (source, key) not in bound:
+                found.append(f"{queue.role} {queue.name!r} is not bound to {source!r} with {key!r}")
+    return found
 
 
 def _reply(exc: BaseException) -> str:

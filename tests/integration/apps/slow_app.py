@@ -21,6 +21,6 @@ pause = float(os.environ["EVENT_TEST_SLEEP"])
 
 @pool.consumer("app.slow", prefetch=200)
 async def slow(ctx: object, msg: Message[Any]) -> None:
-    journal.write(f"start {msg.body['id']}\n")
+    journal.write(f"start {msg.body['id']} {os.getpid()}\n")
     await asyncio.sleep(pause)
-    journal.write(f"done {msg.body['id']}\n")
+    journal.write(f"done {msg.body['id']} {os.getpid()}\n")
