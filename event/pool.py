@@ -10,8 +10,10 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
+import orjson
 from aiormq import spec
 
 from event import topology, wire
@@ -31,12 +33,13 @@ from event.config import (
 )
 from event.connection import Channel, Connection, close_quietly, connect, open_channel
 from event.consumer import Consumer, Handler, define_consumer
+from event.cron import CronRunner, Schedule, define_schedule
 from event.dispatch import Dispatcher
 from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.message import Context
 from event.metrics import ConsumerStats, PoolStats, registry_for
 from event.middleware import Middleware
-from event.publisher import send
+from event.publisher import properties, send
 from event.retry import DEFAULT_RETRIES, Backoff
 
 log = logging.getLogger("event.pool")
@@ -99,6 +102,9 @@ class WorkerPool:
         self._stop_requested: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
         self._stop_calls = 0
+        self._schedules: dict[str, Schedule] = {}
+        self._cron: CronRunner | None = None
+        self._cron_task: asyncio.Task[None] | None = None
         self.stats = PoolStats(concurrency=self.concurrency)
         self.registry = registry_for(self.stats)  # the pool's own: serve it with event.http or your app
 
@@ -165,6 +171,63 @@ class WorkerPool:
 
         return register
 
+    def schedule(
+        self,
+        expression: str,
+        routing_key: str,
+        *,
+        payload: Any = None,
+        tz: str = "UTC",
+        catch_up: str = "skip",
+        name: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Schedule:
+        """Publish ``payload`` with ``routing_key`` on every tick of the croniter ``expression`` in ``tz``.
+
+        However many workers run this pool, each tick is published once (by the current leader), with
+        the message id ``<name>@<tick in UTC>``. Ticks missed while no worker ran are skipped, or with
+        ``catch_up="last"`` the most recent one is published when a worker comes back. A bad expression
+        or time zone raises :class:`ConfigurationError` here, not at the first tick.
+        """
+        defined = define_schedule(
+            expression,
+            routing_key,
+            payload=payload,
+            tz=tz,
+            catch_up=catch_up,
+            name=name,
+            headers=dict(headers or {}),
+        )
+        if defined.name in self._schedules:
+            raise ConfigurationError(
+                f"a schedule named {defined.name!r} exists already; give this one name=..."
+            )
+        self._schedules[defined.name] = defined
+        return defined
+
+    def cron(
+        self,
+        expression: str,
+        routing_key: str,
+        *,
+        payload: Any = None,
+        tz: str = "UTC",
+        catch_up: str = "skip",
+        name: str | None = None,
+        **consumer_options: Any,
+    ) -> Callable[[H], H]:
+        """:meth:`schedule` the event and register the decorated function as its consumer.
+
+        ``consumer_options`` are those of :meth:`consumer` (queue, prefetch, retries, ...).
+        """
+        self.schedule(expression, routing_key, payload=payload, tz=tz, catch_up=catch_up, name=name)
+        return self.consumer(routing_key, **consumer_options)
+
+    @property
+    def schedules(self) -> tuple[Schedule, ...]:
+        """The registered cron schedules."""
+        return tuple(self._schedules.values())
+
     def middleware(self, func: M) -> M:
         """Register pool-wide middleware ``async def mw(ctx, msg, call_next)``; the first runs outermost."""
         if not _is_async(func):
@@ -184,7 +247,7 @@ class WorkerPool:
 
         Raises :class:`ConfigurationError` or :class:`ConnectionFailed` when the first start fails.
         """
-        if not self._consumers:
+        if not self._consumers and not self._schedules:
             raise ConfigurationError(
                 f"{self!r} has no consumers: decorate a handler with @pool.consumer(...)"
             )
@@ -322,6 +385,16 @@ class WorkerPool:
             self._publish_channel = await open_channel(connection, confirms=True)
             for dispatcher in self._dispatchers:
                 await self._consume(connection, dispatcher)
+            if self._schedules:
+                runner = CronRunner(
+                    list(self._schedules.values()),
+                    namespace=self.namespace,
+                    exchange=self.exchange,
+                    publish=self._publish_tick,
+                    clock=self.clock,
+                )
+                self._cron = runner
+                self._cron_task = asyncio.get_running_loop().create_task(self._run_cron(runner, connection))
         except BaseException:
             self._forget_channels()
             await close_quietly(connection)
@@ -381,6 +454,9 @@ class WorkerPool:
             return channel
 
     def _forget_channels(self) -> None:
+        if self._cron_task is not None:
+            self._cron_task.cancel()
+            self._cron_task = None
         # Delivery tags belong to their channel: once it is gone, no ack may be sent for them anywhere.
         for _, _, acks in self._consuming:
             acks.abandon()
@@ -408,7 +484,39 @@ class WorkerPool:
             log.info("reconnected to RabbitMQ at %s after %d attempt(s)", redact_url(self.url), attempt)
             return
 
+    async def _run_cron(self, runner: CronRunner, connection: Connection) -> None:
+        try:
+            await runner.run(connection)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the connection died under it: the pool reconnects and starts another
+            log.debug("cron runner stopped: %s", exc)
+
+    async def _publish_tick(self, schedule: Schedule, tick: datetime) -> None:
+        channel = self._publish_channel
+        if channel is None or channel.is_closed:
+            channel = await self._reopen_publish_channel(schedule.routing_key)
+        props = properties(message_id=schedule.message_id(tick), headers=schedule.headers or None)
+        body = orjson.dumps(schedule.payload)
+        await send(
+            channel,
+            exchange=self.exchange,
+            routing_key=schedule.routing_key,
+            body=body,
+            props=props,
+            timeout=self.publish_timeout,
+            stats=self.stats.publish,
+        )
+
+    async def _stop_cron(self) -> None:
+        task, self._cron_task = self._cron_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     async def _shutdown(self) -> None:
+        await self._stop_cron()
         for dispatcher in self._dispatchers:
             dispatcher.accepting = False
         for channel, consumer_tag, _ in self._consuming:

@@ -1,0 +1,213 @@
+"""Cron schedules that publish an event on every tick, once per tick however many workers run them.
+
+The rules are pure functions of a clock (:func:`next_tick`, :func:`ticks_to_fire`), tested on their own.
+:class:`CronRunner` runs them: one worker at a time is the leader, chosen by RabbitMQ itself (the
+holder of an exclusive queue; the broker deletes it when the holder's connection dies, and another
+worker's next attempt takes it). The leader keeps the last tick it fired in a one-message queue, so
+a new leader neither fires that tick again nor, with ``catch_up="last"``, forgets a missed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from aiormq import exceptions as amqp_errors
+from aiormq import spec
+from croniter import croniter
+
+from event import wire
+from event.connection import Channel, Connection, close_quietly, open_channel
+from event.errors import ConfigurationError
+
+log = logging.getLogger("event.cron")
+
+CatchUp = Literal["skip", "last"]
+CANDIDATE_RETRY_S = 0.5
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One schedule: publish ``payload`` with ``routing_key`` on every tick of ``expression`` in ``tz``."""
+
+    name: str
+    expression: str
+    routing_key: str
+    payload: Any
+    tz: ZoneInfo
+    catch_up: CatchUp = "skip"
+    headers: dict[str, Any] = field(default_factory=dict)
+
+    def message_id(self, tick: datetime) -> str:
+        """Deterministic per tick, so consumers can deduplicate: ``<name>@<tick in UTC>``."""
+        return f"{self.name}@{tick.astimezone(UTC).isoformat()}"
+
+
+def define_schedule(
+    expression: str,
+    routing_key: str,
+    *,
+    payload: Any = None,
+    tz: str = "UTC",
+    catch_up: str = "skip",
+    name: str | None = None,
+    headers: dict[str, Any] | None = None,
+) -> Schedule:
+    """Validate a schedule now, at decoration time, naming the expression or time zone at fault."""
+    if not isinstance(expression, str) or not croniter.is_valid(expression):
+        raise ConfigurationError(
+            f"cron expression {expression!r} is not valid (croniter: 5 fields, an optional 6th for seconds, "
+            f"or an alias such as @hourly)"
+        )
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError(f"time zone {tz!r} of cron {expression!r} is unknown") from exc
+    if catch_up not in ("skip", "last"):
+        raise ConfigurationError(
+            f"catch_up of cron {expression!r} must be 'skip' or 'last', not {catch_up!r}"
+        )
+    wire.validate_routing_key(routing_key, pattern=False)
+    try:
+        orjson.dumps(payload)
+    except TypeError as exc:
+        raise ConfigurationError(f"payload of cron {expression!r} is not JSON-serialisable: {exc}") from exc
+    chosen = name or f"{routing_key}@{expression}"
+    return Schedule(chosen, expression, routing_key, payload, zone, catch_up, dict(headers or {}))  # type: ignore[arg-type]
+
+
+def next_tick(schedule: Schedule, after: datetime) -> datetime:
+    """The first tick strictly after ``after`` (an aware datetime), in the schedule's time zone."""
+    tick: datetime = croniter(schedule.expression, after.astimezone(schedule.tz)).get_next(datetime)
+    return tick
+
+
+def next_ticks(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
+    """The next ``count`` ticks after ``after``."""
+    ticks, at = [], after
+    for _ in range(count):
+        at = next_tick(schedule, at)
+        ticks.append(at)
+    return ticks
+
+
+def last_tick_at_or_before(schedule: Schedule, moment: datetime) -> datetime:
+    """The latest tick no later than ``moment``."""
+    tick: datetime = croniter(
+        schedule.expression, (moment + timedelta(microseconds=1)).astimezone(schedule.tz)
+    ).get_prev(datetime)
+    return tick
+
+
+def ticks_to_fire(schedule: Schedule, last_fired: datetime | None, now: datetime) -> list[datetime]:
+    """Ticks to publish when a leader starts at ``now``: the missed one for ``catch_up="last"``, else none.
+
+    A tick at or before ``last_fired`` is never fired again.
+    """
+    if schedule.catch_up != "last" or last_fired is None:
+        return []
+    latest = last_tick_at_or_before(schedule, now)
+    return [latest] if latest > last_fired else []
+
+
+def state_queue_name(namespace: str, exchange: str, schedule: Schedule) -> str:
+    """The one-message queue that remembers a schedule's last fired tick."""
+    safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", schedule.name)[:120]
+    return wire.queue_name(namespace, f"{exchange}_cron_{safe}")
+
+
+def leader_queue_name(namespace: str, exchange: str) -> str:
+    """The exclusive queue whose holder is the cron leader of a namespace."""
+    return wire.queue_name(namespace, f"{exchange}_cron_leader")
+
+
+Publish = Callable[[Schedule, datetime], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class CronRunner:
+    """Competes for leadership on one connection and, while leader, fires every schedule on time."""
+
+    def __init__(
+        self,
+        schedules: list[Schedule],
+        *,
+        namespace: str,
+        exchange: str,
+        publish: Publish,
+        clock: Clock = time.time,
+    ) -> None:
+        self.schedules = schedules
+        self.namespace = namespace
+        self.exchange = exchange
+        self.publish = publish
+        self.clock = clock
+        self.is_leader = False
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), tz=UTC)
+
+    async def run(self, connection: Connection) -> None:
+        """Until cancelled or the connection dies: wait to lead, then fire ticks."""
+        channel: Channel | None = None
+        try:
+            while not connection.is_closed:
+                channel = await open_channel(connection, confirms=False)
+                try:
+                    await channel.queue_declare(
+                        leader_queue_name(self.namespace, self.exchange), exclusive=True, auto_delete=True
+                    )
+                except amqp_errors.ChannelLockedResource:
+                    await asyncio.sleep(CANDIDATE_RETRY_S)  # another worker leads; its channel is closed now
+                    continue
+                self.is_leader = True
+                log.info("this worker now fires the %d cron schedule(s)", len(self.schedules))
+                await asyncio.gather(*(self._fire(connection, s) for s in self.schedules))
+        finally:
+            self.is_leader = False
+            await close_quietly(channel)
+
+    async def _fire(self, connection: Connection, schedule: Schedule) -> None:
+        state = state_queue_name(self.namespace, self.exchange, schedule)
+        channel = await open_channel(connection, confirms=True)
+        try:
+            await channel.queue_declare(state, durable=True, arguments={"x-max-length": 1})
+            last = await _read_state(channel, state)
+            now = self._now()
+            for tick in ticks_to_fire(schedule, last, now):
+                await self._publish(channel, state, schedule, tick)
+                last = tick
+            cursor = max(now, last) if last else now
+            while True:
+                tick = next_tick(schedule, cursor)
+                await asyncio.sleep(max(0.0, tick.timestamp() - self.clock()))
+                await self._publish(channel, state, schedule, tick)
+                cursor = tick
+        finally:
+            await close_quietly(channel)
+
+    async def _publish(self, channel: Channel, state: str, schedule: Schedule, tick: datetime) -> None:
+        await self.publish(schedule, tick)
+        body = orjson.dumps({"schedule": schedule.name, "tick": tick.astimezone(UTC).isoformat()})
+        await channel.basic_publish(
+            body, routing_key=state, properties=spec.Basic.Properties(delivery_mode=2)
+        )
+
+
+async def _read_state(channel: Channel, queue: str) -> datetime | None:
+    got = await channel.basic_get(queue, no_ack=False)
+    if isinstance(got.delivery, spec.Basic.GetEmpty):
+        return None
+    await channel.basic_nack(got.delivery.delivery_tag, requeue=True)  # type: ignore[union-attr,arg-type]
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        return datetime.fromisoformat(orjson.loads(got.body)["tick"])
+    return None

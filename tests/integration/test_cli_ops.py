@@ -1,0 +1,133 @@
+"""The operations commands: publish with delays, topology (print and --check), queues; their errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import Isolation, Probe
+
+from event import wire
+
+APPS = Path(__file__).parent / "apps"
+
+
+def event(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "event.cli", *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(APPS), **env},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def env(pool_kwargs: dict[str, Any], iso: Isolation) -> dict[str, str]:
+    return {
+        "AMQP_URL": pool_kwargs["url"],
+        "EVENT_TEST_NAMESPACE": iso.namespace,
+        "EVENT_TEST_EXCHANGE": iso.exchange,
+    }
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["worker"], ["publish"], ["topology"], ["queues"], ["bench"], ["dead", "list"], ["dead", "purge"]],
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = event(*command, "--help", env={})
+    assert result.returncode == 0
+    assert "usage: event" in result.stdout
+
+
+async def test_publish_in_and_at_go_to_the_delay_queue(
+    env: dict[str, str], iso: Isolation, probe: Probe
+) -> None:
+    where = ["--namespace", iso.namespace, "--exchange", iso.exchange]
+    assert event("publish", "app.a", '{"n": 1}', "--in", "7", *where, env=env).returncode == 0
+    result = event("publish", "app.a", '{"n": 2}', "--at", "2999-01-01T00:00:00+00:00", *where, env=env)
+    assert result.returncode == 0, result.stderr
+    [seven] = await probe.take_all(wire.delay_queue_name(iso.namespace, iso.exchange, 10))
+    assert seven.header.properties.headers["CC"] == ["app.a"]
+    [far] = await probe.take_all(wire.delay_queue_name(iso.namespace, iso.exchange, 10800))
+    assert far.header.properties.headers["event-due-at"] == 32472144000000
+
+
+def test_publish_errors(env: dict[str, str]) -> None:
+    naive = event("publish", "app.a", "{}", "--at", "2030-01-01T00:00:00", env=env)
+    assert naive.returncode == 2 and "aware datetime" in naive.stderr
+    both = event("publish", "app.a", "{}", "--in", "5", "--at", "2030-01-01T00:00:00+00:00", env=env)
+    assert both.returncode == 2 and "not both" in both.stderr
+    negative = event("publish", "app.a", "{}", "--in", "-3", env=env)
+    assert negative.returncode == 2 and "delay must be" in negative.stderr
+    wildcard = event("publish", "app.*", "{}", env=env)
+    assert wildcard.returncode == 2 and "wildcard" in wildcard.stderr
+
+
+def test_topology_prints_what_the_pool_declares(env: dict[str, str], iso: Isolation) -> None:
+    result = event("topology", "topo_app:pool", env=env)
+    assert result.returncode == 0, result.stderr
+    ns = iso.namespace
+    assert f"queue of consumer send_email: {ns}:send_email" in result.stdout
+    assert f"    bound to {iso.exchange} with app.user.*" in result.stdout
+    assert f"dead queue: {ns}:{iso.exchange}_dead_queue" in result.stdout
+    plan = json.loads(event("topology", "topo_app:pool", "--json", env=env).stdout)
+    assert len(plan["queues"]) == 21 + 1 + 1
+    [mine] = [q for q in plan["queues"] if q["name"] == f"{ns}:send_email"]
+    assert mine["arguments"] == {"x-queue-type": "classic"}
+    assert {b["routing_key"] for b in mine["bindings"]} == {
+        "app.send_email",
+        "app.user.*",
+        f"{ns}:send_email",
+    }
+    bad = event("topology", "topo_app:not_a_pool", env=env)
+    assert bad.returncode == 2 and "is a int, not a WorkerPool" in bad.stderr
+
+
+async def test_topology_check_finds_missing_and_mismatched(
+    env: dict[str, str], iso: Isolation, probe: Probe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = event("topology", "topo_app:pool", "--check", "--json", env=env)
+    assert missing.returncode == 1
+    report = json.loads(missing.stdout)
+    assert report["matches"] is False
+    assert f"exchange {iso.exchange!r} is missing" in report["differences"]
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    spec = importlib.util.spec_from_file_location("topo_app_for_check", APPS / "topo_app.py")
+    assert spec is not None and spec.loader is not None
+    topo_app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(topo_app)  # a fresh copy, placed by this test's environment
+    async with topo_app.pool.running():
+        pass
+    assert event("topology", "topo_app:pool", "--check", env=env).returncode == 0
+
+    channel = await probe.channel()
+    await channel.queue_unbind(f"{iso.namespace}:send_email", iso.exchange, routing_key="app.user.*")
+    drifted = event("topology", "topo_app:pool", "--check", env=env)
+    assert drifted.returncode == 1
+    assert f"is not bound to '{iso.exchange}' with 'app.user.*'" in drifted.stdout
+
+
+async def test_queues_shows_the_namespace(env: dict[str, str], iso: Isolation, probe: Probe) -> None:
+    channel = await probe.channel()
+    await channel.queue_declare(f"{iso.namespace}:jobs", durable=True)
+    await probe.publish("", f"{iso.namespace}:jobs", b"{}")
+    result = event("queues", "--namespace", iso.namespace, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert row["name"] == f"{iso.namespace}:jobs"
+    assert row["consumers"] == 0
+    text = event("queues", "--namespace", iso.namespace, env=env)
+    assert f"{iso.namespace}:jobs" in text.stdout and "consumers" in text.stdout
+
+
+def test_queues_without_the_management_api_exits_69(env: dict[str, str]) -> None:
+    result = event("queues", "--management-url", "http://127.0.0.1:1", env=env)
+    assert result.returncode == 69
+    assert "rabbitmq-plugins enable rabbitmq_management" in result.stderr
