@@ -376,10 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(main: Coroutine[Any, Any, int]) -> int:
     """Run the command on uvloop when it is installed (measurably faster), else on asyncio's loop."""
     try:
-        import uvloop
+        uvloop = importlib.import_module("uvloop")  # optional: pip install "rabbit-event[uvloop]"
     except ImportError:
         return asyncio.run(main)
-    return uvloop.run(main)
+    code: int = uvloop.run(main)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

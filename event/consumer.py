@@ -10,12 +10,14 @@ from typing import Any
 from event import wire
 from event.config import check_count, check_name, check_seconds
 from event.errors import ConfigurationError
-from event.message import Message
 from event.middleware import Middleware
+from event.payloads import PayloadSpec, payload_spec
+from event.ratelimit import RateLimit, parse_rate
 from event.retry import Backoff
 
-AsyncHandler = Callable[[Any, Message[Any]], Awaitable[None]]
-SyncHandler = Callable[[Any, Message[Any]], None]
+# (ctx, msg) or (ctx, msg, payload): see event.payloads for the typed forms.
+AsyncHandler = Callable[..., Awaitable[None]]
+SyncHandler = Callable[..., None]
 Handler = AsyncHandler | SyncHandler
 
 # Hutch's queue options map to these exact argument keys (spec section 2).
@@ -37,6 +39,8 @@ class Consumer:
     timeout: float | None = None
     retries: int = 0
     backoff: Backoff | None = None
+    payload: PayloadSpec | None = None
+    rate: RateLimit | None = None
 
     @property
     def is_async(self) -> bool:
@@ -63,6 +67,8 @@ def define_consumer(
     timeout: float | None,
     retries: int,
     backoff: Backoff | None,
+    rate_limit: str | None = None,
+    rate_burst: int = 1,
 ) -> Consumer:
     """Validate the options of ``@pool.consumer`` and build the :class:`Consumer`; errors name the handler."""
     where = getattr(handler, "__qualname__", repr(handler))
@@ -102,6 +108,8 @@ def define_consumer(
         middleware=middleware,
         retries=check_count(f"retries of consumer {where}", retries),
         backoff=backoff,
+        payload=payload_spec(handler),
+        rate=None if rate_limit is None else parse_rate(rate_limit, rate_burst, where),
         timeout=None
         if timeout is None
         else check_seconds(f"timeout of consumer {where}", timeout, allow_zero=False),

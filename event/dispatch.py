@@ -20,11 +20,12 @@ from aiormq.abc import DeliveredMessage
 from event import wire
 from event.acks import AckTracker
 from event.consumer import Consumer
-from event.errors import DecodeError
+from event.errors import DecodeError, PayloadError
 from event.message import Message
 from event.metrics import ConsumerStats
 from event.middleware import Middleware, Step, compose
 from event.publisher import copy_properties
+from event.ratelimit import RateLimiter
 from event.retry import decide
 from event.signals import Dead, Retry
 
@@ -67,6 +68,13 @@ def _call_sync(
 def endpoint_for(consumer: Consumer, executor: Executor) -> Step:
     """The innermost step of the chain: the handler itself, in the loop or in the thread pool."""
     handler = consumer.handler
+    if consumer.payload is not None and consumer.payload.as_argument:
+        given = handler
+
+        def with_payload(ctx: Any, msg: Message[Any]) -> Any:
+            return given(ctx, msg, msg.body)
+
+        handler = with_payload
     if consumer.is_async:
         return handler  # type: ignore[return-value]
 
@@ -105,6 +113,7 @@ class Dispatcher:
         self.dead_queue = dead_queue
         self.chain = compose((*middleware, *consumer.middleware), endpoint_for(consumer, executor))
         self.slots = asyncio.Semaphore(consumer.max_concurrency) if consumer.max_concurrency else None
+        self.limiter = RateLimiter(consumer.rate) if consumer.rate is not None else None
         self.pool_slots = pool_slots
         self.send_copy = send_copy
         self.acks: AckTracker | None = None
@@ -137,6 +146,8 @@ class Dispatcher:
 
     async def _run(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
         # The consumer's own limit first, so that messages waiting for it never hold a pool-wide slot.
+        if self.limiter is not None:
+            await self.limiter.acquire()  # before any slot: a message waiting for its rate holds none
         slots, pool_slots = self.slots, self.pool_slots
         if slots is None and pool_slots is None:
             if self.accepting and acks.alive:
@@ -182,7 +193,9 @@ class Dispatcher:
         stats.count("received", routing_key)
         try:
             body = decode(delivered.body, props.content_type)
-        except DecodeError as exc:
+            if consumer.payload is not None:
+                body = consumer.payload.convert(body)
+        except PayloadError as exc:
             await self._failed(delivered, tag, acks, routing_key, failures, exc)
             return
         msg: Message[Any] = Message(
@@ -238,7 +251,7 @@ class Dispatcher:
             "queue": consumer.queue,
             "attempt": failures + 1,
         }
-        traceback = error if not isinstance(error, DecodeError | Dead | Retry) else None
+        traceback = error if not isinstance(error, PayloadError | Dead | Retry) else None
         if decision.delay is not None:
             log.warning(
                 "message %s (%s) failed in %s on attempt %d: %s: %s; %s",

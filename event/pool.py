@@ -128,6 +128,8 @@ class WorkerPool:
         timeout: float | None = None,
         retries: int = DEFAULT_RETRIES,
         backoff: Backoff | None = None,
+        rate_limit: str | None = None,
+        rate_burst: int = 1,
     ) -> Callable[[H], H]:
         """Register the decorated function as the consumer of ``routing_keys`` (topic patterns allowed).
 
@@ -139,6 +141,12 @@ class WorkerPool:
         A failing message is retried while its attempt is at most ``retries``, after ``backoff(failures)``
         seconds (default: hutch-schedule's ``failures**4 + 2``, rounded up to a delay level), then goes to
         the dead queue. ``timeout`` cancels a handler after that many seconds, counting a failure.
+        ``rate_limit`` (``"30/s"``, ``"100/m"``, ``"5000/h"``, with up to ``rate_burst`` at once) holds
+        messages back in this worker without taking a concurrency slot.
+
+        A handler typed ``msg: Message[SendEmail]``, or taking a third parameter ``payload: SendEmail``,
+        gets the body validated into a ``SendEmail`` (a dataclass, a TypedDict or a pydantic model);
+        a body that does not fit goes to the dead queue with the fields named.
         """
 
         def register(handler: H) -> H:
@@ -155,6 +163,8 @@ class WorkerPool:
                 timeout=timeout,
                 retries=retries,
                 backoff=backoff,
+                rate_limit=rate_limit,
+                rate_burst=rate_burst,
             )
             if defined.queue == self.dead_queue or wire.is_delay_queue_name(defined.queue, self.exchange):
                 raise ConfigurationError(

@@ -31,9 +31,17 @@ from event.metrics import PublishStats
 def encode(routing_key: str, payload: Any) -> bytes:
     """``payload`` as JSON bytes; a :class:`TypeError` naming the routing key when it cannot be."""
     try:
-        return orjson.dumps(payload)
+        return orjson.dumps(payload, default=_model_dump)
     except TypeError as exc:
         raise TypeError(f"payload for {routing_key!r} cannot be serialised to JSON: {exc}") from exc
+
+
+def _model_dump(value: Any) -> Any:
+    # orjson writes dataclasses and TypedDicts itself; pydantic models say how to dump themselves.
+    dump = getattr(value, "model_dump", None)
+    if dump is None:
+        raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+    return dump(mode="json")
 
 
 def delay_seconds(delay: float | timedelta) -> float:
