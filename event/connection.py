@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiormq
@@ -15,6 +15,13 @@ from event.errors import ConnectionFailed
 
 Connection = aiormq.abc.AbstractConnection
 Channel = aiormq.abc.AbstractChannel
+
+
+class Connector(Protocol):
+    """How a pool, publisher or tool opens its connection (``connect`` below, or a test broker's)."""
+
+    async def __call__(self, url: str, *, name: str) -> Connection: ...
+
 
 HOW_TO_GET_A_BROKER = (
     "start one locally with `rabbitmq-server -detached` (Debian: `apt-get install rabbitmq-server`), "

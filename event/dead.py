@@ -17,7 +17,7 @@ from aiormq.abc import DeliveredMessage
 
 from event import wire
 from event.config import DEFAULT_EXCHANGE, DEFAULT_PUBLISH_TIMEOUT_S, redact_url, resolve_url
-from event.connection import Channel, Connection, close_quietly, connect, open_channel
+from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.errors import ConfigurationError, EventError
 from event.publisher import copy_properties, send
 
@@ -107,9 +107,10 @@ class DeadQueue:
         self.url = resolve_url(url)
         self.name = wire.dead_queue_name(namespace, exchange)
         self._connection: Connection | None = None
+        self.connector: Connector = connect
 
     async def __aenter__(self) -> Self:
-        self._connection = await connect(self.url, name="event dead-queue tool")
+        self._connection = await self.connector(self.url, name="event dead-queue tool")
         try:
             await self.count()
         except BaseException:

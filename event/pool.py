@@ -31,7 +31,7 @@ from event.config import (
     redact_url,
     resolve_url,
 )
-from event.connection import Channel, Connection, close_quietly, connect, open_channel
+from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.consumer import Consumer, Handler, define_consumer
 from event.cron import CronRunner, Schedule, define_schedule
 from event.dispatch import Dispatcher
@@ -96,6 +96,7 @@ class WorkerPool:
         self._dispatchers: list[Dispatcher] = []
         self._connection: Connection | None = None
         self._publish_channel: Channel | None = None
+        self.connector: Connector = connect  # event.testing.TestBroker swaps in its own
         self._publish_lock = asyncio.Lock()
         self._consuming: list[tuple[Channel, str, AckTracker]] = []
         self._executor: ThreadPoolExecutor | None = None
@@ -388,7 +389,7 @@ class WorkerPool:
     # --- internals ---------------------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        connection = await connect(self.url, name=self.name)
+        connection = await self.connector(self.url, name=self.name)
         self._connection = connection
         try:
             await self._declare(connection)

@@ -23,7 +23,7 @@ from event.config import (
     redact_url,
     resolve_url,
 )
-from event.connection import Channel, Connection, close_quietly, connect, open_channel
+from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.errors import ConnectionFailed, PublishError, PublishNacked, PublishTimeout, Unroutable
 from event.metrics import PublishStats
 
@@ -198,6 +198,7 @@ class Publisher:
         self.stats = PublishStats()  # see event.metrics.publish_families to export them
         self._connection: Connection | None = None
         self._channel: Channel | None = None
+        self.connector: Connector = connect  # event.testing.TestBroker swaps in its own
 
     def __repr__(self) -> str:
         url = redact_url(self.url)
@@ -207,7 +208,7 @@ class Publisher:
         """Connect, open a confirming channel and declare the exchange (idempotent when it matches)."""
         if self._channel is not None and not self._channel.is_closed:
             return
-        self._connection = await connect(self.url, name=self._connection_name)
+        self._connection = await self.connector(self.url, name=self._connection_name)
         try:
             self._channel = await open_channel(self._connection, confirms=True)
             await topology.declare(self._channel, topology.delay_plan(self.namespace, self.exchange))

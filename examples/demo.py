@@ -1,10 +1,11 @@
-"""A worker and a publisher in one script, against the local broker (or $AMQP_URL).
+"""A small app in one script, against the local broker (or $AMQP_URL):
 
     pip install -e . && python examples/demo.py
 
-It declares the queues `demo:send_email` and `demo:audit` on the exchange `hutch`, publishes a few
-events, prints what the consumers saw (one message fails on purpose and lands in the dead queue
-`demo:hutch_dead_queue`), then stops the pool the way SIGTERM would.
+Two consumers with a middleware and a context object, a typed payload, a delayed publish and a cron
+schedule. It declares its queues in namespace `demo` on the exchange `hutch`, prints what the
+consumers saw (one mail bounces on purpose into the dead queue `demo:hutch_dead_queue`), then stops
+the pool the way SIGTERM would.
 """
 
 from __future__ import annotations
@@ -12,50 +13,68 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
-from event import Context, Dead, Message, Publisher, WorkerPool
+from event import CallNext, Context, Dead, Message, Publisher, WorkerPool
 
 NAMESPACE = os.environ.get("EVENT_DEMO_NAMESPACE", "demo")
 EXCHANGE = os.environ.get("EVENT_DEMO_EXCHANGE", "hutch")
 
 pool = WorkerPool(namespace=NAMESPACE, exchange=EXCHANGE, concurrency=20)
-handled = asyncio.Queue[str]()
+lines: asyncio.Queue[str] = asyncio.Queue()
+
+
+@dataclass
+class Mail:
+    """The payload of app.send_email: validated before the handler runs."""
+
+    user: str
+    bounce: bool = False
 
 
 class MailContext(Context):
     """What the middleware finds out about a message before the handler runs."""
 
-    user: str | None = None
+    greeting: str = ""
 
 
 @pool.middleware
-async def find_user(ctx: Any, msg: Message[Any], call_next: Any) -> Any:
-    if isinstance(ctx, MailContext) and isinstance(msg.body, dict):
-        ctx.user = msg.body.get("user")
+async def greet(ctx: Any, msg: Message[Any], call_next: CallNext) -> Any:
+    if isinstance(ctx, MailContext):
+        ctx.greeting = "Dear"
     return await call_next()
 
 
 @pool.consumer("app.send_email", context=MailContext, max_concurrency=5, prefetch=30)
-async def send_email(ctx: MailContext, msg: Message[Any]) -> None:
-    if msg.body.get("bounce"):
-        raise Dead(f"mailbox of {ctx.user} is full")  # retrying won't help: straight to the dead queue
-    await handled.put(f"send_email: mail for {ctx.user} (attempt {msg.attempt})")
+async def send_email(ctx: MailContext, msg: Message[Mail]) -> None:
+    if msg.body.bounce:
+        raise Dead(f"mailbox of {msg.body.user} is full")  # retrying won't help: straight to the dead queue
+    await lines.put(f"send_email: {ctx.greeting} {msg.body.user}")
 
 
-@pool.consumer("app.#", queue="audit")
+@pool.cron("* * * * * *", "app.heartbeat", payload={"beat": True}, name="demo-heartbeat")
+async def heartbeat(ctx: Context, msg: Message[Any]) -> None:
+    await lines.put("heartbeat")
+
+
+@pool.consumer("app.user.*", queue="audit")
 async def audit(ctx: Context, msg: Message[Any]) -> None:
-    await handled.put(f"audit: {msg.routing_key} {msg.body}")
+    await lines.put(f"audit: {msg.routing_key} {msg.body}")
 
 
 async def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    seen: list[str] = []
     async with pool.running(), Publisher(namespace=NAMESPACE, exchange=EXCHANGE) as publisher:
-        await publisher.publish("app.send_email", {"user": "ada"})
-        await publisher.publish("app.send_email", {"user": "bob", "bounce": True})
+        await publisher.publish("app.send_email", Mail("ada"))
+        await publisher.publish("app.send_email", Mail("bob", bounce=True))
         await publisher.publish("app.user.signed_up", {"user": "cyd"})
-        for _ in range(4):  # 2 mails (one fails) + 3 audit copies, minus the failed mail
-            print(await asyncio.wait_for(handled.get(), timeout=30))
+        await publisher.publish_in(2, "app.send_email", Mail("dan"))  # delivered after 5 s, the first level
+        while not ("send_email: Dear dan" in seen and "heartbeat" in seen):
+            seen.append(await asyncio.wait_for(lines.get(), timeout=30))
+    for line in sorted(set(seen)):
+        print(line)
     print(f"done; the bounced mail waits in {pool.dead_queue}")
 
 

@@ -1,0 +1,73 @@
+"""The in-memory broker's own rules, where the shared scenario suite does not reach (no RabbitMQ here)."""
+
+from __future__ import annotations
+
+import pytest
+from aiormq import exceptions as amqp_errors
+
+from event import Publisher, Unroutable, WorkerPool
+from event.testing import TestBroker
+
+URL = "amqp://nobody:nothing@127.0.0.1:1/"  # never dialled: the broker is in memory
+
+
+async def test_mandatory_publish_with_no_queue_is_unroutable() -> None:
+    publisher = Publisher(URL, namespace="t")
+    async with TestBroker(publisher):
+        with pytest.raises(Unroutable):
+            await publisher.publish("app.nobody", {}, mandatory=True)
+        await publisher.publish("app.nobody", {})  # dropped, as RabbitMQ drops it
+
+
+async def test_max_length_drops_the_oldest_and_exclusive_queues_are_locked() -> None:
+    broker = TestBroker()
+    first = await broker.connect(URL, name="one")
+    channel = await first.channel()
+    await channel.queue_declare("q", arguments={"x-max-length": 2})
+    for n in range(3):
+        await channel.basic_publish(str(n).encode(), routing_key="q")
+    assert [m.body for m in broker.queues["q"].messages] == [b"1", b"2"]
+
+    await channel.queue_declare("lock", exclusive=True)
+    other = await (await broker.connect(URL, name="two")).channel()
+    with pytest.raises(amqp_errors.ChannelLockedResource):
+        await other.queue_declare("lock", exclusive=True)
+    await first.close()
+    assert "lock" not in broker.queues  # gone with its connection
+    again = await (await broker.connect(URL, name="three")).channel()
+    await again.queue_declare("lock", exclusive=True)
+
+
+async def test_a_closed_channel_hands_its_unacked_messages_back_redelivered() -> None:
+    broker = TestBroker()
+    connection = await broker.connect(URL, name="c")
+    channel = await connection.channel()
+    await channel.queue_declare("q")
+    await channel.basic_publish(b"x", routing_key="q")
+    got = await channel.basic_get("q")
+    assert got.delivery.redelivered is False
+    await channel.close()
+    again = await (await connection.channel()).basic_get("q", no_ack=True)
+    assert (again.body, again.delivery.redelivered) == (b"x", True)
+
+
+async def test_queue_arguments_must_match_on_redeclare() -> None:
+    broker = TestBroker()
+    channel = await (await broker.connect(URL, name="c")).channel()
+    await channel.queue_declare("q", arguments={"x-max-length": 1})
+    with pytest.raises(amqp_errors.ChannelPreconditionFailed, match="inequivalent"):
+        await channel.queue_declare("q", arguments={})
+
+
+async def test_the_pools_clock_follows_the_virtual_one_and_is_given_back() -> None:
+    pool = WorkerPool(URL, namespace="t")
+
+    @pool.consumer("app.a")
+    async def a(ctx: object, msg: object) -> None: ...
+
+    real = pool.clock
+    async with TestBroker(pool, start=1000.0) as broker:
+        assert pool.clock() == 1000.0
+        await broker.advance(5)
+        assert pool.clock() == 1005.0
+    assert pool.clock is real
