@@ -105,11 +105,13 @@ class Dispatcher:
         send_copy: SendCopy,
         clock: Callable[[], float] = time.time,
         stats: ConsumerStats | None = None,
+        max_body_bytes: int = 0,
     ) -> None:
         self.consumer = consumer
         self.namespace = namespace
         self.exchange = exchange
         self.clock = clock
+        self.max_body_bytes = max_body_bytes
         self.dead_queue = dead_queue
         self.chain = compose((*middleware, *consumer.middleware), endpoint_for(consumer, executor))
         self.slots = asyncio.Semaphore(consumer.max_concurrency) if consumer.max_concurrency else None
@@ -192,6 +194,10 @@ class Dispatcher:
         stats = self.stats
         stats.count("received", routing_key)
         try:
+            if self.max_body_bytes and len(delivered.body) > self.max_body_bytes:
+                raise PayloadError(
+                    f"body of {len(delivered.body)} bytes is over the limit of {self.max_body_bytes}"
+                )
             body = decode(delivered.body, props.content_type)
             if consumer.payload is not None:
                 body = consumer.payload.convert(body)

@@ -61,7 +61,8 @@ class WorkerPool:
 
     ``concurrency`` caps the handlers running at once in the whole pool (0: no cap); each consumer may
     cap its own with ``max_concurrency``. ``grace`` is how long shutdown waits for running handlers
-    before cancelling them (their messages then go back to the queue).
+    before cancelling them (their messages then go back to the queue). A body larger than
+    ``max_body_bytes`` (0: no limit) goes to the dead queue undecoded.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class WorkerPool:
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
         name: str = "event worker",
         clock: Callable[[], float] = time.time,
+        max_body_bytes: int = 0,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = namespace
@@ -91,6 +93,7 @@ class WorkerPool:
         self.publish_timeout = check_seconds("publish_timeout", publish_timeout, allow_zero=False)
         self.name = name
         self.clock = clock
+        self.max_body_bytes = check_count("max_body_bytes", max_body_bytes)
         self._consumers: dict[str, Consumer] = {}
         self._middleware: list[Middleware] = []
         self._dispatchers: list[Dispatcher] = []
@@ -281,6 +284,7 @@ class WorkerPool:
                 send_copy=self._send_copy,
                 clock=self.clock,
                 stats=self._consumer_stats(consumer),
+                max_body_bytes=self.max_body_bytes,
             )
             for consumer in self._consumers.values()
         ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 import uuid
@@ -26,6 +28,8 @@ from event.config import (
 from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.errors import ConnectionFailed, PublishError, PublishNacked, PublishTimeout, Unroutable
 from event.metrics import PublishStats
+
+log = logging.getLogger("event.publisher")
 
 
 def encode(routing_key: str, payload: Any) -> bytes:
@@ -188,6 +192,7 @@ class Publisher:
         timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
         connection_name: str = "event publisher",
         clock: Callable[[], float] = time.time,
+        reconnect_timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = namespace
@@ -198,6 +203,9 @@ class Publisher:
         self.stats = PublishStats()  # see event.metrics.publish_families to export them
         self._connection: Connection | None = None
         self._channel: Channel | None = None
+        self._wanted = False  # connected by the user, and not closed since: reconnect when lost
+        self._reconnecting = asyncio.Lock()
+        self.reconnect_timeout = check_seconds("reconnect_timeout", reconnect_timeout)
         self.connector: Connector = connect  # event.testing.TestBroker swaps in its own
 
     def __repr__(self) -> str:
@@ -205,19 +213,32 @@ class Publisher:
         return f"Publisher(url={url!r}, namespace={self.namespace!r}, exchange={self.exchange!r})"
 
     async def connect(self) -> None:
-        """Connect, open a confirming channel and declare the exchange (idempotent when it matches)."""
+        """Connect, open a confirming channel and declare the exchange (idempotent when it matches).
+
+        Afterwards the publisher reconnects by itself when the connection drops (within
+        ``reconnect_timeout`` of a publish that needs it), until :meth:`close`.
+        """
         if self._channel is not None and not self._channel.is_closed:
             return
+        await self._open()
+        self._wanted = True
+
+    async def _open(self) -> None:
+        await close_quietly(self._connection)
         self._connection = await self.connector(self.url, name=self._connection_name)
         try:
             self._channel = await open_channel(self._connection, confirms=True)
             await topology.declare(self._channel, topology.delay_plan(self.namespace, self.exchange))
         except BaseException:
-            await self.close()
+            channel, connection = self._channel, self._connection
+            self._channel = self._connection = None
+            await close_quietly(channel)
+            await close_quietly(connection)
             raise
 
     async def close(self) -> None:
         """Close the channel and the connection."""
+        self._wanted = False
         channel, connection = self._channel, self._connection
         self._channel = self._connection = None
         await close_quietly(channel)
@@ -231,14 +252,6 @@ class Publisher:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
-
-    def _open_channel(self) -> Channel:
-        channel = self._channel
-        if channel is None:
-            raise ConnectionFailed(f"{self!r} is not connected: use `async with` or call connect() first")
-        if channel.is_closed:
-            raise ConnectionFailed(f"{self!r} lost its connection to RabbitMQ at {redact_url(self.url)}")
-        return channel
 
     async def publish(
         self,
@@ -312,31 +325,69 @@ class Publisher:
         # Straight into our own delay queue (one copy, whatever other namespaces share the exchange),
         # through the delay exchange rather than the spec's default one: see wire.delay_exchange_name.
         # Mandatory, so a missing queue raises instead of dropping the message.
-        await send(
-            self._open_channel(),
-            exchange=wire.delay_exchange_name(self.exchange),
-            routing_key=wire.delay_queue_name(self.namespace, self.exchange, level),
-            body=body,
-            props=props,
+        await self._send(
+            wire.delay_exchange_name(self.exchange),
+            wire.delay_queue_name(self.namespace, self.exchange, level),
+            body,
+            props,
             mandatory=True,
-            timeout=self.timeout,
-            stats=self.stats,
         )
 
     async def publish_raw(
         self, routing_key: str, body: bytes, props: spec.Basic.Properties, *, mandatory: bool = False
     ) -> None:
         """Publish bytes with ready-made properties to the main exchange (for tools and bridges)."""
-        await send(
-            self._open_channel(),
-            exchange=self.exchange,
-            routing_key=routing_key,
-            body=body,
-            props=props,
-            mandatory=mandatory,
-            timeout=self.timeout,
-            stats=self.stats,
-        )
+        await self._send(self.exchange, routing_key, body, props, mandatory=mandatory)
+
+    async def _send(
+        self, exchange: str, routing_key: str, body: bytes, props: spec.Basic.Properties, *, mandatory: bool
+    ) -> None:
+        # A publish that returns was confirmed. One that the connection's loss interrupted was not, so it
+        # is sent again once the publisher has reconnected (same message id: a consumer may see it twice,
+        # never zero times), until reconnect_timeout runs out.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        while True:
+            channel = await self._ready_channel(deadline)
+            try:
+                await send(
+                    channel,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    body=body,
+                    props=props,
+                    mandatory=mandatory,
+                    timeout=self.timeout,
+                    stats=self.stats,
+                )
+                return
+            except ConnectionFailed:
+                if not self._wanted or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def _ready_channel(self, deadline: float) -> Channel:
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        if not self._wanted:
+            raise ConnectionFailed(f"{self!r} is not connected: use `async with` or call connect() first")
+        loop = asyncio.get_running_loop()
+        async with self._reconnecting:
+            pause = 0.2
+            while self._channel is None or self._channel.is_closed:
+                try:
+                    await self._open()
+                except ConnectionFailed as exc:
+                    if loop.time() + pause >= deadline:
+                        raise ConnectionFailed(
+                            f"{self!r} lost its connection to RabbitMQ and could not reconnect within "
+                            f"{self.reconnect_timeout:g} s: {exc}"
+                        ) from exc
+                    log.warning("publisher reconnecting to %s: %s", redact_url(self.url), exc)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 2.0)
+            return self._channel
 
 
 __all__ = ["Publisher", "PublishError", "encode", "properties", "send"]

@@ -133,3 +133,37 @@ async def test_a_handler_past_its_timeout_is_cancelled_and_dead_queued(
         await eventually(settled, timeout=10)
     [dead] = await probe.take_all(dead_queue)
     assert dead.header.properties.headers["event-error"].startswith("TimeoutError")
+
+
+async def test_oversized_bodies_and_middleware_errors_are_dead_queued_with_the_reason(
+    pool_kwargs: dict[str, Any], iso: Isolation, probe: Probe
+) -> None:
+    pool = WorkerPool(**pool_kwargs, max_body_bytes=1000)
+    handled: list[int] = []
+
+    @pool.middleware
+    async def strict(ctx: object, msg: Message[Any], call_next: Any) -> Any:
+        if msg.body.get("n") == 2:
+            raise PermissionError("middleware says no")
+        return await call_next()
+
+    @pool.consumer("app.x", retries=0)
+    async def x(ctx: object, msg: Message[Any]) -> None:
+        handled.append(msg.body["n"])
+
+    dead_queue = wire.dead_queue_name(iso.namespace, iso.exchange)
+    async with pool.running(), Publisher(**pool_kwargs) as publisher:
+        await publisher.publish("app.x", {"n": 1, "pad": "x" * 2000}, message_id="big")
+        await publisher.publish("app.x", {"n": 2}, message_id="refused")
+        await publisher.publish("app.x", {"n": 3})
+
+        async def settled() -> bool:
+            return handled == [3] and await probe.depth(dead_queue) == 2
+
+        await eventually(settled)
+    errors = {
+        d.header.properties.message_id: d.header.properties.headers["event-error"]
+        for d in await probe.take_all(dead_queue)
+    }
+    assert errors["big"].startswith("PayloadError: body of 2016 bytes is over the limit of 1000")
+    assert errors["refused"] == "PermissionError: middleware says no"
