@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from event.errors import ConfigurationError
@@ -17,17 +18,30 @@ DEFAULT_PUBLISH_TIMEOUT_S = 30.0
 DEFAULT_THREADS = 32
 
 
-def resolve_url(url: str | None) -> str:
-    """The broker URL to use: ``url`` if given, else ``$AMQP_URL``, else the local broker."""
+def resolve_url(url: str | Sequence[str] | None) -> str:
+    """The broker URL to use: ``url`` if given, else ``$AMQP_URL``, else the local broker.
+
+    Several URLs (the nodes of a cluster) are given as a list or separated by commas; they are tried
+    in turn on every connect and reconnect. The result keeps them comma-separated.
+    """
+    if url is not None and not isinstance(url, str):
+        url = ",".join(url)
     chosen = url or os.environ.get("AMQP_URL") or DEFAULT_URL
-    scheme = urlsplit(chosen).scheme
-    if scheme not in ("amqp", "amqps"):
-        raise ConfigurationError(f"broker URL {redact_url(chosen)!r} must start with amqp:// or amqps://")
+    for one in split_urls(chosen):
+        if urlsplit(one).scheme not in ("amqp", "amqps"):
+            raise ConfigurationError(f"broker URL {redact_url(one)!r} must start with amqp:// or amqps://")
     return chosen
+
+
+def split_urls(url: str) -> list[str]:
+    """The URLs of a comma-separated list (a single URL gives a list of one)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***``, fit for logs and error messages."""
+    if "," in url:
+        return ",".join(redact_url(part) for part in split_urls(url))
     try:
         parts = urlsplit(url)
     except ValueError:

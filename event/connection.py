@@ -10,7 +10,7 @@ import aiormq
 import aiormq.abc
 from aiormq import exceptions as amqp_errors
 
-from event.config import redact_url
+from event.config import redact_url, split_urls
 from event.errors import ConnectionFailed
 
 Connection = aiormq.abc.AbstractConnection
@@ -30,7 +30,23 @@ HOW_TO_GET_A_BROKER = (
 
 
 async def connect(url: str, *, name: str, timeout: float = 10.0) -> Connection:
-    """Open a connection to ``url``, raising :class:`ConnectionFailed` with a readable reason."""
+    """Open a connection to ``url`` (to the first that answers, for a comma-separated list of nodes),
+    raising :class:`ConnectionFailed` with a readable reason."""
+    urls = split_urls(url)
+    failures: list[ConnectionFailed] = []
+    for one in urls:
+        try:
+            return await _connect_one(one, name=name, timeout=timeout)
+        except ConnectionFailed as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    raise ConnectionFailed("no broker of the list answered: " + "; ".join(map(str, failures))) from failures[
+        -1
+    ]
+
+
+async def _connect_one(url: str, *, name: str, timeout: float) -> Connection:
     shown = redact_url(url)
     try:
         async with asyncio.timeout(timeout):

@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from event.config import split_urls
 from event.errors import ConnectionFailed
 
 DEFAULT_PORT = 15672
@@ -28,7 +29,7 @@ class ManagementApi:
     @classmethod
     def for_url(cls, amqp_url: str, base: str | None = None) -> ManagementApi:
         """Derive the API's address and credentials from ``amqp_url`` (``base`` overrides the address)."""
-        parts = urllib.parse.urlsplit(amqp_url)
+        parts = urllib.parse.urlsplit(split_urls(amqp_url)[0])
         vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         scheme = "https" if parts.scheme == "amqps" else "http"
         address = base or f"{scheme}://{parts.hostname or '127.0.0.1'}:{DEFAULT_PORT}"

@@ -8,7 +8,7 @@ import inspect
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
@@ -62,12 +62,15 @@ class WorkerPool:
     ``concurrency`` caps the handlers running at once in the whole pool (0: no cap); each consumer may
     cap its own with ``max_concurrency``. ``grace`` is how long shutdown waits for running handlers
     before cancelling them (their messages then go back to the queue). A body larger than
-    ``max_body_bytes`` (0: no limit) goes to the dead queue undecoded.
+    ``max_body_bytes`` (0: no limit) goes to the dead queue undecoded. ``queue_type="quorum"`` makes the
+    consumer queues (those that do not choose) and the dead queue quorum queues, the choice for a
+    cluster; the delay queues keep hutch-schedule's exact arguments so Ruby services can share them.
+    ``url`` may list several nodes of a cluster (a list, or comma-separated): they are tried in turn.
     """
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         *,
         namespace: str = "",
         exchange: str = DEFAULT_EXCHANGE,
@@ -80,6 +83,7 @@ class WorkerPool:
         name: str = "event worker",
         clock: Callable[[], float] = time.time,
         max_body_bytes: int = 0,
+        queue_type: str | None = None,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = namespace
@@ -94,6 +98,9 @@ class WorkerPool:
         self.name = name
         self.clock = clock
         self.max_body_bytes = check_count("max_body_bytes", max_body_bytes)
+        if queue_type not in (None, "classic", "quorum"):
+            raise ConfigurationError(f"queue_type must be 'classic' or 'quorum', not {queue_type!r}")
+        self.queue_type = queue_type
         self._consumers: dict[str, Consumer] = {}
         self._middleware: list[Middleware] = []
         self._dispatchers: list[Dispatcher] = []
@@ -379,11 +386,18 @@ class WorkerPool:
             self.exchange,
             dead_ttl_ms=self.dead_queue_ttl_ms,
             dead_max_length=self.dead_queue_max_length,
+            dead_queue_type=self.queue_type,
             consumers=[
-                (c.handler.__qualname__, c.queue, dict(c.arguments), c.bindings)
+                (c.handler.__qualname__, c.queue, self._queue_arguments(c.arguments), c.bindings)
                 for c in self._consumers.values()
             ],
         )
+
+    def _queue_arguments(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        chosen = dict(arguments)
+        if self.queue_type is not None:
+            chosen.setdefault("x-queue-type", self.queue_type)
+        return chosen
 
     @property
     def in_flight(self) -> int:

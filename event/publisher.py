@@ -7,7 +7,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -185,7 +185,7 @@ class Publisher:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         *,
         namespace: str = "",
         exchange: str = DEFAULT_EXCHANGE,
@@ -301,7 +301,8 @@ class Publisher:
     ) -> None:
         """Publish ``payload`` for delivery at ``when`` (an aware datetime) or later; a past one: now."""
         seconds = seconds_until(when, self._clock())
-        await self._publish_delayed(max(seconds, 0.0), routing_key, payload, headers, message_id)
+        due_at_ms = math.ceil(when.timestamp() * 1000)  # exactly the time asked for, not now + a float
+        await self._publish_delayed(max(seconds, 0.0), routing_key, payload, headers, message_id, due_at_ms)
 
     async def _publish_delayed(
         self,
@@ -310,13 +311,18 @@ class Publisher:
         payload: Any,
         headers: Mapping[str, Any] | None,
         message_id: str | None,
+        due_at_ms: int | None = None,
     ) -> None:
         if seconds <= 0:
             await self.publish(routing_key, payload, headers=headers, message_id=message_id)
             return
         wire.validate_routing_key(routing_key, pattern=False)
         body = encode(routing_key, payload)
-        level, due_at_ms = wire.delay_plan(seconds, int(self._clock() * 1000))
+        level, planned_due_ms = wire.delay_plan(seconds, math.ceil(self._clock() * 1000))
+        if planned_due_ms is None:
+            due_at_ms = None  # a level covers it: no re-park needed
+        elif due_at_ms is None:
+            due_at_ms = planned_due_ms
         props = properties(
             message_id=message_id,
             headers=wire.delayed_headers(headers, routing_key, due_at_ms=due_at_ms),

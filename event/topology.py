@@ -78,13 +78,17 @@ def pool_plan(
     dead_ttl_ms: int,
     dead_max_length: int,
     consumers: Iterable[tuple[str, str, dict[str, Any], tuple[str, ...]]],
+    dead_queue_type: str | None = None,
 ) -> Plan:
     """A pool's topology: the delay plan, the dead queue, and each consumer's (handler, queue, args, keys)."""
     base = delay_plan(namespace, exchange)
     dead = Queue(
         wire.dead_queue_name(namespace, exchange),
         "dead queue",
-        wire.dead_queue_arguments(dead_ttl_ms, dead_max_length),
+        {
+            **wire.dead_queue_arguments(dead_ttl_ms, dead_max_length),
+            **({"x-queue-type": dead_queue_type} if dead_queue_type else {}),
+        },
     )
     queues = [
         Queue(queue, f"queue of consumer {handler}", dict(arguments), tuple((exchange, key) for key in keys))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Isolation, Probe
+from support import Isolation, Probe, eventually
 
 from event import wire
 
@@ -118,6 +118,13 @@ async def test_queues_shows_the_namespace(env: dict[str, str], iso: Isolation, p
     channel = await probe.channel()
     await channel.queue_declare(f"{iso.namespace}:jobs", durable=True)
     await probe.publish("", f"{iso.namespace}:jobs", b"{}")
+
+    def listed() -> bool:  # the management API learns of a new queue a moment after it exists
+        return bool(
+            json.loads(event("queues", "--namespace", iso.namespace, "--json", env=env).stdout or "[]")
+        )
+
+    await eventually(listed, timeout=15, interval=0.5)
     result = event("queues", "--namespace", iso.namespace, "--json", env=env)
     assert result.returncode == 0, result.stderr
     [row] = json.loads(result.stdout)

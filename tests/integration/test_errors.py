@@ -69,3 +69,23 @@ async def test_pool_without_consumers_says_so(amqp_url: str, iso: Isolation) -> 
 
     with pytest.raises(ConfigurationError, match="no consumers"):
         await WorkerPool(amqp_url, namespace=iso.namespace).run(install_signal_handlers=False)
+
+
+async def test_a_full_queue_that_rejects_publishes_raises_publish_nacked(
+    pool_kwargs: dict[str, Any], iso: Isolation, probe: Any
+) -> None:
+    from event import PublishNacked
+
+    channel = await probe.channel()
+    queue = f"{iso.namespace}:bounded"
+    await channel.exchange_declare(iso.exchange, exchange_type="topic", durable=True)
+    await channel.queue_declare(
+        queue, durable=True, arguments={"x-max-length": 2, "x-overflow": "reject-publish"}
+    )
+    await channel.queue_bind(queue, iso.exchange, routing_key="app.bounded")
+    async with Publisher(**pool_kwargs) as publisher:
+        await publisher.publish("app.bounded", {"n": 1})
+        await publisher.publish("app.bounded", {"n": 2})
+        with pytest.raises(PublishNacked, match="was not stored"):
+            await publisher.publish("app.bounded", {"n": 3})  # told, not silently dropped
+    assert await probe.depth(queue) == 2
