@@ -4,7 +4,9 @@ in the same process and on the same broker, so the figures are ratios a noisy ma
 Jobs are near no-ops spread over routing keys, each incrementing a counter. Measured, each on its own
 freshly published messages:
 
-- ``jobs_per_s``: a WorkerPool, from the start of ``run()`` to the last ack (the pool stopped);
+- ``jobs_per_s``: a WorkerPool, from the start of ``run()`` to the last ack (the pool stopped); with
+  ``processes`` above 1, that many worker processes on the same queues, from their start (interpreter
+  start-up included) to the exit of the last, which flushes its acks before it exits;
 - ``baseline_jobs_per_s``: plain aio-pika, one queue per key, per-message ack, prefetch 200;
 - ``ceiling_jobs_per_s``: bare aiormq, prefetch 1000, orjson decode, an awaited no-op, a
   ``multiple=True`` ack every 100th message;
@@ -15,7 +17,10 @@ freshly published messages:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import resource
+import signal
 import sys
 import time
 import uuid
@@ -44,6 +49,7 @@ class BenchResult:
 
     jobs: int
     routing_keys: int
+    processes: int
     jobs_per_s: float
     baseline_jobs_per_s: float
     ratio: float
@@ -66,9 +72,17 @@ def _no_progress(phase: str, done: int, total: int) -> None:
 
 
 async def run_bench(
-    url: str, *, jobs: int = 100_000, routing_keys: int = 5, progress: Progress = _no_progress
+    url: str,
+    *,
+    jobs: int = 100_000,
+    routing_keys: int = 5,
+    processes: int = 1,
+    progress: Progress = _no_progress,
 ) -> BenchResult:
-    """Run every phase once against the broker at ``url`` and return the figures."""
+    """Run every phase once against the broker at ``url`` and return the figures; ``processes`` is
+    how many worker processes consume in our phase (the baselines are one process each)."""
+    if processes < 1:
+        raise ValueError(f"processes must be 1 or more, not {processes}")
     namespace = f"bench{uuid.uuid4().hex[:8]}"
     exchange = f"{namespace}-ex"
     keys = [f"bench.job{k}" for k in range(routing_keys)]
@@ -86,7 +100,9 @@ async def run_bench(
 
     async def ours(n: int) -> float:
         await fresh(f"{namespace}:job", "fill for event", n)
-        return await _pool_phase(url, namespace, exchange, keys, n, progress)
+        if processes == 1:
+            return await _pool_phase(url, namespace, exchange, keys, n, progress)
+        return await _pool_in_children(url, namespace, exchange, keys, n, processes, progress)
 
     async def baseline(n: int) -> float:
         return await _aio_pika_phase(
@@ -126,6 +142,7 @@ async def run_bench(
     return BenchResult(
         jobs=jobs,
         routing_keys=routing_keys,
+        processes=processes,
         jobs_per_s=jobs / seconds[0],
         baseline_jobs_per_s=jobs / seconds[1],
         ratio=seconds[1] / seconds[0],
@@ -207,18 +224,16 @@ async def _baseline_publish_phase(
 async def _pool_phase(
     url: str, namespace: str, exchange: str, keys: list[str], jobs: int, progress: Progress
 ) -> float:
-    pool = WorkerPool(url, namespace=namespace, exchange=exchange, concurrency=0)
     counter = 0
     done = asyncio.Event()
 
-    async def job(ctx: object, msg: Message[Any]) -> None:
+    def on_job() -> None:
         nonlocal counter
         counter += 1
         if counter >= jobs:
             done.set()
 
-    for k, key in enumerate(keys):
-        pool.consumer(key, queue=f"job{k}", prefetch=1000, retries=0)(job)
+    pool = _job_pool(url, namespace, exchange, keys, on_job)
     started = time.perf_counter()
     runner = asyncio.create_task(pool.run(install_signal_handlers=False))
     while not done.is_set():
@@ -254,7 +269,7 @@ async def _aio_pika_phase(url: str, queues: list[str], jobs: int, progress: Prog
             queue = await channel.declare_queue(name, durable=True, passive=True)
             await queue.consume(on_message)
         while not done.is_set():
-            with contextlib_suppress_timeout():
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout=0.5)
             progress("consume (aio-pika)", counter, jobs)
     finally:
@@ -292,7 +307,7 @@ async def _aiormq_phase(url: str, queues: list[str], jobs: int, progress: Progre
 
             await channel.basic_consume(name, on_message)
         while not done.is_set():
-            with contextlib_suppress_timeout():
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout=0.5)
             progress("consume (aiormq)", counter, jobs)
     finally:
@@ -338,8 +353,8 @@ async def _hold_in_child(
     """The hold phase in a fresh interpreter, so that the other phases' garbage does not count."""
     progress("hold in memory", 0, held)
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "event.bench", "hold", url, namespace, exchange, str(held), str(routing_keys),
-        stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "event.bench", "hold", namespace, exchange, str(held), str(routing_keys),
+        stdout=asyncio.subprocess.PIPE, env=_child_env(url),
     )  # fmt: skip
     out, _ = await child.communicate()
     if child.returncode != 0:
@@ -348,12 +363,90 @@ async def _hold_in_child(
     return float(out.decode().strip().splitlines()[-1])
 
 
-def contextlib_suppress_timeout() -> Any:
-    import contextlib
+def _job_pool(
+    url: str, namespace: str, exchange: str, keys: list[str], on_job: Callable[[], None]
+) -> WorkerPool:
+    """The pool of the consume phases: one consumer per key, each job a counted no-op."""
+    pool = WorkerPool(url, namespace=namespace, exchange=exchange, concurrency=0)
 
-    return contextlib.suppress(TimeoutError)
+    async def job(ctx: object, msg: Message[Any]) -> None:
+        on_job()
+
+    for k, key in enumerate(keys):
+        pool.consumer(key, queue=f"job{k}", prefetch=1000, retries=0)(job)
+    return pool
 
 
-if __name__ == "__main__":  # the memory phase's child: python -m event.bench hold URL NS EXCHANGE N KEYS
-    _, _, _url, _namespace, _exchange, _held, _keys = sys.argv
-    print(asyncio.run(_hold_phase(_url, _namespace, _exchange, int(_held), int(_keys), _no_progress)))
+async def _pool_in_children(
+    url: str, namespace: str, exchange: str, keys: list[str], jobs: int, processes: int, progress: Progress
+) -> float:
+    """``processes`` workers (``python -m event.bench consume``) on the job queues; each prints its
+    count as it goes, and on SIGTERM drains, flushes its acks and exits."""
+    started = time.perf_counter()
+    argv = [sys.executable, "-m", "event.bench", "consume", namespace, exchange, ",".join(keys)]
+    children = [
+        await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, env=_child_env(url))
+        for _ in range(processes)
+    ]
+    counts = [0] * processes
+
+    async def follow(i: int, child: asyncio.subprocess.Process) -> None:
+        assert child.stdout is not None
+        async for line in child.stdout:
+            counts[i] = int(line)
+
+    followers = [asyncio.create_task(follow(i, child)) for i, child in enumerate(children)]
+    try:
+        while sum(counts) < jobs:
+            if any(child.returncode is not None for child in children):
+                raise RuntimeError("a worker of the consume phase exited before the jobs were done")
+            await asyncio.sleep(0.05)
+            progress(f"consume (event x{processes})", sum(counts), jobs)
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signal.SIGTERM)
+        codes = [await child.wait() for child in children]
+        await asyncio.gather(*followers)
+    elapsed = time.perf_counter() - started
+    if any(codes):
+        raise RuntimeError(f"the consume phase's workers exited with {codes}")
+    return jobs / elapsed
+
+
+async def _consume_in_child(url: str, namespace: str, exchange: str, keys: list[str]) -> None:
+    count = 0
+
+    def on_job() -> None:
+        nonlocal count
+        count += 1
+
+    pool = _job_pool(url, namespace, exchange, keys, on_job)
+
+    async def report() -> None:
+        reported = -1
+        while True:
+            if count != reported:
+                reported = count
+                print(count, flush=True)
+            await asyncio.sleep(0.05)
+
+    reporter = asyncio.create_task(report())
+    await pool.run()  # until SIGTERM; returns once the acks are flushed
+    reporter.cancel()
+    print(count, flush=True)
+
+
+def _child_env(url: str) -> dict[str, str]:
+    # The URL goes by environment, not argv, where `ps` would show its password to every user.
+    return {**os.environ, "AMQP_URL": url}
+
+
+if __name__ == "__main__":  # the children of the memory and multi-process phases, URL in $AMQP_URL
+    _url = os.environ["AMQP_URL"]
+    if sys.argv[1] == "hold":  # python -m event.bench hold NS EXCHANGE N KEYS
+        _namespace, _exchange, _held, _keys = sys.argv[2:]
+        print(asyncio.run(_hold_phase(_url, _namespace, _exchange, int(_held), int(_keys), _no_progress)))
+    else:  # python -m event.bench consume NS EXCHANGE KEY,KEY,...
+        _namespace, _exchange, _key_list = sys.argv[2:]
+        asyncio.run(_consume_in_child(_url, _namespace, _exchange, _key_list.split(",")))

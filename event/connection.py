@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -10,6 +11,7 @@ import aiormq
 import aiormq.abc
 from aiormq import exceptions as amqp_errors
 
+from event import frames
 from event.config import redact_url, split_urls
 from event.errors import ConnectionFailed
 
@@ -50,8 +52,11 @@ async def _connect_one(url: str, *, name: str, timeout: float) -> Connection:
     shown = redact_url(url)
     try:
         async with asyncio.timeout(timeout):
+            frames.install()
             connection: Connection = await aiormq.connect(
-                url, client_properties={"connection_name": name, "product": "event (Python)"}
+                url,
+                client_properties={"connection_name": name, "product": "event (Python)"},
+                transport_factory=frames.transport_factory,
             )
             return connection
     except amqp_errors.ProbableAuthenticationError as exc:
@@ -74,9 +79,24 @@ async def _connect_one(url: str, *, name: str, timeout: float) -> Connection:
                 f"it. Create it with `rabbitmqctl add_vhost {vhost}` and grant access with "
                 f"`rabbitmqctl set_permissions -p {vhost} USER '.*' '.*' '.*'`, or fix the URL"
             ) from exc
+        if _caused_by(exc, ssl.SSLError):
+            raise ConnectionFailed(
+                f"the TLS handshake with RabbitMQ at {shown} failed ({reason or exc}): check that the port "
+                "is the broker's TLS listener (5671 by default) and the cafile, certfile and keyfile "
+                "options of the URL"
+            ) from exc
         raise ConnectionFailed(
             f"cannot reach RabbitMQ at {shown} ({reason or exc}); {HOW_TO_GET_A_BROKER}"
         ) from exc
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _close_reason(exc: BaseException) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Isolation, Probe, eventually
+from support import Isolation, Management, Probe, eventually
 
 from event import wire
 
@@ -57,7 +57,8 @@ async def test_publish_in_and_at_go_to_the_delay_queue(
     assert far.header.properties.headers["event-due-at"] == 32472144000000
 
 
-def test_publish_errors(env: dict[str, str]) -> None:
+def test_publish_errors(env: dict[str, str], management: Management) -> None:
+    before = set(management.queue_names())
     naive = event("publish", "app.a", "{}", "--at", "2030-01-01T00:00:00", env=env)
     assert naive.returncode == 2 and "aware datetime" in naive.stderr
     both = event("publish", "app.a", "{}", "--in", "5", "--at", "2030-01-01T00:00:00+00:00", env=env)
@@ -66,6 +67,7 @@ def test_publish_errors(env: dict[str, str]) -> None:
     assert negative.returncode == 2 and "delay must be" in negative.stderr
     wildcard = event("publish", "app.*", "{}", env=env)
     assert wildcard.returncode == 2 and "wildcard" in wildcard.stderr
+    assert set(management.queue_names()) == before  # refused before connecting: nothing declared
 
 
 def test_topology_prints_what_the_pool_declares(env: dict[str, str], iso: Isolation) -> None:

@@ -1,7 +1,8 @@
 """Every code block of the README and docs/ is executed, so no example goes stale:
 
 - ``python``: run as a script in a vhost of its own; a ``text`` block right after it is its output;
-- ``bash``: every ``event ...`` command line parses with the real CLI parser;
+- ``bash``: every ``event ...`` command line parses with the real CLI parser, and every
+  ``python benches/...`` script starts (``--help``);
 - ``yaml``: parses.
 """
 
@@ -70,6 +71,11 @@ def test_shell_example_uses_real_commands(where: str, code: str, output: str | N
     parser = build_parser()
     for line in code.splitlines():
         line = line.split("#", 1)[0].strip()
+        if line.startswith("python benches/"):  # a script of the checkout: it exists and starts
+            script = ROOT / shlex.split(line)[1]
+            started = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, timeout=60)
+            assert started.returncode == 0, f"{where}: `{line}` fails: {started.stderr.decode()}"
+            continue
         if not line.startswith("event "):
             continue
         words = shlex.split(line)[1:]
