@@ -164,3 +164,22 @@ async def test_plain_def_handlers_run_in_threads(pool_kwargs: dict[str, Any]) ->
         await asyncio.gather(*(publisher.publish("app.sync", {"n": n}) for n in range(8)))
         await eventually(lambda: len(threads) == 8)
     assert all(name.startswith("event-handler") for name in threads)
+
+
+async def test_bodies_larger_than_a_frame_arrive_whole(pool_kwargs: dict[str, Any]) -> None:
+    """The broker splits a body over several frames (131,072 bytes at most each, by default): the
+    frame reader must hand every piece on, in order, with the properties of the header before it."""
+    pool = WorkerPool(**pool_kwargs)
+    got: dict[str, tuple[str, str | None]] = {}
+
+    @pool.consumer("app.big")
+    async def big(ctx: object, msg: Message[Any]) -> None:
+        got[msg.body["size"]] = (msg.body["pad"], msg.message_id)
+
+    sizes = [131_000, 131_072 * 3 + 17, 2_000_000]
+    pads = {str(size): "".join(chr(ord("a") + (i * 7) % 26) for i in range(size)) for size in sizes}
+    async with pool.running(), Publisher(**pool_kwargs) as publisher:
+        for size, pad in pads.items():
+            await publisher.publish("app.big", {"size": size, "pad": pad}, message_id=f"big-{size}")
+        await eventually(lambda: len(got) == len(sizes), timeout=30)
+    assert got == {size: (pad, f"big-{size}") for size, pad in pads.items()}
