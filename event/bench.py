@@ -5,8 +5,9 @@ Jobs are near no-ops spread over routing keys, each incrementing a counter. Meas
 freshly published messages:
 
 - ``jobs_per_s``: a WorkerPool, from the start of ``run()`` to the last ack (the pool stopped); with
-  ``processes`` above 1, that many worker processes on the same queues, from their start (interpreter
-  start-up included) to the exit of the last, which flushes its acks before it exits;
+  ``processes`` above 1, that many worker processes on the same queues, from the start of the first
+  one's ``run()`` to the return of the last one's, acks flushed (interpreter start-up and exit
+  excluded, as in one process);
 - ``baseline_jobs_per_s``: plain aio-pika, one queue per key, per-message ack, prefetch 200;
 - ``ceiling_jobs_per_s``: bare aiormq, prefetch 1000, orjson decode, an awaited no-op, a
   ``multiple=True`` ack every 100th message;
@@ -380,20 +381,28 @@ def _job_pool(
 async def _pool_in_children(
     url: str, namespace: str, exchange: str, keys: list[str], jobs: int, processes: int, progress: Progress
 ) -> float:
-    """``processes`` workers (``python -m event.bench consume``) on the job queues; each prints its
-    count as it goes, and on SIGTERM drains, flushes its acks and exits."""
-    started = time.perf_counter()
+    """``processes`` workers (``python -m event.bench consume``) on the job queues; each prints when
+    its pool starts, its count as it goes, and, after SIGTERM, when its pool has drained and flushed
+    its acks."""
     argv = [sys.executable, "-m", "event.bench", "consume", namespace, exchange, ",".join(keys)]
     children = [
         await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, env=_child_env(url))
         for _ in range(processes)
     ]
     counts = [0] * processes
+    starts: list[float] = []  # wall-clock times, comparable across processes of one machine
+    ends: list[float] = []
 
     async def follow(i: int, child: asyncio.subprocess.Process) -> None:
         assert child.stdout is not None
         async for line in child.stdout:
-            counts[i] = int(line)
+            word, _, value = line.decode().partition(" ")
+            if word == "start":
+                starts.append(float(value))
+            elif word == "done":
+                ends.append(float(value))
+            else:
+                counts[i] = int(word)
 
     followers = [asyncio.create_task(follow(i, child)) for i, child in enumerate(children)]
     try:
@@ -408,10 +417,9 @@ async def _pool_in_children(
                 child.send_signal(signal.SIGTERM)
         codes = [await child.wait() for child in children]
         await asyncio.gather(*followers)
-    elapsed = time.perf_counter() - started
-    if any(codes):
+    if any(codes) or len(ends) != processes:
         raise RuntimeError(f"the consume phase's workers exited with {codes}")
-    return jobs / elapsed
+    return jobs / (max(ends) - min(starts))
 
 
 async def _consume_in_child(url: str, namespace: str, exchange: str, keys: list[str]) -> None:
@@ -432,9 +440,11 @@ async def _consume_in_child(url: str, namespace: str, exchange: str, keys: list[
             await asyncio.sleep(0.05)
 
     reporter = asyncio.create_task(report())
+    print("start", time.time(), flush=True)
     await pool.run()  # until SIGTERM; returns once the acks are flushed
     reporter.cancel()
     print(count, flush=True)
+    print("done", time.time(), flush=True)
 
 
 def _child_env(url: str) -> dict[str, str]:

@@ -3,8 +3,9 @@
 Profiling the consumer showed that most of a message's cost was not ours, nor the broker's: it was
 pamqp decoding the two frames that precede every body. pamqp decodes generically (a type lookup and a
 slice of the remaining bytes per field, ``__init__`` validation of the objects it then overwrites),
-about 10 µs per ``Basic.Deliver`` and as much per content header on this machine. aiormq's frame
-reader adds a lock, a ``BytesIO`` and three reads per frame on top.
+some 20 µs per ``Basic.Deliver`` and as much per content header on our 2-core test machine. aiormq's
+frame reader adds a lock, a ``BytesIO`` and three reads per frame on top. (``benches/frames.py``
+measures both decoders on the frames of one message.)
 
 So connections opened by ``event`` read their frames here: one read for the 7-byte frame header, one
 for the payload, and straight-line decoders for the frames that come once per message
