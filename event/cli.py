@@ -13,12 +13,12 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from event import logs, topology, wire
+from event import cron, logs, topology, wire
 from event.bench import run_bench
 from event.config import check_count, check_seconds, redact_url, resolve_url
 from event.dead import DeadQueue
@@ -142,6 +142,36 @@ async def _publish(args: argparse.Namespace) -> int:
         else:
             await publisher.publish(args.routing_key, payload, mandatory=args.mandatory, **extra)
     print(f"published {args.routing_key} to exchange {args.exchange!r} at {redact_url(publisher.url)}")
+    return EXIT_OK
+
+
+# --- cron --------------------------------------------------------------------------------------------------
+
+
+async def _cron_list(args: argparse.Namespace) -> int:
+    check_count("--count", args.count, minimum=1)
+    pool = load_pool(args.pool)
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "name": schedule.name,
+            "expression": schedule.expression,
+            "tz": schedule.tz.key,
+            "routing_key": schedule.routing_key,
+            "catch_up": schedule.catch_up,
+            "next": [tick.isoformat() for tick in cron.next_ticks(schedule, now, args.count)],
+        }
+        for schedule in pool.schedules
+    ]
+    if args.json:
+        print(orjson.dumps(rows).decode())
+        return EXIT_OK
+    if not rows:
+        print(f"{args.pool} has no cron schedules")
+    for row in rows:
+        print(f"{row['name']}: {row['expression']} ({row['tz']}) publishes {row['routing_key']}")
+        for tick in row["next"]:
+            print(f"    {tick}")
     return EXIT_OK
 
 
@@ -340,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--at", metavar="ISO8601", help="deliver at this time (with a time zone)")
     publish.add_argument("--mandatory", action="store_true", help="fail if no queue receives the event")
     publish.set_defaults(run=_publish)
+
+    cron_cmd = commands.add_parser("cron", help="the cron schedules of a pool")
+    cron_commands = cron_cmd.add_subparsers(dest="cron_command", required=True, metavar="COMMAND")
+    cron_list = cron_commands.add_parser("list", help="every schedule with its next run times")
+    cron_list.add_argument("pool", help="the pool, as package.module:attribute")
+    cron_list.add_argument("--count", type=int, default=3, help="run times per schedule (default: 3)")
+    cron_list.add_argument("--json", action="store_true", help="print one JSON array")
+    cron_list.set_defaults(run=_cron_list)
 
     topology_cmd = commands.add_parser(
         "topology", help="what a pool declares; --check compares with the broker"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from support import Isolation, Management, Probe, eventually
@@ -36,7 +39,18 @@ def env(pool_kwargs: dict[str, Any], iso: Isolation) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["worker"], ["publish"], ["topology"], ["queues"], ["bench"], ["dead", "list"], ["dead", "purge"]],
+    [
+        [],
+        ["worker"],
+        ["publish"],
+        ["topology"],
+        ["queues"],
+        ["bench"],
+        ["dead", "list"],
+        ["dead", "purge"],
+        ["cron"],
+        ["cron", "list"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = event(*command, "--help", env={})
@@ -140,3 +154,34 @@ def test_queues_without_the_management_api_exits_69(env: dict[str, str]) -> None
     result = event("queues", "--management-url", "http://127.0.0.1:1", env=env)
     assert result.returncode == 69
     assert "rabbitmq-plugins enable rabbitmq_management" in result.stderr
+
+
+def test_cron_list_prints_each_schedule_with_its_next_run_times(env: dict[str, str]) -> None:
+    asked = datetime.now(UTC)
+    result = event("cron", "list", "cron_app:pool", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "report: */5 * * * * (UTC) publishes app.report"
+    reports = [datetime.fromisoformat(line.strip()) for line in lines[1:4]]
+    assert reports[0] > asked and reports[0] - asked <= timedelta(minutes=5)
+    assert all(t.minute % 5 == 0 and t.second == 0 for t in reports)
+    assert [b - a for a, b in itertools.pairwise(reports)] == [timedelta(minutes=5)] * 2
+    assert lines[4] == "standup: 0 9 * * 1-5 (Europe/Berlin) publishes app.standup"
+    standups = [datetime.fromisoformat(line.strip()) for line in lines[5:8]]
+    berlin = ZoneInfo("Europe/Berlin")
+    assert all(t.astimezone(berlin).hour == 9 and t.astimezone(berlin).weekday() < 5 for t in standups)
+    assert standups == sorted(set(standups)) and len(lines) == 8
+
+    as_json = event("cron", "list", "cron_app:pool", "--json", "--count", "2", env=env)
+    rows = json.loads(as_json.stdout)
+    assert [(row["name"], len(row["next"])) for row in rows] == [("report", 2), ("standup", 2)]
+    assert rows[1]["tz"] == "Europe/Berlin" and rows[1]["catch_up"] == "skip"
+
+
+def test_cron_list_errors_and_a_pool_without_schedules(env: dict[str, str]) -> None:
+    none = event("cron", "list", "topo_app:pool", env=env)
+    assert none.returncode == 0 and "topo_app:pool has no cron schedules" in none.stdout
+    zero = event("cron", "list", "cron_app:pool", "--count", "0", env=env)
+    assert zero.returncode == 2 and "--count must be at least 1" in zero.stderr
+    missing = event("cron", "list", "no_such_app:pool", env=env)
+    assert missing.returncode == 2 and "no_such_app" in missing.stderr
