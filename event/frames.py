@@ -60,8 +60,11 @@ _PROPERTY_LAYOUT = [
 _UNSET = [(name, getattr(_Properties(), name)) for name in _Properties.__slots__]
 # The properties a flag word announces, in wire order.
 _PRESENT: dict[int, list[tuple[str, str]]] = {}
+# _content_header decodes these kinds only; a pamqp with other property types must fail loudly at import
+# (an assert would vanish under python -O and leave an unknown kind decoded as a timestamp).
 _KNOWN_KINDS = {"shortstr", "octet", "table", "timestamp"}
-assert {kind for _, _, kind in _PROPERTY_LAYOUT} <= _KNOWN_KINDS, "pamqp changed Basic.Properties"
+if not {kind for _, _, kind in _PROPERTY_LAYOUT} <= _KNOWN_KINDS:
+    raise ImportError(f"event.frames does not know this pamqp's Basic.Properties: {_PROPERTY_LAYOUT}")
 
 
 class _Fallback(Exception):
