@@ -33,7 +33,6 @@ import aio_pika
 import aiormq
 import orjson
 
-from event import wire
 from event.message import Message
 from event.pool import WorkerPool
 from event.publisher import Publisher, properties
@@ -133,11 +132,11 @@ async def run_bench(
     finally:
         for name in queues:
             await channel.queue_delete(name)
-        for name in (exchange, wire.delay_exchange_name(exchange)):
-            await channel.exchange_delete(name)
-        for level in wire.LEVELS:
-            await channel.queue_delete(wire.delay_queue_name(namespace, exchange, level))
-        await channel.queue_delete(wire.dead_queue_name(namespace, exchange))
+        plan = WorkerPool(namespace=namespace, exchange=exchange).topology()
+        for queue in plan.queues:
+            await channel.queue_delete(queue.name)
+        for declared in plan.exchanges:
+            await channel.exchange_delete(declared.name)
         await connection.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return BenchResult(

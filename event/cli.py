@@ -190,8 +190,9 @@ async def _topology(args: argparse.Namespace) -> int:
         for queue in plan.queues:
             arguments = f" {orjson.dumps(queue.arguments).decode()}" if queue.arguments else ""
             print(f"{queue.role}: {queue.name}{arguments}")
-            for source, key in queue.bindings:
-                print(f"    bound to {source} with {key}")
+            for binding in queue.bindings:
+                arguments = f" {orjson.dumps(binding.arguments).decode()}" if binding.arguments else ""
+                print(f"    bound to {binding.source} with {binding.key}{arguments}")
         return EXIT_OK
     api = ManagementApi.for_url(pool.url, args.management_url)
     problems = await topology.differences(plan, api)

@@ -85,3 +85,13 @@ def check_name(name: str, value: str) -> str:
     if value.startswith("amq."):
         raise ConfigurationError(f"{name} {value!r}: names starting with 'amq.' are reserved by the broker")
     return value
+
+
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def check_queue_type(queue_type: str | None) -> str | None:
+    """``queue_type`` if it is None (the broker's default), ``"classic"`` or ``"quorum"``."""
+    if queue_type is not None and queue_type not in QUEUE_TYPES:
+        raise ConfigurationError(f"queue_type must be 'classic' or 'quorum', not {queue_type!r}")
+    return queue_type

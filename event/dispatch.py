@@ -180,7 +180,11 @@ class Dispatcher:
         if headers:
             addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
             if addressed is not None and addressed != consumer.queue:
-                await acks.ack(tag)  # a retry meant for another queue, seen here through a '#' binding
+                await acks.ack(tag)  # an older retry meant for another queue, seen here through '#'
+                return
+            if wire.is_foreign_schedule_copy(delivery_routing_key, headers, self.namespace, self.exchange):
+                self.stats.count("duplicate", delivery_routing_key)
+                await acks.ack(tag)  # this namespace's own schedule queue delivers the copy it takes
                 return
             routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
             due_in = wire.due_in_ms(headers, int(self.clock() * 1000))
@@ -188,7 +192,7 @@ class Dispatcher:
                 self.stats.count("received", routing_key)
                 await self._park(delivered, tag, acks, routing_key, due_in / 1000)
                 return
-            failures = wire.failures(headers, consumer.routing_keys, consumer.queue)
+            failures = wire.failures(headers, consumer.routing_keys, consumer.queue, self.exchange)
         else:  # the common case, a plain publish: every header rule has its default answer
             routing_key, failures = delivery_routing_key, 0
         stats = self.stats
@@ -268,15 +272,17 @@ class Dispatcher:
             level, due_at_ms = wire.delay_plan(decision.delay, int(self.clock() * 1000))
             if not isinstance(error, Retry):
                 due_at_ms = None  # the default back-off stops at the longest level, as hutch-schedule's
+            received = props.headers or {}
             headers = wire.retry_headers(
-                props.headers or {}, failures=failures, routing_key=routing_key, queue=consumer.queue,
+                received, failures=failures, routing_key=routing_key, queue=consumer.queue,
                 due_at_ms=due_at_ms,
+                foreign=wire.foreign_failures(received, consumer.routing_keys, consumer.queue, self.exchange),
             )  # fmt: skip
             await self._settle_with_copy(
                 delivered,
                 tag,
                 acks,
-                self._delay_route(level),
+                self._park_route(level),
                 copy_properties(props, headers, level),
                 "a retry",
                 "retried",
@@ -319,16 +325,16 @@ class Dispatcher:
             delivered,
             tag,
             acks,
-            self._delay_route(level),
+            self._park_route(level),
             copy_properties(props, headers, level),
             "a re-park",
             "reparked",
             routing_key,
         )
 
-    def _delay_route(self, level: int) -> tuple[str, str]:
-        """The exchange and routing key that reach this namespace's delay queue of ``level``."""
-        queue = wire.delay_queue_name(self.namespace, self.exchange, level)
+    def _park_route(self, level: int) -> tuple[str, str]:
+        """The exchange and routing key that reach this namespace's park queue of ``level``."""
+        queue = wire.park_queue_name(self.namespace, self.exchange, level)
         return wire.delay_exchange_name(self.exchange), queue
 
     async def _settle_with_copy(

@@ -27,6 +27,7 @@ from event.config import (
     DEFAULT_THREADS,
     check_count,
     check_name,
+    check_queue_type,
     check_seconds,
     redact_url,
     resolve_url,
@@ -98,9 +99,7 @@ class WorkerPool:
         self.name = name
         self.clock = clock
         self.max_body_bytes = check_count("max_body_bytes", max_body_bytes)
-        if queue_type not in (None, "classic", "quorum"):
-            raise ConfigurationError(f"queue_type must be 'classic' or 'quorum', not {queue_type!r}")
-        self.queue_type = queue_type
+        self.queue_type = check_queue_type(queue_type)
         self._consumers: dict[str, Consumer] = {}
         self._middleware: list[Middleware] = []
         self._dispatchers: list[Dispatcher] = []
@@ -177,7 +176,7 @@ class WorkerPool:
                 rate_limit=rate_limit,
                 rate_burst=rate_burst,
             )
-            if defined.queue == self.dead_queue or wire.is_delay_queue_name(defined.queue, self.exchange):
+            if defined.queue == self.dead_queue or wire.is_reserved_queue_name(defined.queue, self.exchange):
                 raise ConfigurationError(
                     f"queue {defined.queue!r} is reserved for event's own use; choose another"
                 )

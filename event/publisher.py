@@ -21,6 +21,7 @@ from event.config import (
     DEFAULT_EXCHANGE,
     DEFAULT_PUBLISH_TIMEOUT_S,
     check_name,
+    check_queue_type,
     check_seconds,
     redact_url,
     resolve_url,
@@ -193,8 +194,10 @@ class Publisher:
         connection_name: str = "event publisher",
         clock: Callable[[], float] = time.time,
         reconnect_timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
+        queue_type: str | None = None,
     ) -> None:
         self.url = resolve_url(url)
+        self.queue_type = check_queue_type(queue_type)
         self.namespace = namespace
         self.exchange = check_name("exchange", exchange)
         self.timeout = check_seconds("publish timeout", timeout, allow_zero=False)
@@ -228,7 +231,8 @@ class Publisher:
         self._connection = await self.connector(self.url, name=self._connection_name)
         try:
             self._channel = await open_channel(self._connection, confirms=True)
-            await topology.declare(self._channel, topology.delay_plan(self.namespace, self.exchange))
+            plan = topology.delay_plan(self.namespace, self.exchange, queue_type=self.queue_type)
+            await topology.declare(self._channel, plan)
         except BaseException:
             channel, connection = self._channel, self._connection
             self._channel = self._connection = None
@@ -284,7 +288,7 @@ class Publisher:
     ) -> None:
         """Publish ``payload`` to be delivered after ``delay`` (seconds or a ``timedelta``), never earlier.
 
-        The message waits in hutch-schedule's delay queue of the smallest level at least ``delay`` (so a
+        The message waits in event's park queue of the smallest level at least ``delay`` (so a
         7 s delay is delivered after 10 s); 0 publishes at once. Delays over 3 hours are parked again by
         the consumer until due. A negative, NaN or infinite delay raises :class:`ValueError`.
         """
@@ -328,12 +332,12 @@ class Publisher:
             headers=wire.delayed_headers(headers, routing_key, due_at_ms=due_at_ms),
             expiration=str(level * 1000),
         )
-        # Straight into our own delay queue (one copy, whatever other namespaces share the exchange),
+        # Straight into our own park queue (one copy, whatever other namespaces share the exchange),
         # through the delay exchange rather than the spec's default one: see wire.delay_exchange_name.
         # Mandatory, so a missing queue raises instead of dropping the message.
         await self._send(
             wire.delay_exchange_name(self.exchange),
-            wire.delay_queue_name(self.namespace, self.exchange, level),
+            wire.park_queue_name(self.namespace, self.exchange, level),
             body,
             props,
             mandatory=True,

@@ -106,6 +106,9 @@ class TestBroker:
         self.now = start  # the virtual clock, in epoch seconds
         self.exchanges: dict[str, str] = {"": "direct"}
         self.bindings: dict[str, list[tuple[str, str]]] = {}  # exchange -> [(queue, key)]
+        # Bindings with arguments (a headers exchange) and between exchanges: source -> [(to, key, args)].
+        self.header_bindings: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self.exchange_bindings: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
         self.queues: dict[str, _Queue] = {}
         self.log: list[Published] = []
         self._saved: list[tuple[Any, Any, Any]] = []
@@ -212,15 +215,27 @@ class TestBroker:
         """What a client's ``connector`` calls."""
         return _Connection(self, name)  # type: ignore[return-value]
 
-    def route(self, exchange: str, routing_key: str, headers: dict[str, Any]) -> list[str]:
+    def route(
+        self, exchange: str, routing_key: str, headers: dict[str, Any], seen: frozenset[str] = frozenset()
+    ) -> list[str]:
         keys = [routing_key, *_strings(headers.get("CC")), *_strings(headers.get("BCC"))]
         if exchange == "":
             return list(dict.fromkeys(k for k in keys if k in self.queues))
         kind = self.exchanges[exchange]
         found: dict[str, None] = {}
         for queue, pattern in self.bindings.get(exchange, []):
-            if any((wire.topic_matches(pattern, k) if kind == "topic" else pattern == k) for k in keys):
+            if kind != "headers" and _key_matches(kind, pattern, keys):
                 found[queue] = None
+        for queue, arguments in self.header_bindings.get(exchange, []):
+            if kind == "headers" and _headers_match(arguments, headers):
+                found[queue] = None
+        for target, pattern, arguments in self.exchange_bindings.get(exchange, []):
+            if kind == "headers":
+                matches = _headers_match(arguments, headers)
+            else:
+                matches = _key_matches(kind, pattern, keys)
+            if matches and target not in seen and target in self.exchanges:
+                found.update(dict.fromkeys(self.route(target, routing_key, headers, seen | {exchange})))
         return list(found)
 
     def publish(
@@ -301,6 +316,19 @@ class TestBroker:
             task = asyncio.ensure_future(callback(delivered))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+
+def _key_matches(kind: str, pattern: str, keys: list[str]) -> bool:
+    if kind == "fanout":
+        return True
+    return any((wire.topic_matches(pattern, k) if kind == "topic" else pattern == k) for k in keys)
+
+
+def _headers_match(arguments: dict[str, Any], headers: dict[str, Any]) -> bool:
+    # RabbitMQ's headers exchange: x-match all (the default) or any, over the arguments not starting x-.
+    wanted = {k: v for k, v in arguments.items() if not k.startswith("x-")}
+    hits = [headers.get(k) == v for k, v in wanted.items()]
+    return any(hits) if arguments.get("x-match") == "any" else all(hits)
 
 
 def _strings(value: Any) -> list[str]:
@@ -397,6 +425,8 @@ class _Channel:
     async def exchange_delete(self, exchange: str, **_: Any) -> None:
         self.broker.exchanges.pop(exchange, None)
         self.broker.bindings.pop(exchange, None)
+        self.broker.header_bindings.pop(exchange, None)
+        self.broker.exchange_bindings.pop(exchange, None)
 
     async def queue_declare(
         self,
@@ -430,12 +460,42 @@ class _Channel:
         self.broker.queues[queue] = _Queue(queue, durable, owner, dict(arguments or {}))
         return spec.Queue.DeclareOk(queue, 0, 0)
 
-    async def queue_bind(self, queue: str, exchange: str, routing_key: str = "", **_: Any) -> None:
+    async def exchange_bind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        self._open()
+        if destination not in self.broker.exchanges or source not in self.broker.exchanges:
+            self._fail(amqp_errors.ChannelNotFoundEntity(
+                f"NOT_FOUND - no exchange '{source}' or '{destination}'"))  # fmt: skip
+        binding = (destination, routing_key, dict(arguments or {}))
+        bound = self.broker.exchange_bindings.setdefault(source, [])
+        if binding not in bound:
+            bound.append(binding)
+
+    async def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
         self._open()
         if exchange not in self.broker.exchanges or queue not in self.broker.queues:
             self._fail(
                 amqp_errors.ChannelNotFoundEntity(f"NOT_FOUND - no exchange '{exchange}' or queue '{queue}'")
             )
+        if self.broker.exchanges[exchange] == "headers":
+            with_arguments = (queue, dict(arguments or {}))
+            headed = self.broker.header_bindings.setdefault(exchange, [])
+            if with_arguments not in headed:
+                headed.append(with_arguments)
+            return
         binding = (queue, routing_key)
         bound = self.broker.bindings.setdefault(exchange, [])
         if binding not in bound:
@@ -450,6 +510,8 @@ class _Channel:
         self.broker.queues.pop(queue, None)
         for bound in self.broker.bindings.values():
             bound[:] = [b for b in bound if b[0] != queue]
+        for headed in self.broker.header_bindings.values():
+            headed[:] = [b for b in headed if b[0] != queue]
 
     async def queue_purge(self, queue: str, **_: Any) -> spec.Queue.PurgeOk:
         found = self.broker.queues[queue]

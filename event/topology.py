@@ -7,6 +7,7 @@ fatal for that channel: callers treat :class:`TopologyMismatch` as a configurati
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,28 +19,46 @@ from event.connection import Channel
 from event.errors import ConfigurationError, TopologyMismatch
 from event.management import ManagementApi
 
+log = logging.getLogger("event.topology")
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A binding from the exchange ``source`` with routing ``key`` (and, on a headers exchange, arguments)."""
+
+    source: str
+    key: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+
 
 @dataclass(frozen=True)
 class Exchange:
-    """An exchange to declare: durable, not auto-delete, no arguments."""
+    """An exchange to declare: durable, not auto-delete, with ``arguments``; ``bindings`` lead into it."""
 
     name: str
     kind: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    bindings: tuple[Binding, ...] = ()
 
 
 @dataclass(frozen=True)
 class Queue:
-    """A durable queue to declare with exactly ``arguments``, and its bindings (exchange, key)."""
+    """A durable queue to declare with exactly ``arguments``, and its bindings.
+
+    A queue that is not ``required`` is one the pool works without (hutch-schedule's classic delay
+    queues, whose home node may be down in a cluster): it is declared after all the others.
+    """
 
     name: str
     role: str
     arguments: dict[str, Any] = field(default_factory=dict)
-    bindings: tuple[tuple[str, str], ...] = ()
+    bindings: tuple[Binding, ...] = ()
+    required: bool = True
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything to declare, in order: exchanges first, then queues with their bindings."""
+    """Everything to declare, in order: exchanges (then the bindings between them), then queues."""
 
     exchanges: tuple[Exchange, ...]
     queues: tuple[Queue, ...]
@@ -47,28 +66,80 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view (for ``event topology --json``)."""
         return {
-            "exchanges": [{"name": e.name, "type": e.kind} for e in self.exchanges],
+            "exchanges": [
+                {
+                    "name": e.name,
+                    "type": e.kind,
+                    "arguments": e.arguments,
+                    "bindings": [_binding_dict(b) for b in e.bindings],
+                }
+                for e in self.exchanges
+            ],
             "queues": [
                 {
                     "name": q.name,
                     "role": q.role,
                     "arguments": q.arguments,
-                    "bindings": [{"exchange": x, "routing_key": k} for x, k in q.bindings],
+                    "bindings": [_binding_dict(b) for b in q.bindings],
                 }
                 for q in self.queues
             ],
         }
 
 
-def delay_plan(namespace: str, exchange: str) -> Plan:
-    """The main exchange and hutch-schedule's delay queues, bound by their own names on the delay exchange."""
-    delay_exchange = wire.delay_exchange_name(exchange)
-    arguments = wire.delay_queue_arguments(exchange)
-    queues = []
+def _binding_dict(binding: Binding) -> dict[str, Any]:
+    shown: dict[str, Any] = {"exchange": binding.source, "routing_key": binding.key}
+    if binding.arguments:
+        shown["arguments"] = binding.arguments
+    return shown
+
+
+def delay_plan(namespace: str, exchange: str, *, queue_type: str | None = None) -> Plan:
+    """What delaying needs: the exchanges, event's park queues, and hutch-schedule's delay queues.
+
+    Park queues are entered through the direct exchange ``<exchange>.delay`` (each bound by its own
+    name) and left through the headers exchange ``<exchange>.unpark``. hutch-schedule's delay queues are
+    declared and bound exactly as hutch-schedule declares them for this namespace, so this namespace
+    takes one copy of each hutch-schedule message whether or not a Ruby service of it runs; event puts
+    nothing of its own in them. They come last: they are classic queues that Ruby may share, and the
+    pool can work without them (see :attr:`Queue.required`).
+    """
+    delay = wire.delay_exchange_name(exchange)
+    unpark = wire.unpark_exchange_name(exchange)
+    schedule = wire.schedule_exchange_name(exchange)
+    exchanges = (
+        Exchange(exchange, "topic", bindings=(Binding(unpark, "", wire.delayed_event_binding_arguments()),)),
+        Exchange(delay, "direct"),
+        Exchange(unpark, "headers"),
+        # As hutch-schedule declares it (RabbitMQ compares no exchange argument but alternate-exchange).
+        Exchange(schedule, "topic", {"x-dead-letter-exchange": exchange}),
+    )
+    park_arguments = wire.park_queue_arguments(exchange, queue_type)
+    delay_arguments = wire.delay_queue_arguments(exchange)
+    parks = []
+    delays = []
     for level in wire.LEVELS:
-        name = wire.delay_queue_name(namespace, exchange, level)
-        queues.append(Queue(name, "delay queue", arguments, ((delay_exchange, name),)))
-    return Plan((Exchange(exchange, "topic"), Exchange(delay_exchange, "direct")), tuple(queues))
+        park = wire.park_queue_name(namespace, exchange, level)
+        parks.append(Queue(park, "park queue", park_arguments, (Binding(delay, park),)))
+        key = wire.schedule_routing_key(exchange, level)
+        delays.append(
+            Queue(
+                wire.delay_queue_name(namespace, exchange, level),
+                "hutch-schedule delay queue",
+                delay_arguments,
+                (Binding(schedule, key),),
+                required=False,
+            )
+        )
+    return Plan(exchanges, (*parks, *delays))
+
+
+def consumer_bindings(exchange: str, queue: str, keys: Iterable[str]) -> tuple[Binding, ...]:
+    """A consumer queue's bindings: its keys on the main exchange, and its parked copies on the unpark one."""
+    return (
+        *(Binding(exchange, key) for key in keys),
+        Binding(wire.unpark_exchange_name(exchange), "", wire.park_binding_arguments(queue)),
+    )
 
 
 def pool_plan(
@@ -81,7 +152,7 @@ def pool_plan(
     dead_queue_type: str | None = None,
 ) -> Plan:
     """A pool's topology: the delay plan, the dead queue, and each consumer's (handler, queue, args, keys)."""
-    base = delay_plan(namespace, exchange)
+    base = delay_plan(namespace, exchange, queue_type=dead_queue_type)
     dead = Queue(
         wire.dead_queue_name(namespace, exchange),
         "dead queue",
@@ -91,27 +162,56 @@ def pool_plan(
         },
     )
     queues = [
-        Queue(queue, f"queue of consumer {handler}", dict(arguments), tuple((exchange, key) for key in keys))
-        for handler, queue, arguments, keys in consumers
+        Queue(queue, f"queue of consumer {name}", dict(arguments), consumer_bindings(exchange, queue, keys))
+        for name, queue, arguments, keys in consumers
     ]
-    return Plan(base.exchanges, (*base.queues, dead, *queues))
+    needed = [q for q in base.queues if q.required]
+    optional = [q for q in base.queues if not q.required]
+    return Plan(base.exchanges, (*needed, dead, *queues, *optional))
 
 
 async def declare(channel: Channel, plan: Plan) -> None:
     """Declare every exchange, queue and binding of ``plan``."""
     for exchange in plan.exchanges:
         await declare_exchange(channel, exchange)
+    for exchange in plan.exchanges:
+        for binding in exchange.bindings:
+            await channel.exchange_bind(
+                destination=exchange.name,
+                source=binding.source,
+                routing_key=binding.key,
+                arguments=dict(binding.arguments) or None,
+            )
     for queue in plan.queues:
-        await declare_queue(channel, queue)
-        for source, key in queue.bindings:
-            await channel.queue_bind(queue=queue.name, exchange=source, routing_key=key)
+        try:
+            await declare_queue(channel, queue)
+            for binding in queue.bindings:
+                await channel.queue_bind(
+                    queue=queue.name,
+                    exchange=binding.source,
+                    routing_key=binding.key,
+                    arguments=dict(binding.arguments) or None,
+                )
+        except (amqp_errors.AMQPError, ConfigurationError) as exc:
+            if queue.required:
+                raise
+            # The failed declare closed the channel; the queues not required all come last, so stop here.
+            log.warning(
+                "could not declare %s %r (%s); going on without it and the ones after it", queue.role,
+                queue.name, _reply(exc),
+            )  # fmt: skip
+            return
 
 
 async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
-    """One exchange as Hutch declares its own: durable, not auto-delete, no arguments."""
+    """One exchange as Hutch declares its own: durable, not auto-delete, arguments only where needed."""
     try:
         await channel.exchange_declare(
-            exchange=exchange.name, exchange_type=exchange.kind, durable=True, auto_delete=False
+            exchange=exchange.name,
+            exchange_type=exchange.kind,
+            durable=True,
+            auto_delete=False,
+            arguments=dict(exchange.arguments) or None,
         )
     except amqp_errors.ChannelPreconditionFailed as exc:
         raise TopologyMismatch(
@@ -163,11 +263,24 @@ async def differences(plan: Plan, api: ManagementApi) -> list[str]:
         if (actual.get("arguments") or {}) != queue.arguments:
             has = actual.get("arguments")
             found.append(f"{queue.role} {queue.name!r} has arguments {has!r}, not {queue.arguments!r}")
-        bound = {(b["source"], b["routing_key"]) for b in await api.bindings(queue.name) if b.get("source")}
-        for source, key in queue.bindings:
-            if (source, key) not in bound:
-                found.append(f"{queue.role} {queue.name!r} is not bound to {source!r} with {key!r}")
+        bound = [b for b in await api.bindings(queue.name) if b.get("source")]
+        for binding in queue.bindings:
+            if not any(_same_binding(binding, b) for b in bound):
+                found.append(f"{queue.role} {queue.name!r} is not bound to {_shown(binding)}")
     return found
+
+
+def _same_binding(binding: Binding, reported: dict[str, Any]) -> bool:
+    return (
+        reported.get("source") == binding.source
+        and reported.get("routing_key") == binding.key
+        and (reported.get("arguments") or {}) == binding.arguments
+    )
+
+
+def _shown(binding: Binding) -> str:
+    arguments = f" and arguments {binding.arguments!r}" if binding.arguments else ""
+    return f"{binding.source!r} with {binding.key!r}{arguments}"
 
 
 def _reply(exc: BaseException) -> str:

@@ -37,6 +37,10 @@ H_DUE_AT = "event-due-at"
 H_QUEUE = "event-queue"
 H_ERROR = "event-error"
 H_FAILED_AT = "event-failed-at"
+H_PARK_TO = "event-park-to"  # where a parked copy goes when its delay ends (see park_to_queue)
+H_FOREIGN_FAILURES = "event-foreign-failures"  # hutch-schedule failures already in event-retries
+
+PARK_TO_EXCHANGE = "exchange"  # event-park-to of a delayed event: routed again by its routing key
 
 _NAMESPACE_DROP = re.compile(r"[^a-z0-9_\-:.]")
 _CAMEL_BOUNDARY = re.compile(r"([^A-Z:])([A-Z])")
@@ -90,12 +94,61 @@ def delay_exchange_name(exchange: str) -> str:
 
 
 def is_delay_queue_name(name: str, exchange: str) -> bool:
-    """Whether ``name`` is the delay queue of some level and some namespace for ``exchange``."""
-    suffix = f"{exchange}_delay_queue_"
+    """Whether ``name`` is hutch-schedule's delay queue of some level and some namespace for ``exchange``."""
+    return _is_level_queue(name, f"{exchange}_delay_queue_")
+
+
+def park_queue_name(namespace: str, exchange: str, level_s: int) -> str:
+    """event's own delay queue for one level, e.g. ``myapp:hutch_park_queue_5s``.
+
+    Every copy that event makes wait (a delayed event, a retry, a re-park) waits here, never in
+    hutch-schedule's delay queues: RabbitMQ keeps one ``x-death`` entry per queue and reason, with the
+    routing keys of the first death only, so sharing a delay queue with hutch-schedule would hide Ruby's
+    failures from its own retry counter (and ours from ours).
+    """
+    return queue_name(namespace, f"{exchange}_park_queue_{level_s}s")
+
+
+def is_park_queue_name(name: str, exchange: str) -> bool:
+    """Whether ``name`` is event's park queue of some level and some namespace for ``exchange``."""
+    return _is_level_queue(name, f"{exchange}_park_queue_")
+
+
+def is_reserved_queue_name(name: str, exchange: str) -> bool:
+    """Whether a consumer may not take ``name``: a delay or park queue of ``exchange``."""
+    return is_delay_queue_name(name, exchange) or is_park_queue_name(name, exchange)
+
+
+def _is_level_queue(name: str, suffix: str) -> bool:
     head, sep, tail = name.rpartition(suffix)
     if not sep or (head and not head.endswith(":")):
         return False
     return tail.endswith("s") and tail[:-1].isdigit() and int(tail[:-1]) in LEVELS
+
+
+def unpark_exchange_name(exchange: str) -> str:
+    """The headers exchange park queues dead-letter into, e.g. ``hutch.unpark``.
+
+    A copy's ``event-park-to`` header picks its way out: ``queue:<name>`` reaches that consumer queue
+    alone (a retry or a re-park: no topic binding of any other client can match it), ``exchange`` goes on
+    to the main exchange, routed by the event's routing key (a delayed event, seen by Ruby consumers too).
+    """
+    return f"{exchange}.unpark"
+
+
+def schedule_exchange_name(exchange: str) -> str:
+    """hutch-schedule's topic exchange, e.g. ``hutch.schedule``."""
+    return f"{exchange}.schedule"
+
+
+def schedule_routing_key(exchange: str, level_s: int) -> str:
+    """The routing key hutch-schedule publishes a delay of ``level_s`` with, e.g. ``hutch.schedule.5s``."""
+    return f"{schedule_exchange_name(exchange)}.{level_s}s"
+
+
+def park_to_queue(queue: str) -> str:
+    """The ``event-park-to`` value (and binding argument) that addresses one consumer queue."""
+    return f"queue:{queue}"
 
 
 # --- queue arguments -------------------------------------------------------------------------------------
@@ -104,6 +157,39 @@ def is_delay_queue_name(name: str, exchange: str) -> bool:
 def delay_queue_arguments(exchange: str) -> dict[str, Any]:
     """Arguments of every delay queue: expire into the main exchange after at most 30 days."""
     return {"x-message-ttl": DELAY_QUEUE_TTL_MS, "x-dead-letter-exchange": exchange}
+
+
+def park_queue_arguments(exchange: str, queue_type: str | None = None) -> dict[str, Any]:
+    """Arguments of event's park queues: expire into the unpark exchange after at most 30 days.
+
+    As quorum queues (a cluster) they dead-letter at least once, which RabbitMQ allows only with
+    ``reject-publish`` overflow: a copy is never dropped between its delay and its queue.
+    """
+    arguments: dict[str, Any] = {
+        "x-message-ttl": DELAY_QUEUE_TTL_MS,
+        "x-dead-letter-exchange": unpark_exchange_name(exchange),
+    }
+    return {**arguments, **_replicated(queue_type)}
+
+
+def _replicated(queue_type: str | None) -> dict[str, Any]:
+    if queue_type != "quorum":
+        return {}
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def park_binding_arguments(queue: str) -> dict[str, Any]:
+    """How a consumer queue is bound to the unpark exchange: the copies addressed to it, and no others."""
+    return {"x-match": "all", H_PARK_TO: park_to_queue(queue)}
+
+
+def delayed_event_binding_arguments() -> dict[str, Any]:
+    """How the main exchange is bound to the unpark exchange: delayed events, routed again by topic."""
+    return {"x-match": "all", H_PARK_TO: PARK_TO_EXCHANGE}
 
 
 def dead_queue_arguments(
@@ -142,22 +228,41 @@ def validate_routing_key(key: str, *, pattern: bool) -> str:
     return key
 
 
+def header_text(headers: Mapping[str, Any], name: str) -> str | None:
+    """A header as text (AMQP clients hand long strings over as ``bytes`` or ``str``), or None."""
+    value = headers.get(name)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return value if isinstance(value, str) else None
+
+
+def header_int(headers: Mapping[str, Any], name: str) -> int | None:
+    """A header as an integer (a ``bool`` is not one), or None when absent or of another type."""
+    value = headers.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _first_cc(headers: Mapping[str, Any]) -> str | None:
+    cc = headers.get("CC")
+    if not isinstance(cc, list | tuple) or not cc:
+        return None
+    first = cc[0]
+    return first.decode(errors="replace") if isinstance(first, bytes) else str(first)
+
+
 def logical_routing_key(
     delivery_routing_key: str, headers: Mapping[str, Any], exchange: str = "hutch"
 ) -> str:
     """The routing key a handler sees: the event's own, whichever path (delay, retry) it took."""
-    own = headers.get(H_ROUTING_KEY)
-    if isinstance(own, bytes):
-        own = own.decode()
-    if isinstance(own, str) and own:
+    own = header_text(headers, H_ROUTING_KEY)
+    if own:
         return own
     if delivery_routing_key.startswith(f"{exchange}.schedule.") or is_delay_queue_name(
         delivery_routing_key, exchange
     ):
-        cc = headers.get("CC")
-        if isinstance(cc, list | tuple) and cc:
-            first = cc[0]
-            return first.decode() if isinstance(first, bytes) else str(first)
+        first = _first_cc(headers)
+        if first is not None:
+            return first
     return delivery_routing_key
 
 
@@ -180,20 +285,40 @@ def _match(pattern: list[str], words: list[str]) -> bool:
 def addressed_queue(
     delivery_routing_key: str, headers: Mapping[str, Any], exchange: str = "hutch"
 ) -> str | None:
-    """The one queue a delay-queue delivery is meant for (a retry or re-park), or None for an event.
+    """The one queue an older event's retry or re-park is meant for, or None for an event.
 
-    A retry names its queue in ``CC`` while ``event-routing-key`` keeps the event's key; a delayed event
-    names its routing key in both. Queues bound to ``#`` see the former too, and must leave it alone.
+    Before park queues, event sent retries through hutch-schedule's delay queues with the failing
+    queue's name in ``CC`` (while ``event-routing-key`` kept the event's key), so queues bound to ``#``
+    saw them too and must leave them alone. Copies made since carry ``event-park-to`` and reach their
+    queue alone; this rule stays for those still waiting in a delay queue during an upgrade.
     """
     if not is_delay_queue_name(delivery_routing_key, exchange):
         return None
-    cc = headers.get("CC")
-    if not isinstance(cc, list | tuple) or not cc:
-        return None
-    first = cc[0].decode() if isinstance(cc[0], bytes) else str(cc[0])
-    own = headers.get(H_ROUTING_KEY)
-    own = own.decode() if isinstance(own, bytes) else own
-    return first if isinstance(own, str) and own and first != own else None
+    first = _first_cc(headers)
+    own = header_text(headers, H_ROUTING_KEY)
+    return first if first is not None and own and first != own else None
+
+
+def is_foreign_schedule_copy(
+    delivery_routing_key: str, headers: Mapping[str, Any], namespace: str, exchange: str = "hutch"
+) -> bool:
+    """Whether a delivery is another namespace's copy of a hutch-schedule message: a duplicate here.
+
+    hutch-schedule publishes a delayed message (or a Ruby retry) to its topic exchange, where every
+    namespace that ran it has bound its delay queues: each makes a copy, and each copy reaches every
+    queue bound to the key. event binds this namespace's delay queues there as hutch-schedule does, so
+    the copy that died in one of them is the one to take. A copy whose last death is not recognised is
+    never dropped.
+    """
+    if not delivery_routing_key.startswith(f"{schedule_exchange_name(exchange)}."):
+        return False
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], Mapping):
+        return False
+    died_in = header_text(deaths[0], "queue")
+    if died_in is None or not is_delay_queue_name(died_in, exchange):
+        return False
+    return not died_in.startswith(queue_name(namespace, f"{exchange}_delay_queue_"))
 
 
 # --- delays and retries ----------------------------------------------------------------------------------
@@ -221,62 +346,109 @@ def retry_backoff(failures: int) -> float:
     return float(failures**4 + 2)
 
 
-def failures(headers: Mapping[str, Any], routing_keys: Iterable[str], queue: str) -> int:
-    """How many times this message failed before, from ``event-retries`` or else hutch-schedule's x-death."""
-    own = headers.get(H_RETRIES)
-    if isinstance(own, int) and not isinstance(own, bool):
-        return max(own, 0)
+def failures(
+    headers: Mapping[str, Any], routing_keys: Iterable[str], queue: str, exchange: str = "hutch"
+) -> int:
+    """How many times this message failed before, on event's side and on hutch-schedule's.
+
+    ``event-retries`` counts every failure known when event last retried the message, of which
+    ``event-foreign-failures`` were hutch-schedule's; hutch-schedule failures since then (a Ruby
+    consumer on the same queue) are added, so a message handed between the two sides stops after at
+    most both sides' limits. Without ``event-retries``: hutch-schedule's own count.
+    """
+    foreign = foreign_failures(headers, routing_keys, queue, exchange)
+    own = header_int(headers, H_RETRIES)
+    if own is None:
+        return foreign
+    seen = header_int(headers, H_FOREIGN_FAILURES)
+    if seen is None:  # an older event (or the spec's) copy: event-retries alone is authoritative
+        seen = foreign
+    return max(own, 0) + max(foreign - seen, 0)
+
+
+def foreign_failures(
+    headers: Mapping[str, Any], routing_keys: Iterable[str], queue: str, exchange: str = "hutch"
+) -> int:
+    """hutch-schedule's failure count: ``x-death`` counts whose routing keys name this consumer.
+
+    As hutch-schedule's ``MaxRetry`` counts (and so it also counts a hutch-schedule delay as a failure),
+    leaving out the deaths of event's own copies: those in park queues, and those that older versions of
+    event sent through hutch-schedule's delay queues by the delay exchange (event-retries counts them).
+    """
     deaths = headers.get("x-death")
     if not isinstance(deaths, list):
         return 0
     ours = {*routing_keys, queue}
+    delay_exchange = delay_exchange_name(exchange)
     total = 0
     for death in deaths:
         if not isinstance(death, Mapping):
             continue
+        died_in = header_text(death, "queue") or ""
+        if is_park_queue_name(died_in, exchange) or header_text(death, "exchange") == delay_exchange:
+            continue
         keys = death.get("routing-keys") or ()
-        if any(key in ours for key in keys):
-            count = death.get("count", 1)
-            total += count if isinstance(count, int) else 1
+        if any((key.decode() if isinstance(key, bytes) else key) in ours for key in keys):
+            count = header_int(death, "count")
+            total += count if count is not None else 1
     return total
 
 
 def due_in_ms(headers: Mapping[str, Any], now_ms: int) -> int | None:
     """Milliseconds until ``event-due-at``, or None when the header is absent or unusable."""
-    due = headers.get(H_DUE_AT)
-    if isinstance(due, bool) or not isinstance(due, int):
-        return None
-    return due - now_ms
+    due = header_int(headers, H_DUE_AT)
+    return None if due is None else due - now_ms
 
 
 # --- headers of copies -----------------------------------------------------------------------------------
 
 
-def _with_cc(headers: Mapping[str, Any] | None, cc: list[str]) -> dict[str, Any]:
-    out = dict(headers or {})
-    out["CC"] = cc
-    return out
+_ROUTING_HEADERS = ("CC", "BCC")
 
 
 def delayed_headers(
     headers: Mapping[str, Any] | None, routing_key: str, *, due_at_ms: int | None
 ) -> dict[str, Any]:
-    """Headers of a delayed event (spec section 4): ``CC`` and our routing key, no failure counted."""
-    out = _with_cc(headers, [routing_key])
+    """Headers of a delayed event (spec section 4): ``CC`` and our routing key, no failure counted.
+
+    ``CC`` routes it by its routing key once the unpark exchange hands it to the main exchange.
+    """
+    out = dict(headers or {})
+    out["CC"] = [routing_key]
     out[H_ROUTING_KEY] = routing_key
     out[H_RETRIES] = 0
+    out[H_FOREIGN_FAILURES] = 0  # so that failures of a Ruby consumer that gets it still count
+    out[H_PARK_TO] = PARK_TO_EXCHANGE
     if due_at_ms is not None:
         out[H_DUE_AT] = due_at_ms
     return out
 
 
-def retry_headers(
-    headers: Mapping[str, Any], *, failures: int, routing_key: str, queue: str, due_at_ms: int | None = None
-) -> dict[str, Any]:
-    """Headers of a retry copy (spec section 6): addressed to the failing queue only, failure counted."""
-    out = _with_cc(headers, [queue])
-    out[H_RETRIES] = failures + 1
+def _addressed(headers: Mapping[str, Any], queue: str, routing_key: str) -> dict[str, Any]:
+    # No CC: a Ruby consumer that later retries the message merges its headers into its own, and a CC of
+    # ours beside hutch-schedule's would route its retry (seen with real Hutch).
+    out = {k: v for k, v in headers.items() if k not in _ROUTING_HEADERS}
+    out[H_PARK_TO] = park_to_queue(queue)
     out[H_ROUTING_KEY] = routing_key
+    return out
+
+
+def retry_headers(
+    headers: Mapping[str, Any],
+    *,
+    failures: int,
+    routing_key: str,
+    queue: str,
+    due_at_ms: int | None = None,
+    foreign: int = 0,
+) -> dict[str, Any]:
+    """Headers of a retry copy: addressed to the failing queue alone, every failure so far counted.
+
+    ``foreign`` is hutch-schedule's count included in ``failures`` (see :func:`failures`).
+    """
+    out = _addressed(headers, queue, routing_key)
+    out[H_RETRIES] = failures + 1
+    out[H_FOREIGN_FAILURES] = foreign
     out.pop(H_DUE_AT, None)
     if due_at_ms is not None:
         out[H_DUE_AT] = due_at_ms
@@ -285,9 +457,7 @@ def retry_headers(
 
 def repark_headers(headers: Mapping[str, Any], *, queue: str, routing_key: str) -> dict[str, Any]:
     """Headers of a long-delayed message parked again until due: every header kept, sent to ``queue``."""
-    out = _with_cc(headers, [queue])
-    out[H_ROUTING_KEY] = routing_key
-    return out
+    return _addressed(headers, queue, routing_key)
 
 
 def format_error(error: BaseException | str) -> str:
@@ -297,6 +467,9 @@ def format_error(error: BaseException | str) -> str:
     if len(raw) <= ERROR_HEADER_LIMIT:
         return text
     return raw[: ERROR_HEADER_LIMIT - 3].decode(errors="ignore") + "..."
+
+
+_NOT_DEAD = frozenset((*_ROUTING_HEADERS, H_PARK_TO))
 
 
 def dead_headers(
@@ -309,7 +482,7 @@ def dead_headers(
     failures: int,
 ) -> dict[str, Any]:
     """Headers of a dead copy: the original ones but ``CC``/``BCC``, plus what an operator needs to see."""
-    out = {k: v for k, v in headers.items() if k not in ("CC", "BCC")}
+    out = {k: v for k, v in headers.items() if k not in _NOT_DEAD}
     out[H_ROUTING_KEY] = routing_key
     out[H_QUEUE] = queue
     out[H_ERROR] = format_error(error)
@@ -318,7 +491,7 @@ def dead_headers(
     return out
 
 
-_NOT_REQUEUED = frozenset(("x-death", "CC", "BCC", H_ERROR, H_FAILED_AT))
+_NOT_REQUEUED = frozenset(("x-death", *_NOT_DEAD, H_ERROR, H_FAILED_AT, H_FOREIGN_FAILURES))
 
 
 def requeue_headers(headers: Mapping[str, Any]) -> dict[str, Any]:

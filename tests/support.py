@@ -158,8 +158,8 @@ class Isolation:
         for name in self.management.queue_names():
             if name.startswith(prefixes) or name in self.extra_queues:
                 self.management.delete_queue(name)
-        self.management.delete_exchange(self.exchange)
-        self.management.delete_exchange(f"{self.exchange}.delay")
+        for suffix in ("", ".delay", ".unpark", ".schedule"):
+            self.management.delete_exchange(f"{self.exchange}{suffix}")
 
 
 async def eventually(
@@ -197,6 +197,18 @@ class Probe:
                 self._connection = await aiormq.connect(self.url)
             self._channel = await self._connection.channel()
         return self._channel
+
+    async def new_channel(self) -> Any:
+        """Another channel on the probe's connection (for a consumer of its own, with its own QoS)."""
+        await self.channel()
+        return await self._connection.channel()
+
+    async def broker_version(self) -> tuple[int, ...]:
+        """The broker's version, e.g. ``(3, 10, 8)``, as it tells every client at connection."""
+        await self.channel()
+        raw = self._connection.server_properties.get("version", "0")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return tuple(int(part) for part in text.split(".") if part.isdigit())
 
     async def depth(self, queue: str) -> int:
         """Messages ready in ``queue`` right now (a passive declare: no management-API lag)."""

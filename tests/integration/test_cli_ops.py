@@ -58,16 +58,16 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "usage: event" in result.stdout
 
 
-async def test_publish_in_and_at_go_to_the_delay_queue(
+async def test_publish_in_and_at_go_to_the_park_queue(
     env: dict[str, str], iso: Isolation, probe: Probe
 ) -> None:
     where = ["--namespace", iso.namespace, "--exchange", iso.exchange]
     assert event("publish", "app.a", '{"n": 1}', "--in", "7", *where, env=env).returncode == 0
     result = event("publish", "app.a", '{"n": 2}', "--at", "2999-01-01T00:00:00+00:00", *where, env=env)
     assert result.returncode == 0, result.stderr
-    [seven] = await probe.take_all(wire.delay_queue_name(iso.namespace, iso.exchange, 10))
+    [seven] = await probe.take_all(wire.park_queue_name(iso.namespace, iso.exchange, 10))
     assert seven.header.properties.headers["CC"] == ["app.a"]
-    [far] = await probe.take_all(wire.delay_queue_name(iso.namespace, iso.exchange, 10800))
+    [far] = await probe.take_all(wire.park_queue_name(iso.namespace, iso.exchange, 10800))
     assert far.header.properties.headers["event-due-at"] == 32472144000000
 
 

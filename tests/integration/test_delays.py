@@ -1,4 +1,4 @@
-"""Delayed publishing over hutch-schedule's TTL queues: never early, at most 1 s after its level.
+"""Delayed publishing over TTL queues of hutch-schedule's levels: never early, at most 1 s after its level.
 
 These wait for the real 5 s and 10 s levels; the one test of a longer delay says why it shortens it.
 """
@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
+import hutch_schedule
 import pytest
 from support import Isolation, Probe, eventually
 
@@ -50,14 +50,16 @@ async def test_a_delayed_message_carries_the_spec_properties(
     async with Publisher(**pool_kwargs, clock=lambda: now) as publisher:
         await publisher.publish_in(timedelta(days=2), "app.report", {"n": 1}, headers={"trace": "t"})
         await publisher.publish_in(7, "app.report", {"n": 2})
-    [long] = await probe.take_all(wire.delay_queue_name(iso.namespace, iso.exchange, 10800))
-    [short] = await probe.take_all(wire.delay_queue_name(iso.namespace, iso.exchange, 10))
+    [long] = await probe.take_all(wire.park_queue_name(iso.namespace, iso.exchange, 10800))
+    [short] = await probe.take_all(wire.park_queue_name(iso.namespace, iso.exchange, 10))
     assert long.header.properties.expiration == "10800000"
     assert long.header.properties.headers == {
         "trace": "t",
         "CC": ["app.report"],
         "event-routing-key": "app.report",
         "event-retries": 0,
+        "event-foreign-failures": 0,
+        "event-park-to": "exchange",
         "event-due-at": int(now * 1000) + 2 * 86_400_000,
     }
     assert long.header.properties.delivery_mode == 2
@@ -89,26 +91,25 @@ async def test_a_long_delay_is_parked_again_until_due(
     assert at >= due
     assert msg.routing_key == "app.report"
     assert msg.attempt == 1  # a re-park is not a retry
-    assert msg.delivery_routing_key == wire.delay_queue_name(iso.namespace, iso.exchange, 5)
+    assert msg.delivery_routing_key == wire.park_queue_name(iso.namespace, iso.exchange, 5)
 
 
-async def test_hutch_schedule_can_declare_the_same_delay_queues(
-    pool_kwargs: dict[str, Any], iso: Isolation, amqp_url: str
+@pytest.mark.parametrize("hutch_schedule_first", [True, False], ids=["hutch-schedule first", "event first"])
+async def test_hutch_schedule_declares_its_delay_queues_beside_ours(
+    pool_kwargs: dict[str, Any], iso: Isolation, probe: Probe, hutch_schedule_first: bool
 ) -> None:
-    async with Publisher(**pool_kwargs):
+    pool = WorkerPool(**pool_kwargs)
+
+    @pool.consumer("app.a")
+    async def a(ctx: object, msg: Message[Any]) -> None:
         pass
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        for level in wire.LEVELS:
-            # exactly what hutch-schedule declares
-            await channel.declare_queue(
-                wire.delay_queue_name(iso.namespace, iso.exchange, level),
-                durable=True,
-                arguments={"x-message-ttl": 30 * 24 * 60 * 60 * 1000, "x-dead-letter-exchange": iso.exchange},
-            )
-    finally:
-        await connection.close()
+
+    channel = await probe.channel()
+    if hutch_schedule_first:
+        await hutch_schedule.declare(channel, iso.namespace, iso.exchange)
+    async with Publisher(**pool_kwargs), pool.running():
+        pass
+    await hutch_schedule.declare(channel, iso.namespace, iso.exchange)  # no PRECONDITION_FAILED
 
 
 async def test_bad_delays_and_payloads_fail_before_anything_is_sent(
@@ -123,4 +124,4 @@ async def test_bad_delays_and_payloads_fail_before_anything_is_sent(
             await publisher.publish_at(datetime(2030, 1, 1), "app.a", {})
         with pytest.raises(TypeError, match=r"'app\.a'.*object"):
             await publisher.publish_in(5, "app.a", {"when": object()})
-    assert await probe.depth(wire.delay_queue_name(iso.namespace, iso.exchange, 5)) == 0
+    assert await probe.depth(wire.park_queue_name(iso.namespace, iso.exchange, 5)) == 0

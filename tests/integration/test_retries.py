@@ -133,9 +133,7 @@ async def test_a_retry_whose_copy_cannot_be_stored_stays_in_its_queue(
         raise RuntimeError("fails")
 
     async with pool.running(), Publisher(**pool_kwargs) as publisher:
-        management.delete_queue(
-            wire.delay_queue_name(iso.namespace, iso.exchange, 5)
-        )  # an operator's mistake
+        management.delete_queue(wire.park_queue_name(iso.namespace, iso.exchange, 5))  # an operator's mistake
         await publisher.publish("app.fragile", {})
         await eventually(lambda: len(runs) >= 2, timeout=15)  # handed back, redelivered, failing again
     assert runs[0] is False and runs[1] is True

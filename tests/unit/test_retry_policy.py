@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -92,7 +93,14 @@ def test_topic_matching_follows_rabbitmq(pattern: str, key: str, matches: bool) 
 
 def test_delayed_event_headers() -> None:
     headers = wire.delayed_headers({"trace": "t"}, "app.a", due_at_ms=None)
-    assert headers == {"trace": "t", "CC": ["app.a"], "event-routing-key": "app.a", "event-retries": 0}
+    assert headers == {
+        "trace": "t",
+        "CC": ["app.a"],
+        "event-routing-key": "app.a",
+        "event-retries": 0,
+        "event-foreign-failures": 0,
+        "event-park-to": "exchange",
+    }
     assert wire.delayed_headers(None, "app.a", due_at_ms=99)["event-due-at"] == 99
 
 
@@ -103,13 +111,14 @@ def test_delay_plan_sets_a_due_time_only_past_the_longest_level() -> None:
 
 def test_retry_headers_address_the_failing_queue_and_count() -> None:
     delivered = {"CC": ["app.a"], "x-death": [{"count": 1}], "event-retries": 0, "event-due-at": 5}
-    headers = wire.retry_headers(delivered, failures=0, routing_key="app.a", queue="ns:q")
+    headers = wire.retry_headers(delivered, failures=2, routing_key="app.a", queue="ns:q", foreign=2)
     assert headers == {
-        "CC": ["ns:q"],
         "x-death": [{"count": 1}],
-        "event-retries": 1,
+        "event-retries": 3,
+        "event-foreign-failures": 2,
         "event-routing-key": "app.a",
-    }
+        "event-park-to": "queue:ns:q",
+    }  # no CC: a Ruby consumer's retry merges our headers into its own, and ours would route it
 
 
 def test_a_retry_seen_by_another_queue_is_addressed_elsewhere() -> None:
@@ -119,3 +128,79 @@ def test_a_retry_seen_by_another_queue_is_addressed_elsewhere() -> None:
     assert wire.addressed_queue("ns:hutch_delay_queue_5s", delayed_event) is None
     assert wire.addressed_queue("hutch.schedule.5s", {"CC": ["app.a"]}) is None  # hutch-schedule's
     assert wire.addressed_queue("app.a", retry) is None  # not through a delay queue
+
+
+def _death(queue: str, exchange: str, keys: list[str], count: int) -> dict[str, Any]:
+    return {"queue": queue, "exchange": exchange, "routing-keys": keys, "count": count, "reason": "expired"}
+
+
+RUBY_DEATH = _death("ruby:hutch_delay_queue_5s", "hutch.schedule", ["hutch.schedule.5s", "app.a"], 2)
+
+
+def test_failures_continue_a_ruby_count_without_our_header() -> None:
+    assert wire.failures({"x-death": [RUBY_DEATH]}, ["app.a"], "ns:q") == 2
+
+
+def test_failures_add_ruby_failures_since_our_last_retry() -> None:
+    # We retried at 1 failure (none of Ruby's); Ruby then failed twice on the same queue.
+    headers = {"event-retries": 1, "event-foreign-failures": 0, "x-death": [RUBY_DEATH]}
+    assert wire.failures(headers, ["app.a"], "ns:q") == 3
+    # Ruby's two failures were already counted when we retried: not again.
+    headers = {"event-retries": 3, "event-foreign-failures": 2, "x-death": [RUBY_DEATH]}
+    assert wire.failures(headers, ["app.a"], "ns:q") == 3
+
+
+def test_failures_take_event_retries_alone_from_older_copies() -> None:
+    # Copies made before event-foreign-failures existed: event-retries is authoritative (spec section 6).
+    assert wire.failures({"event-retries": 1, "x-death": [RUBY_DEATH]}, ["app.a"], "ns:q") == 1
+
+
+def test_failures_leave_out_our_own_copies_deaths() -> None:
+    park = _death("ns:hutch_park_queue_5s", "hutch.delay", ["ns:hutch_park_queue_5s", "app.a"], 4)
+    older = _death("ns:hutch_delay_queue_5s", "hutch.delay", ["ns:hutch_delay_queue_5s", "ns:q"], 3)
+    assert wire.failures({"event-retries": 0, "x-death": [park, older]}, ["app.a"], "ns:q") == 0
+    assert wire.foreign_failures({"x-death": [park, older, RUBY_DEATH]}, ["app.a"], "ns:q") == 2
+
+
+def test_failures_never_go_down_when_a_broker_forgets_x_death() -> None:
+    # RabbitMQ 4.x ignores an x-death a client republishes: Ruby's count may restart below what we saw.
+    headers = {"event-retries": 3, "event-foreign-failures": 2, "x-death": [{**RUBY_DEATH, "count": 1}]}
+    assert wire.failures(headers, ["app.a"], "ns:q") == 3
+
+
+@given(
+    own=st.integers(min_value=0, max_value=50),
+    seen=st.integers(min_value=0, max_value=50),
+    now=st.integers(min_value=0, max_value=50),
+)
+def test_failures_are_at_least_our_own_count(own: int, seen: int, now: int) -> None:
+    headers = {
+        "event-retries": own,
+        "event-foreign-failures": seen,
+        "x-death": [{**RUBY_DEATH, "count": now}],
+    }
+    counted = wire.failures(headers, ["app.a"], "ns:q")
+    assert counted >= own
+    assert counted == own + max(now - seen, 0)
+
+
+def test_only_this_namespaces_schedule_copy_is_taken() -> None:
+    def copy_from(queue: str) -> dict[str, Any]:
+        death = _death(queue, "hutch.schedule", ["hutch.schedule.5s", "app.a"], 1)
+        return {"CC": ["app.a"], "x-death": [death]}
+
+    ours = copy_from("ns:hutch_delay_queue_5s")
+    assert not wire.is_foreign_schedule_copy("hutch.schedule.5s", ours, "ns")
+    assert wire.is_foreign_schedule_copy("hutch.schedule.5s", copy_from("ruby:hutch_delay_queue_5s"), "ns")
+    assert wire.is_foreign_schedule_copy("hutch.schedule.5s", copy_from("hutch_delay_queue_5s"), "ns")
+    # Never drop a copy whose origin is unknown, nor anything that did not come through hutch-schedule.
+    assert not wire.is_foreign_schedule_copy("hutch.schedule.5s", {"CC": ["app.a"]}, "ns")
+    assert not wire.is_foreign_schedule_copy("hutch.schedule.5s", copy_from("some_queue"), "ns")
+    assert not wire.is_foreign_schedule_copy("app.a", copy_from("ruby:hutch_delay_queue_5s"), "ns")
+
+
+def test_reserved_queue_names() -> None:
+    for name in ("ns:hutch_delay_queue_5s", "ns:hutch_park_queue_10s", "hutch_park_queue_10800s"):
+        assert wire.is_reserved_queue_name(name, "hutch")
+    assert not wire.is_reserved_queue_name("ns:hutch_park_queue_7s", "hutch")
+    assert not wire.is_reserved_queue_name("ns:send_email", "hutch")
