@@ -234,8 +234,9 @@ async def declare_queue(channel: Channel, queue: Queue) -> None:
     except amqp_errors.ChannelPreconditionFailed as exc:
         raise TopologyMismatch(
             f"{queue.role} {queue.name!r} already exists with other arguments than ours "
-            f"({queue.arguments!r}); the broker says: {_reply(exc)}. Change the options to match, or "
-            f"delete the queue (`rabbitmqctl delete_queue {queue.name}`) once it is drained."
+            f"({queue.arguments!r}); the broker says: {_reply(exc)}. Change the options to match"
+            f"{_PARK_HINT if queue.role == 'park queue' else ''}, or delete the queue "
+            f"(`rabbitmqctl delete_queue {queue.name}`) once it is drained."
         ) from exc
     except amqp_errors.ChannelAccessRefused as exc:
         raise ConfigurationError(
@@ -268,6 +269,9 @@ async def differences(plan: Plan, api: ManagementApi) -> list[str]:
             if not any(_same_binding(binding, b) for b in bound):
                 found.append(f"{queue.role} {queue.name!r} is not bound to {_shown(binding)}")
     return found
+
+
+_PARK_HINT = " (every WorkerPool and Publisher of a namespace must be given the same queue_type)"
 
 
 def _same_binding(binding: Binding, reported: dict[str, Any]) -> bool:

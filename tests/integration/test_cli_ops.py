@@ -92,14 +92,16 @@ def test_topology_prints_what_the_pool_declares(env: dict[str, str], iso: Isolat
     assert f"    bound to {iso.exchange} with app.user.*" in result.stdout
     assert f"dead queue: {ns}:{iso.exchange}_dead_queue" in result.stdout
     plan = json.loads(event("topology", "topo_app:pool", "--json", env=env).stdout)
-    assert len(plan["queues"]) == 21 + 1 + 1
+    assert len(plan["queues"]) == 21 + 21 + 1 + 1  # park, hutch-schedule's delay, dead, the consumer
     [mine] = [q for q in plan["queues"] if q["name"] == f"{ns}:send_email"]
     assert mine["arguments"] == {"x-queue-type": "classic"}
-    assert {b["routing_key"] for b in mine["bindings"]} == {
+    assert {b["routing_key"] for b in mine["bindings"] if b["exchange"] == iso.exchange} == {
         "app.send_email",
         "app.user.*",
         f"{ns}:send_email",
     }
+    [parked] = [b for b in mine["bindings"] if b["exchange"] == f"{iso.exchange}.unpark"]
+    assert parked["arguments"] == {"x-match": "all", "event-park-to": f"queue:{ns}:send_email"}
     bad = event("topology", "topo_app:not_a_pool", env=env)
     assert bad.returncode == 2 and "is a int, not a WorkerPool" in bad.stderr
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from support import Isolation, Management, Probe, eventually
 
 from event import Message, Publisher, WorkerPool, wire
+from event.errors import TopologyMismatch
 
 
 async def test_several_urls_are_tried_in_turn(pool_kwargs: dict[str, Any]) -> None:
@@ -40,10 +42,12 @@ async def test_quorum_queues_for_consumers_and_the_dead_queue(
     async def c(ctx: object, msg: Message[Any]) -> None: ...
 
     dead_queue = wire.dead_queue_name(iso.namespace, iso.exchange)
-    async with pool.running(), Publisher(**pool_kwargs) as publisher:
+    async with pool.running(), Publisher(**pool_kwargs, queue_type="quorum") as publisher:
         assert management.queue(f"{iso.namespace}:q")["type"] == "quorum"
         assert management.queue(f"{iso.namespace}:classic_one")["type"] == "classic"
         assert management.queue(dead_queue)["type"] == "quorum"
+        # event's own delay queues are replicated; hutch-schedule's keep its classic arguments.
+        assert management.queue(wire.park_queue_name(iso.namespace, iso.exchange, 5))["type"] == "quorum"
         assert management.queue(wire.delay_queue_name(iso.namespace, iso.exchange, 5))["type"] == "classic"
         await publisher.publish("app.q", {})
 
@@ -51,7 +55,17 @@ async def test_quorum_queues_for_consumers_and_the_dead_queue(
             return await probe.depth(dead_queue) == 1
 
         await eventually(dead, timeout=20)
-    assert attempts == [1, 2]
+    assert attempts == [1, 2]  # the retry went through a quorum park queue
+
+
+async def test_a_publisher_of_another_queue_type_is_told_what_to_change(
+    pool_kwargs: dict[str, Any], iso: Isolation
+) -> None:
+    async with Publisher(**pool_kwargs, queue_type="quorum"):
+        pass
+    with pytest.raises(TopologyMismatch, match="must be given the same queue_type"):
+        async with Publisher(**pool_kwargs):
+            pass
 
 
 async def test_a_pool_consumes_only_from_its_own_namespace(
