@@ -73,14 +73,19 @@ def seconds_until(when: datetime, now: float) -> float:
 
 
 def properties(
-    *, message_id: str | None = None, headers: Mapping[str, Any] | None = None, expiration: str | None = None
+    *,
+    message_id: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    expiration: str | None = None,
+    now: float | None = None,
 ) -> spec.Basic.Properties:
-    """Hutch's message properties (spec section 3): JSON, persistent, a UUID, a whole-second timestamp."""
+    """Hutch's message properties (spec section 3): JSON, persistent, a UUID, a whole-second timestamp
+    (of ``now``, epoch seconds, if given: the publisher's clock)."""
     return spec.Basic.Properties(
         content_type=wire.CONTENT_TYPE,
         delivery_mode=wire.PERSISTENT,
         message_id=message_id or str(uuid.uuid4()),
-        timestamp=datetime.fromtimestamp(int(time.time()), tz=UTC),
+        timestamp=datetime.fromtimestamp(int(time.time() if now is None else now), tz=UTC),
         headers=dict(headers) if headers else None,
         expiration=expiration,
     )
@@ -270,7 +275,10 @@ class Publisher:
         wire.validate_routing_key(routing_key, pattern=False)
         body = encode(routing_key, payload)
         await self.publish_raw(
-            routing_key, body, properties(message_id=message_id, headers=headers), mandatory=mandatory
+            routing_key,
+            body,
+            properties(message_id=message_id, headers=headers, now=self._clock()),
+            mandatory=mandatory,
         )
 
     async def publish_in(
@@ -327,6 +335,7 @@ class Publisher:
             message_id=message_id,
             headers=wire.delayed_headers(headers, routing_key, due_at_ms=due_at_ms),
             expiration=str(level * 1000),
+            now=self._clock(),
         )
         # Straight into our own delay queue (one copy, whatever other namespaces share the exchange),
         # through the delay exchange rather than the spec's default one: see wire.delay_exchange_name.
