@@ -27,6 +27,7 @@ import asyncio
 import heapq
 import itertools
 import time
+import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -58,6 +59,38 @@ class _Message:
     routing_key: str
     expires_at: float | None = None
     redelivered: bool = False
+
+
+class NotEmulatedWarning(UserWarning):
+    """A queue asks for a RabbitMQ feature TestBroker does not emulate: there, it behaves differently."""
+
+
+# RabbitMQ queue arguments with an effect TestBroker does not play; a queue declared with one warns,
+# rather than silently behaving unlike RabbitMQ. (Arguments RabbitMQ itself ignores are ignored here.)
+_NOT_EMULATED_ARGUMENTS = {
+    "x-expires": "the queue is never deleted when unused",
+    "x-max-length-bytes": "no byte limit applies",
+    "x-overflow": "x-max-length always drops the oldest",
+    "x-max-priority": "messages are never reordered by priority",
+    "x-single-active-consumer": "every consumer receives messages",
+    "x-delivery-limit": "redeliveries are unlimited",
+    "x-dead-letter-strategy": "dead-lettering is at-most-once",
+}
+
+
+def _warn_not_emulated(queue: str, arguments: dict[str, Any]) -> None:
+    for key, how in _NOT_EMULATED_ARGUMENTS.items():
+        if key in arguments:
+            warnings.warn(
+                f"TestBroker does not emulate {key} (queue '{queue}'): {how}", NotEmulatedWarning, 3
+            )
+    kind = arguments.get("x-queue-type", "classic")
+    if kind != "classic":
+        warnings.warn(
+            f"TestBroker plays the {kind} queue '{queue}' as a classic queue (no {kind}-queue specifics)",
+            NotEmulatedWarning,
+            3,
+        )
 
 
 @dataclass
@@ -364,6 +397,8 @@ class TestBroker:
         new_key = message.routing_key if routing_key is None else routing_key
         props = _over_the_wire(_with(message.props, headers=headers, expiration=None), len(message.body))
         for name in self.route(exchange, new_key, headers):
+            if reason != "rejected" and _is_cycle(name, props.headers or {}):
+                continue  # RabbitMQ drops a message that would go round in circles with no reject
             self._enqueue(self.queues[name], _Message(message.body, props, exchange, new_key))
 
     def _deliver(self, queue: _Queue) -> None:
@@ -426,6 +461,18 @@ def _with_death(
             break
     ordered = [dict(sorted(d.items())) if isinstance(d, dict) else d for d in (entry, *deaths)]
     return {**headers, "x-death": ordered}
+
+
+def _is_cycle(queue: str, headers: dict[str, Any]) -> bool:
+    """Whether dead-lettering into ``queue`` closes a loop of deaths none of which was a reject."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list):
+        return False
+    for number, death in enumerate(deaths):
+        if isinstance(death, dict) and death.get("queue") == queue:
+            loop = deaths[: number + 1]
+            return all(isinstance(d, dict) and d.get("reason") != "rejected" for d in loop)
+    return False
 
 
 def _over_the_wire(props: spec.Basic.Properties, body_size: int) -> spec.Basic.Properties:
@@ -616,6 +663,7 @@ class _Channel:
                     f"PRECONDITION_FAILED - {differs} for queue '{queue}'"))  # fmt: skip
             return spec.Queue.DeclareOk(queue, len(existing.messages), len(existing.consumers))
         owner = self.connection if exclusive else None
+        _warn_not_emulated(queue, received)
         self.broker.queues[queue] = _Queue(queue, durable, owner, received, auto_delete)
         return spec.Queue.DeclareOk(queue, 0, 0)
 
@@ -755,4 +803,4 @@ class _Channel:
             self.broker._deliver(queue)
 
 
-__all__ = ["Published", "TestBroker"]
+__all__ = ["NotEmulatedWarning", "Published", "TestBroker", "VirtualClock"]

@@ -524,3 +524,17 @@ async def test_timestamps_and_publish_at_follow_one_clock(harness: Harness) -> N
     for stamp, handled in stamps[:2]:
         assert handled - 1.5 <= stamp <= handled  # a whole-second timestamp of the same clock
     assert stamps[1][0] - stamps[0][0] >= 2
+
+
+async def test_a_loop_of_expiries_with_no_reject_is_dropped(harness: Harness) -> None:
+    async with harness.bare():
+        channel = await harness.channel()
+        first, second = harness.queue("loop-a"), harness.queue("loop-b")
+        for name, other in ((first, second), (second, first)):
+            dlx = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": other}
+            await channel.queue_declare(name, arguments={"x-message-ttl": 300, **dlx})
+        await channel.basic_publish(b"round", routing_key=first)
+        await harness.wait(0.5)
+        assert (await depth(channel, first), await depth(channel, second)) == (0, 1)
+        await harness.wait(1.5)  # back into the first queue would close the loop: dropped
+        assert (await depth(channel, first), await depth(channel, second)) == (0, 0)

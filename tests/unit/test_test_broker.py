@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 from aiormq import exceptions as amqp_errors
+from aiormq import spec
 
 from event import Message, Publisher, Unroutable, WorkerPool
-from event.testing import TestBroker
+from event.testing import NotEmulatedWarning, TestBroker
 
 URL = "amqp://nobody:nothing@127.0.0.1:1/"  # never dialled: the broker is in memory
 
@@ -105,3 +106,24 @@ async def test_the_pools_clock_follows_the_virtual_one_and_is_given_back() -> No
         await broker.advance(5)
         assert pool.clock() == 1005.0
     assert pool.clock is real
+
+
+async def test_a_queue_feature_it_does_not_play_warns_instead_of_silently_differing() -> None:
+    broker = TestBroker()
+    channel = await (await broker.connect(URL, name="c")).channel()
+    with pytest.warns(NotEmulatedWarning, match="x-max-priority"):
+        await channel.queue_declare("prio", arguments={"x-max-priority": 5})
+    with pytest.warns(NotEmulatedWarning, match="quorum"):
+        await channel.queue_declare("qq", durable=True, arguments={"x-queue-type": "quorum"})
+
+
+async def test_a_header_the_client_cannot_encode_raises_and_leaves_the_channel_open() -> None:
+    broker = TestBroker()
+    channel = await (await broker.connect(URL, name="c")).channel()
+    await channel.queue_declare("q")
+    with pytest.raises(TypeError, match="Unknown type"):
+        await channel.basic_publish(
+            b"x", routing_key="q", properties=spec.Basic.Properties(headers={"t": (1,)})
+        )
+    await channel.basic_publish(b"y", routing_key="q")
+    assert [m.body for m in broker.queues["q"].messages] == [b"y"]
