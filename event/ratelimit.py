@@ -54,16 +54,26 @@ class RateLimiter:
         self.clock = clock
         self._sleep: Callable[[float], Awaitable[None]] = getattr(clock, "sleep", asyncio.sleep)
         self._next = 0.0  # the theoretical arrival time of the next message
+        self._waiting = 0  # callers told to wait and not yet through
 
     def reserve(self) -> float:
         """Seconds the caller must wait before going ahead (0: now); takes its place in the line."""
         now = self.clock()
+        # A clock set back (the wall clock the pool passes) must not hold the line for that long: no
+        # caller waits longer than the callers waiting now need. A steady clock never reaches this bound.
+        self._next = min(self._next, now + self.slack + (self._waiting + 1) * self.interval)
         arrival = max(self._next, now)
         self._next = arrival + self.interval
-        return max(0.0, arrival - self.slack - now)
+        wait = max(0.0, arrival - self.slack - now)
+        if wait > 0:
+            self._waiting += 1
+        return wait
 
     async def acquire(self) -> None:
         """Wait for this caller's turn."""
         wait = self.reserve()
         if wait > 0:
-            await self._sleep(wait)
+            try:
+                await self._sleep(wait)
+            finally:
+                self._waiting -= 1

@@ -223,12 +223,9 @@ class TestBroker:
 
     async def __aenter__(self) -> Self:
         for client in self.clients:
-            self._saved.append((client, client.connector, getattr(client, "clock", None)))
+            self._saved.append((client, client.connector, client.clock))
             client.connector = self.connect
-            if isinstance(client, WorkerPool):
-                client.clock = self.clock
-            else:
-                client._clock = self.clock
+            client.clock = self.clock
         stack = AsyncExitStack()
         await stack.__aenter__()
         self._running.append(stack)
@@ -249,10 +246,7 @@ class TestBroker:
             await stack.__aexit__(exc_type, exc, tb)
         for client, connector, clock in self._saved:
             client.connector = connector
-            if isinstance(client, WorkerPool):
-                client.clock = clock
-            elif clock is not None:
-                client._clock = clock
+            client.clock = clock
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until no consumer has a message it could take now, or one in its hands.

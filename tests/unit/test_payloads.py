@@ -137,6 +137,15 @@ def test_rate_limiter_spaces_callers_and_allows_a_burst() -> None:
     assert [limiter.reserve() for _ in range(4)] == pytest.approx([0, 0, 0, 0.1])
 
 
+def test_a_clock_set_back_does_not_hold_the_rate_limiter_for_that_long() -> None:
+    now = [10_000.0]
+    limiter = RateLimiter(parse_rate("1/s"), clock=lambda: now[0])
+    assert limiter.reserve() == 0
+    now[0] -= 3600  # the wall clock is set back an hour
+    assert limiter.reserve() <= 1.0
+    assert limiter.reserve() == pytest.approx(limiter.interval * 2)  # and the line goes on from there
+
+
 def test_a_payload_type_that_cannot_be_resolved_is_named() -> None:
     namespace: dict[str, Any] = {}
     exec(
