@@ -392,6 +392,8 @@ async def test_dead_lettering_writes_the_brokers_x_death(harness: Harness) -> No
             "x-first-death-queue": ttl,
             "x-first-death-reason": "expired",
         }
+        assert list(headers) == sorted(headers)  # the table written back in key order
+        assert list(entry) == ["count", "reason", "queue", "exchange", "routing-keys", "original-expiration"]
         assert first.header.properties.expiration is None
 
         # A message that arrives with an x-death (here, another client's) gets no x-first-death-*.
@@ -425,6 +427,16 @@ async def test_dead_lettering_writes_the_brokers_x_death(harness: Harness) -> No
         again, theirs_again = third.header.properties.headers["x-death"]
         assert again == {**mine, "count": 2}  # no original-expiration added, the time kept
         assert theirs_again == theirs
+
+        # An x-death that is not a list is replaced, and still no x-first-death-*.
+        await channel.basic_publish(b"odd", routing_key=ttl, properties=spec.Basic.Properties(
+            headers={"x-death": "not a list"}))  # fmt: skip
+        await harness.wait(1.5)
+        [odd] = await take_all(channel, dead)
+        headers = odd.header.properties.headers
+        assert sorted(headers) == ["x-death"]
+        [(odd_entry)] = headers["x-death"]
+        assert (odd_entry["count"], odd_entry["queue"], odd_entry["reason"]) == (1, ttl, "expired")
 
         # Rejected without requeue: reason "rejected".
         await channel.basic_publish(b"fourth", routing_key=ttl)
