@@ -127,3 +127,23 @@ async def test_a_header_the_client_cannot_encode_raises_and_leaves_the_channel_o
         )
     await channel.basic_publish(b"y", routing_key="q")
     assert [m.body for m in broker.queues["q"].messages] == [b"y"]
+
+
+async def test_leaving_with_rate_limited_messages_waiting_hands_them_back_at_once() -> None:
+    pool = WorkerPool(URL, namespace="t")
+    publisher = Publisher(URL, namespace="t")
+    handled: list[int] = []
+
+    @pool.consumer("app.rare", rate_limit="1/m")
+    async def rare(ctx: object, msg: Message[Any]) -> None:
+        handled.append(msg.body["n"])
+
+    started = time.monotonic()
+    async with TestBroker(pool, publisher) as broker:
+        for n in range(3):
+            await publisher.publish("app.rare", {"n": n})
+        await broker.drain()
+    assert handled == [0]  # the others never started: unacked, back in the queue, not run at exit
+    assert time.monotonic() - started < 5  # not the pool's 30 s grace period
+    queue = broker.queues["t:rare"]
+    assert [m.redelivered for m in queue.messages] == [True, True]
