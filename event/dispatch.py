@@ -115,7 +115,7 @@ class Dispatcher:
         self.dead_queue = dead_queue
         self.chain = compose((*middleware, *consumer.middleware), endpoint_for(consumer, executor))
         self.slots = asyncio.Semaphore(consumer.max_concurrency) if consumer.max_concurrency else None
-        self.limiter = RateLimiter(consumer.rate) if consumer.rate is not None else None
+        self.limiter = RateLimiter(consumer.rate, clock) if consumer.rate is not None else None
         self.pool_slots = pool_slots
         self.send_copy = send_copy
         self.acks: AckTracker | None = None

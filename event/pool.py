@@ -403,6 +403,12 @@ class WorkerPool:
         """Handlers running right now, across all consumers."""
         return sum(d.running for d in self._dispatchers)
 
+    @property
+    def deliveries_in_hand(self) -> int:
+        """Deliveries taken and not yet settled, across all consumers: waiting for a slot or a rate
+        limit, running, or storing a retry or dead copy (event.testing waits on it)."""
+        return sum(len(d.tasks) for d in self._dispatchers)
+
     # --- internals ---------------------------------------------------------------------------------------
 
     async def _start(self) -> None:

@@ -74,14 +74,19 @@ def seconds_until(when: datetime, now: float) -> float:
 
 
 def properties(
-    *, message_id: str | None = None, headers: Mapping[str, Any] | None = None, expiration: str | None = None
+    *,
+    message_id: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    expiration: str | None = None,
+    now: float | None = None,
 ) -> spec.Basic.Properties:
-    """Hutch's message properties (spec section 3): JSON, persistent, a UUID, a whole-second timestamp."""
+    """Hutch's message properties (spec section 3): JSON, persistent, a UUID, a whole-second timestamp
+    (of ``now``, epoch seconds, if given: the publisher's clock)."""
     return spec.Basic.Properties(
         content_type=wire.CONTENT_TYPE,
         delivery_mode=wire.PERSISTENT,
         message_id=message_id or str(uuid.uuid4()),
-        timestamp=datetime.fromtimestamp(int(time.time()), tz=UTC),
+        timestamp=datetime.fromtimestamp(int(time.time() if now is None else now), tz=UTC),
         headers=dict(headers) if headers else None,
         expiration=expiration,
     )
@@ -202,7 +207,7 @@ class Publisher:
         self.exchange = check_name("exchange", exchange)
         self.timeout = check_seconds("publish timeout", timeout, allow_zero=False)
         self._connection_name = connection_name
-        self._clock = clock
+        self.clock = clock  # epoch seconds; event.testing.TestBroker swaps in its virtual clock
         self.stats = PublishStats()  # see event.metrics.publish_families to export them
         self._connection: Connection | None = None
         self._channel: Channel | None = None
@@ -274,7 +279,10 @@ class Publisher:
         wire.validate_routing_key(routing_key, pattern=False)
         body = encode(routing_key, payload)
         await self.publish_raw(
-            routing_key, body, properties(message_id=message_id, headers=headers), mandatory=mandatory
+            routing_key,
+            body,
+            properties(message_id=message_id, headers=headers, now=self.clock()),
+            mandatory=mandatory,
         )
 
     async def publish_in(
@@ -304,7 +312,7 @@ class Publisher:
         message_id: str | None = None,
     ) -> None:
         """Publish ``payload`` for delivery at ``when`` (an aware datetime) or later; a past one: now."""
-        seconds = seconds_until(when, self._clock())
+        seconds = seconds_until(when, self.clock())
         due_at_ms = math.ceil(when.timestamp() * 1000)  # exactly the time asked for, not now + a float
         await self._publish_delayed(max(seconds, 0.0), routing_key, payload, headers, message_id, due_at_ms)
 
@@ -322,7 +330,7 @@ class Publisher:
             return
         wire.validate_routing_key(routing_key, pattern=False)
         body = encode(routing_key, payload)
-        level, planned_due_ms = wire.delay_plan(seconds, math.ceil(self._clock() * 1000))
+        level, planned_due_ms = wire.delay_plan(seconds, math.ceil(self.clock() * 1000))
         if planned_due_ms is None:
             due_at_ms = None  # a level covers it: no re-park needed
         elif due_at_ms is None:
@@ -331,6 +339,7 @@ class Publisher:
             message_id=message_id,
             headers=wire.delayed_headers(headers, routing_key, due_at_ms=due_at_ms),
             expiration=str(level * 1000),
+            now=self.clock(),
         )
         # Straight into our own park queue (one copy, whatever other namespaces share the exchange),
         # through the delay exchange rather than the spec's default one: see wire.delay_exchange_name.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from event.errors import ConfigurationError
@@ -41,23 +41,39 @@ def parse_rate(text: str, burst: int = 1, where: str = "the consumer") -> RateLi
 
 
 class RateLimiter:
-    """A reservation-based token bucket (GCRA): each caller is given its own start time, in order."""
+    """A reservation-based token bucket (GCRA): each caller is given its own start time, in order.
+
+    ``clock`` gives the time in seconds (the pool passes its own). A clock that also has an
+    ``async sleep(seconds)`` keeps its own time, and the limiter waits on it: event.testing's virtual
+    clock does, so a rate-limited message waits for ``TestBroker.advance`` rather than for real time.
+    """
 
     def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = 1.0 / limit.per_second
         self.slack = (limit.burst - 1) * self.interval
         self.clock = clock
+        self._sleep: Callable[[float], Awaitable[None]] = getattr(clock, "sleep", asyncio.sleep)
         self._next = 0.0  # the theoretical arrival time of the next message
+        self._waiting = 0  # callers told to wait and not yet through
 
     def reserve(self) -> float:
         """Seconds the caller must wait before going ahead (0: now); takes its place in the line."""
         now = self.clock()
+        # A clock set back (the wall clock the pool passes) must not hold the line for that long: no
+        # caller waits longer than the callers waiting now need. A steady clock never reaches this bound.
+        self._next = min(self._next, now + self.slack + (self._waiting + 1) * self.interval)
         arrival = max(self._next, now)
         self._next = arrival + self.interval
-        return max(0.0, arrival - self.slack - now)
+        wait = max(0.0, arrival - self.slack - now)
+        if wait > 0:
+            self._waiting += 1
+        return wait
 
     async def acquire(self) -> None:
         """Wait for this caller's turn."""
         wait = self.reserve()
         if wait > 0:
-            await asyncio.sleep(wait)
+            try:
+                await self._sleep(wait)
+            finally:
+                self._waiting -= 1

@@ -10,21 +10,29 @@
         assert broker.published("app.remind") == [{}]
         assert broker.dead() == []
 
-It plays the broker's part of AMQP that `event` uses, the way RabbitMQ plays it: topic, direct and
-default exchanges, ``CC`` routing, per-message and per-queue TTL with dead-lettering and ``x-death``,
-``x-max-length``, exclusive queues, prefetch, acks, rejects and redelivery. The project runs one
-scenario suite against it and against RabbitMQ (``tests/integration/test_scenarios.py``): a difference
-is a bug here. It does not emulate connection failures, publisher nacks or memory alarms.
+It plays the broker's part of AMQP that `event` uses, the way RabbitMQ 3.10 plays it: topic, direct
+and default exchanges, ``CC`` routing, per-message and per-queue TTL (the smaller wins, expiring from
+the head only) with dead-lettering and RabbitMQ's ``x-death``, ``x-max-length``, exclusive queues,
+prefetch, acks, rejects and redelivery, and redeclaration compared on the arguments RabbitMQ compares.
+Properties go through pamqp's encoder and decoder, as on a real connection, so a header the client
+cannot encode raises ``TypeError`` and a float comes back as the 32-bit float it was sent as. The
+project runs one scenario suite against it and against RabbitMQ
+(``tests/integration/test_scenarios.py``): a difference is a bug here. It does not emulate connection
+failures, publisher nacks or memory alarms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
+import time
+import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -32,6 +40,9 @@ import orjson
 from aiormq import exceptions as amqp_errors
 from aiormq import spec
 from aiormq.abc import DeliveredMessage
+from pamqp import decode as amqp_decode
+from pamqp import encode as amqp_encode
+from pamqp import frame as amqp_frame
 from pamqp.header import ContentHeader
 
 from event import wire
@@ -50,12 +61,52 @@ class _Message:
     redelivered: bool = False
 
 
+class NotEmulatedWarning(UserWarning):
+    """A queue asks for a RabbitMQ feature TestBroker does not emulate: there, it behaves differently."""
+
+
+# RabbitMQ queue arguments with an effect TestBroker does not play; a queue declared with one warns,
+# rather than silently behaving unlike RabbitMQ. (Arguments RabbitMQ itself ignores are ignored here.)
+_NOT_EMULATED_ARGUMENTS = {
+    "x-expires": "the queue is never deleted when unused",
+    "x-max-length-bytes": "no byte limit applies",
+    "x-overflow": "x-max-length always drops the oldest",
+    "x-max-priority": "messages are never reordered by priority",
+    "x-single-active-consumer": "every consumer receives messages",
+    "x-delivery-limit": "redeliveries are unlimited",
+    "x-dead-letter-strategy": "dead-lettering is at-most-once",
+}
+
+
+def _warn_not_emulated(queue: str, arguments: dict[str, Any]) -> None:
+    for key, how in _NOT_EMULATED_ARGUMENTS.items():
+        if key in arguments:
+            warnings.warn(
+                f"TestBroker does not emulate {key} (queue '{queue}'): {how}", NotEmulatedWarning, 3
+            )
+    kind = arguments.get("x-queue-type", "classic")
+    if kind != "classic":
+        warnings.warn(
+            f"TestBroker plays the {kind} queue '{queue}' as a classic queue (no {kind}-queue specifics)",
+            NotEmulatedWarning,
+            3,
+        )
+
+
+@dataclass
+class _Exchange:
+    kind: str
+    durable: bool
+    arguments: dict[str, Any]
+
+
 @dataclass
 class _Queue:
     name: str
     durable: bool
     exclusive_owner: _Connection | None
     arguments: dict[str, Any]
+    auto_delete: bool = False
     messages: deque[_Message] = field(default_factory=deque)
     consumers: list[tuple[_Channel, str, Callable[[DeliveredMessage], Awaitable[Any]]]] = field(
         default_factory=list
@@ -96,15 +147,71 @@ class Published:
         return orjson.loads(self.body)
 
 
+class VirtualClock:
+    """The broker's virtual time, in epoch seconds: call it for the time, ``await sleep(s)`` to wait on it.
+
+    Whatever takes a clock in `event` (the pool, the publisher, a rate limit) is given this one; a
+    rate-limited message then waits for :meth:`TestBroker.advance`, not for real time to pass.
+    """
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._released = False
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until ``seconds`` of virtual time have passed."""
+        if seconds <= 0 or self._released:
+            await asyncio.sleep(0)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + seconds, next(self._order), waiter))
+        await waiter
+
+    @property
+    def sleepers(self) -> int:
+        """How many callers wait on a timer now."""
+        return sum(1 for _, _, waiter in self._timers if not waiter.done())
+
+    def next_timer(self) -> float | None:
+        """When the earliest timer is due, if any."""
+        while self._timers and self._timers[0][2].done():  # a cancelled sleep
+            heapq.heappop(self._timers)
+        return self._timers[0][0] if self._timers else None
+
+    def release(self) -> None:
+        """Wake every sleeper now, and every later one at once: the broker is shutting down."""
+        self._released = True
+        for _, _, waiter in self._timers:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._timers.clear()
+
+    def fire(self) -> None:
+        """Wake every sleeper whose time has come."""
+        while self._timers and self._timers[0][0] <= self.now:
+            _, _, waiter = heapq.heappop(self._timers)
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class TestBroker:
-    """An in-memory broker that the given pools and publishers connect to instead of RabbitMQ."""
+    """An in-memory broker that the given pools and publishers connect to instead of RabbitMQ.
+
+    The virtual clock starts at the real time (or ``start``, in epoch seconds) and moves only with
+    :meth:`advance`; message timestamps, delays, TTLs, retries and rate limits all follow it.
+    """
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
-    def __init__(self, *clients: WorkerPool | Publisher, start: float = 1_800_000_000.0) -> None:
+    def __init__(self, *clients: WorkerPool | Publisher, start: float | None = None) -> None:
         self.clients = clients
-        self.now = start  # the virtual clock, in epoch seconds
-        self.exchanges: dict[str, str] = {"": "direct"}
+        self.clock = VirtualClock(time.time() if start is None else start)
+        self.exchanges: dict[str, _Exchange] = {"": _Exchange("direct", durable=True, arguments={})}
         self.bindings: dict[str, list[tuple[str, str]]] = {}  # exchange -> [(queue, key)]
         # Bindings with arguments (a headers exchange) and between exchanges: source -> [(to, key, args)].
         self.header_bindings: dict[str, list[tuple[str, dict[str, Any]]]] = {}
@@ -117,18 +224,20 @@ class TestBroker:
 
     # --- the user's side ----------------------------------------------------------------------------------
 
-    def clock(self) -> float:
+    @property
+    def now(self) -> float:
         """The virtual time, in epoch seconds."""
-        return self.now
+        return self.clock.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.clock.now = value
 
     async def __aenter__(self) -> Self:
         for client in self.clients:
-            self._saved.append((client, client.connector, getattr(client, "clock", None)))
+            self._saved.append((client, client.connector, client.clock))
             client.connector = self.connect
-            if isinstance(client, WorkerPool):
-                client.clock = self.clock
-            else:
-                client._clock = self.clock
+            client.clock = self.clock
         stack = AsyncExitStack()
         await stack.__aenter__()
         self._running.append(stack)
@@ -145,48 +254,63 @@ class TestBroker:
         for client in self.clients:
             if isinstance(client, Publisher):
                 await client.close()
-        for stack in self._running:
-            await stack.__aexit__(exc_type, exc, tb)
+        # A message waiting for its rate limit would hold the pool's shutdown for its whole grace
+        # period of real time, the virtual clock never moving. Once the pools stop taking work, wake
+        # it: not started, it stays unacked and is handed back, as at any shutdown.
+        release = asyncio.get_running_loop().call_later(0.05, self.clock.release)
+        try:
+            for stack in self._running:
+                await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            release.cancel()
         for client, connector, clock in self._saved:
             client.connector = connector
-            if isinstance(client, WorkerPool):
-                client.clock = clock
-            elif clock is not None:
-                client._clock = clock
+            client.clock = clock
 
     async def drain(self, timeout: float = 10.0) -> None:
-        """Wait until no consumer has a message waiting or in its hands (delayed ones excepted)."""
+        """Wait until no consumer has a message it could take now, or one in its hands.
+
+        Messages waiting for their time (delayed, or held back by a rate limit) do not count: they
+        wait for :meth:`advance`.
+        """
         async with asyncio.timeout(timeout):
             while True:
                 for _ in range(5):
                     await asyncio.sleep(0)
                 await asyncio.sleep(0.001)
-                busy = any(
-                    q.consumers and (q.messages or any(ch.unacked for ch, _, _ in q.consumers))
+                deliverable = any(
+                    q.messages and any(ch.has_room() for ch, _, _ in q.consumers)
                     for q in self.queues.values()
                 )
-                pools_busy = any(
-                    d.tasks for c in self.clients if isinstance(c, WorkerPool) for d in c._dispatchers
-                )
-                if not busy and not pools_busy and not self._tasks:
+                sleepers = self.clock.sleepers
+                in_hand = sum(c.deliveries_in_hand for c in self.clients if isinstance(c, WorkerPool))
+                if not deliverable and in_hand <= sleepers and not self._tasks:
                     await asyncio.sleep(0.01)  # acks flush on a short timer
-                    if not any(ch.unacked for q in self.queues.values() for ch, _, _ in q.consumers):
+                    if self._unacked() <= self.clock.sleepers:
                         return
 
+    def _unacked(self) -> int:
+        channels = {id(ch): ch for q in self.queues.values() for ch, _, _ in q.consumers}
+        return sum(len(ch.unacked) for ch in channels.values())
+
     async def advance(self, seconds: float) -> None:
-        """Let ``seconds`` of virtual time pass: expire what is due, in order, handling it as it comes."""
+        """Let ``seconds`` of virtual time pass: what comes due (expiries, delays, rate-limited
+        messages) happens in order, each handled as it comes."""
         target = self.now + seconds
         while True:
             await self.drain()
             due = [
-                (m.expires_at, q.name)
+                m.expires_at
                 for q in self.queues.values()
                 if q.messages and (m := q.messages[0]).expires_at is not None and m.expires_at <= target
             ]
+            timer = self.clock.next_timer()
+            if timer is not None and timer <= target:
+                due.append(timer)
             if not due:
                 break
-            at, _ = min(due)
-            self.now = max(self.now, at)
+            self.now = max(self.now, min(due))
+            self.clock.fire()
             self._expire()
         self.now = target
         await self.drain()
@@ -221,7 +345,7 @@ class TestBroker:
         keys = [routing_key, *_strings(headers.get("CC")), *_strings(headers.get("BCC"))]
         if exchange == "":
             return list(dict.fromkeys(k for k in keys if k in self.queues))
-        kind = self.exchanges[exchange]
+        kind = self.exchanges[exchange].kind
         found: dict[str, None] = {}
         for queue, pattern in self.bindings.get(exchange, []):
             if kind != "headers" and _key_matches(kind, pattern, keys):
@@ -241,6 +365,7 @@ class TestBroker:
     def publish(
         self, exchange: str, routing_key: str, body: bytes, props: spec.Basic.Properties
     ) -> list[str]:
+        """Route a message as RabbitMQ does; the queues it reached (none: dropped, as RabbitMQ drops it)."""
         if exchange not in self.exchanges:
             raise amqp_errors.ChannelNotFoundEntity(f"NOT_FOUND - no exchange '{exchange}'")
         headers = dict(props.headers or {})
@@ -254,50 +379,59 @@ class TestBroker:
         return targets
 
     def _enqueue(self, queue: _Queue, message: _Message) -> None:
-        ttl = message.props.expiration or queue.arguments.get("x-message-ttl")
-        message.expires_at = self.now + int(ttl) / 1000 if ttl is not None else None
+        # A message's expiration and its queue's x-message-ttl both apply: the smaller wins.
+        ttls = [
+            int(t) for t in (message.props.expiration, queue.arguments.get("x-message-ttl")) if t is not None
+        ]
+        message.expires_at = self.now + min(ttls) / 1000 if ttls else None
         queue.messages.append(message)
         limit = queue.arguments.get("x-max-length")
         while limit is not None and len(queue.messages) > limit:
-            queue.messages.popleft()  # RabbitMQ drops the oldest (this emulation has no overflow DLX)
+            self._dead_letter(queue, queue.messages.popleft(), "maxlen")  # RabbitMQ drops the oldest
         self._deliver(queue)
 
     def _expire(self) -> None:
         for queue in list(self.queues.values()):
-            while (
-                queue.messages
-                and (m := queue.messages[0]).expires_at is not None
-                and m.expires_at <= self.now
-            ):
-                queue.messages.popleft()
-                target = queue.arguments.get("x-dead-letter-exchange")
-                if target is not None:
-                    self._dead_letter(queue, m, target)
+            self._expire_head(queue)
 
-    def _dead_letter(self, queue: _Queue, message: _Message, exchange: str) -> None:
-        headers: dict[str, Any] = dict(message.props.headers or {})
+    def _expire_head(self, queue: _Queue) -> None:
+        # RabbitMQ's classic queues expire from the head only: an expired message behind one that is
+        # not waits (holding its place) until it reaches the head.
+        while queue.messages and (m := queue.messages[0]).expires_at is not None and m.expires_at <= self.now:
+            self._dead_letter(queue, queue.messages.popleft(), "expired")
+
+    def _dead_letter(self, queue: _Queue, message: _Message, reason: str) -> None:
+        """Republish ``message`` to its queue's dead-letter exchange, with RabbitMQ 3.10's headers."""
+        exchange = queue.arguments.get("x-dead-letter-exchange")
+        if exchange is None or exchange not in self.exchanges:
+            return  # dropped, as RabbitMQ drops it
+        headers = dict(message.props.headers or {})
+        routing_key = queue.arguments.get("x-dead-letter-routing-key")
         keys = [message.routing_key, *_strings(headers.get("CC"))]
-        earlier: Any = headers.get("x-death") or []
-        deaths = [dict(d) for d in earlier]
-        for death in deaths:
-            if death.get("queue") == queue.name and death.get("reason") == "expired":
-                death["count"] = death.get("count", 1) + 1
-                deaths.remove(death)
-                deaths.insert(0, death)
-                break
-        else:
-            deaths.insert(0, {"count": 1, "reason": "expired", "queue": queue.name,
-                              "exchange": message.exchange, "routing-keys": keys})  # fmt: skip
-            headers.setdefault("x-first-death-exchange", message.exchange)
-            headers.setdefault("x-first-death-queue", queue.name)
-            headers.setdefault("x-first-death-reason", "expired")
-        headers["x-death"] = deaths
+        if routing_key is not None:
+            headers.pop("CC", None)  # a dead-letter routing key replaces every key, CC's too
+        headers = _with_death(
+            headers,
+            reason=reason,
+            queue=queue.name,
+            exchange=message.exchange,
+            routing_keys=keys,
+            at=datetime.fromtimestamp(int(self.now), tz=UTC),
+            expiration=message.props.expiration,
+        )
+        new_key = message.routing_key if routing_key is None else routing_key
+        # Not through pamqp: its encoder sorts a table's keys, and RabbitMQ writes the new entry unsorted.
         props = _with(message.props, headers=headers, expiration=None)
-        for name in self.route(exchange, message.routing_key, headers):
-            self._enqueue(self.queues[name], _Message(message.body, props, exchange, message.routing_key))
+        for name in self.route(exchange, new_key, headers):
+            if reason != "rejected" and _is_cycle(name, props.headers or {}):
+                continue  # RabbitMQ drops a message that would go round in circles with no reject
+            self._enqueue(self.queues[name], _Message(message.body, props, exchange, new_key))
 
     def _deliver(self, queue: _Queue) -> None:
         while queue.messages and queue.consumers:
+            self._expire_head(queue)  # an expired head is dead-lettered, never delivered
+            if not queue.messages:
+                return
             ready = [c for c in queue.consumers if c[0].has_room()]
             if not ready:
                 return
@@ -329,6 +463,102 @@ def _headers_match(arguments: dict[str, Any], headers: dict[str, Any]) -> bool:
     wanted = {k: v for k, v in arguments.items() if not k.startswith("x-")}
     hits = [headers.get(k) == v for k, v in wanted.items()]
     return any(hits) if arguments.get("x-match") == "any" else all(hits)
+
+
+def _with_death(
+    headers: dict[str, Any],
+    *,
+    reason: str,
+    queue: str,
+    exchange: str,
+    routing_keys: list[str],
+    at: datetime,
+    expiration: str | None,
+) -> dict[str, Any]:
+    """``headers`` with the ``x-death`` entry RabbitMQ 3.10 writes (as seen on a 3.10.8 broker).
+
+    A message's first death gets a new entry (count, reason, queue, time, exchange, routing-keys and,
+    if it had a per-message TTL, original-expiration) and the ``x-first-death-*`` headers. A message
+    that arrived with an ``x-death`` list (from here or another client) gets no ``x-first-death-*``:
+    the entry of the same queue and reason has its count raised (its other fields kept) and moves
+    first, or a new entry goes first, and every entry has its keys sorted. An ``x-death`` that is not a
+    list is replaced by the new entry alone, again with no ``x-first-death-*``. Dead-lettering writes
+    the headers table back with its keys sorted.
+    """
+    entry: dict[str, Any] = {"count": 1, "reason": reason, "queue": queue, "time": at, "exchange": exchange,
+                             "routing-keys": routing_keys}  # fmt: skip
+    if expiration is not None:
+        entry["original-expiration"] = expiration
+    earlier = headers.get("x-death")
+    changed = dict(headers)
+    if "x-death" not in headers:
+        changed.update({"x-death": [entry], "x-first-death-exchange": exchange,
+                        "x-first-death-queue": queue, "x-first-death-reason": reason})  # fmt: skip
+    elif not isinstance(earlier, list):
+        changed["x-death"] = [entry]
+    else:
+        deaths = [{"count": 1, **d} if isinstance(d, dict) else d for d in earlier]
+        for death in deaths:
+            if isinstance(death, dict) and death.get("queue") == queue and death.get("reason") == reason:
+                deaths.remove(death)
+                entry = {**death, "count": int(death["count"]) + 1}
+                break
+        changed["x-death"] = [dict(sorted(d.items())) if isinstance(d, dict) else d for d in (entry, *deaths)]
+    return dict(sorted(changed.items()))
+
+
+def _is_cycle(queue: str, headers: dict[str, Any]) -> bool:
+    """Whether dead-lettering into ``queue`` closes a loop of deaths none of which was a reject."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list):
+        return False
+    for number, death in enumerate(deaths):
+        if isinstance(death, dict) and death.get("queue") == queue:
+            loop = deaths[: number + 1]
+            return all(isinstance(d, dict) and d.get("reason") != "rejected" for d in loop)
+    return False
+
+
+def _over_the_wire(props: spec.Basic.Properties, body_size: int) -> spec.Basic.Properties:
+    """``props`` as the receiving client decodes them, after pamqp encoded them for the wire.
+
+    The same encoder as a real connection's: what AMQP cannot carry (a tuple, ``bytes``, a set, an
+    integer over 64 bits) raises the client's ``TypeError``, and a float arrives as the 32-bit float
+    pamqp sends.
+    """
+    _, _, header = amqp_frame.unmarshal(amqp_frame.marshal(ContentHeader(0, body_size, props), 1))
+    if not isinstance(header, ContentHeader):  # pamqp hands back the frame it was given
+        raise TypeError(f"pamqp decoded a {type(header).__name__}, not a content header")
+    return header.properties
+
+
+def _arguments_over_the_wire(arguments: dict[str, Any] | None) -> dict[str, Any]:
+    """A declare's arguments as RabbitMQ receives them (pamqp's field-table encoding)."""
+    if not arguments:
+        return {}
+    _, decoded = amqp_decode.field_table(amqp_encode.field_table(arguments))
+    return decoded
+
+
+# The queue arguments RabbitMQ 3.10 compares when a classic queue is declared again (checked on a
+# 3.10.8 broker); any other (x-note, x-delivery-limit, ...) is accepted and ignored, the first kept.
+_COMPARED_QUEUE_ARGUMENTS = (
+    "x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-length",
+    "x-max-length-bytes", "x-max-priority", "x-overflow", "x-queue-mode", "x-queue-version",
+    "x-single-active-consumer", "x-queue-master-locator", "x-queue-type",
+)  # fmt: skip
+
+
+def _inequivalent(current: dict[str, Any], received: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """The first argument of ``keys`` that differs, as RabbitMQ compares them; None if they agree."""
+    for key in keys:
+        was, now = current.get(key), received.get(key)
+        if key == "x-queue-type":  # no type is the classic type
+            was, now = was or "classic", now or "classic"
+        # Integers of any width are one type to RabbitMQ; 1000 and "1000" are not.
+        if was != now or type(was) is not type(now):
+            return f"inequivalent arg '{key}': received {now!r} but current is {was!r}"
+    return None
 
 
 def _strings(value: Any) -> list[str]:
@@ -413,14 +643,30 @@ class _Channel:
     async def basic_qos(self, prefetch_count: int = 0, **_: Any) -> None:
         self.prefetch = prefetch_count
 
-    async def exchange_declare(self, exchange: str, exchange_type: str = "direct", **_: Any) -> None:
+    async def exchange_declare(
+        self,
+        exchange: str,
+        exchange_type: str = "direct",
+        *,
+        durable: bool = False,
+        arguments: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
         self._open()
+        received = _arguments_over_the_wire(arguments)
         existing = self.broker.exchanges.get(exchange)
-        if existing is not None and existing != exchange_type:
-            self._fail(amqp_errors.ChannelPreconditionFailed(
-                f"PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{exchange}': received "
-                f"'{exchange_type}' but current is '{existing}'"))  # fmt: skip
-        self.broker.exchanges[exchange] = exchange_type
+        if existing is not None:
+            # RabbitMQ compares the type, durability and alternate exchange; other arguments it ignores.
+            differs = _inequivalent(
+                {"type": existing.kind, "durable": existing.durable},
+                {"type": exchange_type, "durable": durable},
+                ("type", "durable"),
+            ) or _inequivalent(existing.arguments, received, ("alternate-exchange",))
+            if differs is not None:
+                self._fail(amqp_errors.ChannelPreconditionFailed(
+                    f"PRECONDITION_FAILED - {differs} for exchange '{exchange}'"))  # fmt: skip
+            return
+        self.broker.exchanges[exchange] = _Exchange(exchange_type, durable, received)
 
     async def exchange_delete(self, exchange: str, **_: Any) -> None:
         self.broker.exchanges.pop(exchange, None)
@@ -440,6 +686,7 @@ class _Channel:
         **_: Any,
     ) -> spec.Queue.DeclareOk:
         self._open()
+        received = _arguments_over_the_wire(arguments)
         existing = self.broker.queues.get(queue)
         if passive:
             if existing is None:
@@ -451,13 +698,19 @@ class _Channel:
                 self._fail(
                     amqp_errors.ChannelLockedResource(f"RESOURCE_LOCKED - queue '{queue}' is exclusive")
                 )
-            if existing.arguments != dict(arguments or {}):
+            flags = ("durable", "auto_delete")
+            differs = _inequivalent(
+                {"durable": existing.durable, "auto_delete": existing.auto_delete},
+                {"durable": durable, "auto_delete": auto_delete},
+                flags,
+            ) or _inequivalent(existing.arguments, received, _COMPARED_QUEUE_ARGUMENTS)
+            if differs is not None:
                 self._fail(amqp_errors.ChannelPreconditionFailed(
-                    f"PRECONDITION_FAILED - inequivalent arguments for queue '{queue}': received "
-                    f"{dict(arguments or {})!r} but current is {existing.arguments!r}"))  # fmt: skip
+                    f"PRECONDITION_FAILED - {differs} for queue '{queue}'"))  # fmt: skip
             return spec.Queue.DeclareOk(queue, len(existing.messages), len(existing.consumers))
         owner = self.connection if exclusive else None
-        self.broker.queues[queue] = _Queue(queue, durable, owner, dict(arguments or {}))
+        _warn_not_emulated(queue, received)
+        self.broker.queues[queue] = _Queue(queue, durable, owner, received, auto_delete)
         return spec.Queue.DeclareOk(queue, 0, 0)
 
     async def exchange_bind(
@@ -490,7 +743,7 @@ class _Channel:
             self._fail(
                 amqp_errors.ChannelNotFoundEntity(f"NOT_FOUND - no exchange '{exchange}' or queue '{queue}'")
             )
-        if self.broker.exchanges[exchange] == "headers":
+        if self.broker.exchanges[exchange].kind == "headers":
             with_arguments = (queue, dict(arguments or {}))
             headed = self.broker.header_bindings.setdefault(exchange, [])
             if with_arguments not in headed:
@@ -538,6 +791,7 @@ class _Channel:
 
     async def basic_get(self, queue: str, no_ack: bool = False, **_: Any) -> DeliveredMessage:
         found = self.broker.queues[queue]
+        self.broker._expire_head(found)
         if not found.messages:
             return DeliveredMessage(spec.Basic.GetEmpty(), ContentHeader(), b"", self)  # type: ignore[arg-type]
         message = found.messages.popleft()
@@ -576,6 +830,9 @@ class _Channel:
             if requeue:
                 message.redelivered = True
                 queue.messages.appendleft(message)
+        if not requeue:
+            for queue, message in settled:
+                self.broker._dead_letter(queue, message, "rejected")
         for queue in {q.name: q for q, _ in settled}.values():
             self.broker._deliver(queue)
 
@@ -590,7 +847,9 @@ class _Channel:
         **_: Any,
     ) -> spec.Basic.Ack:
         self._open()
-        props = properties or spec.Basic.Properties()
+        # Encoded and decoded as on a real connection: what the client cannot encode raises here, on
+        # an open channel, and nothing is published.
+        props = _over_the_wire(properties or spec.Basic.Properties(), len(body))
         try:
             targets = self.broker.publish(exchange, routing_key, body, props)
         except amqp_errors.ChannelNotFoundEntity as exc:
@@ -622,4 +881,4 @@ class _Channel:
             self.broker._deliver(queue)
 
 
-__all__ = ["Published", "TestBroker"]
+__all__ = ["NotEmulatedWarning", "Published", "TestBroker", "VirtualClock"]

@@ -7,11 +7,13 @@ from typing import Any, Literal, TypedDict
 
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from event import ConfigurationError, Message, ValidationError
 from event.payloads import converter, payload_spec
 from event.publisher import encode
-from event.ratelimit import RateLimiter, parse_rate
+from event.ratelimit import RateLimit, RateLimiter, parse_rate
 
 
 @dataclass
@@ -135,6 +137,37 @@ def test_rate_limiter_spaces_callers_and_allows_a_burst() -> None:
     assert waits == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3])
     now[0] += 10  # a quiet spell refills the burst
     assert [limiter.reserve() for _ in range(4)] == pytest.approx([0, 0, 0, 0.1])
+
+
+def test_a_clock_set_back_does_not_hold_the_rate_limiter_for_that_long() -> None:
+    now = [10_000.0]
+    limiter = RateLimiter(parse_rate("1/s"), clock=lambda: now[0])
+    assert limiter.reserve() == 0
+    now[0] -= 3600  # the wall clock is set back an hour
+    assert limiter.reserve() <= 1.0
+    assert limiter.reserve() == pytest.approx(limiter.interval * 2)  # and the line goes on from there
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    per_second=st.sampled_from([0.5, 1.0, 10.0, 30.0]),
+    burst=st.integers(1, 4),
+    steps=st.lists(st.one_of(st.none(), st.floats(0, 5)), max_size=40),
+)
+def test_on_a_steady_clock_the_limiter_is_plain_gcra(
+    per_second: float, burst: int, steps: list[float | None]
+) -> None:
+    now = [1_000.0]
+    limit = RateLimit(per_second, burst)
+    limiter = RateLimiter(limit, clock=lambda: now[0])
+    interval, slack, tat = 1 / per_second, (burst - 1) / per_second, 0.0  # the textbook algorithm
+    for step in steps:
+        if step is not None:
+            now[0] += step  # the clock only moves forward
+            continue
+        arrival = max(tat, now[0])
+        tat = arrival + interval
+        assert limiter.reserve() == pytest.approx(max(0.0, arrival - slack - now[0]))
 
 
 def test_a_payload_type_that_cannot_be_resolved_is_named() -> None:

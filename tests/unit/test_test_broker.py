@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import pytest
 from aiormq import exceptions as amqp_errors
+from aiormq import spec
 
-from event import Publisher, Unroutable, WorkerPool
-from event.testing import TestBroker
+from event import Message, Publisher, Unroutable, WorkerPool
+from event.testing import NotEmulatedWarning, TestBroker
 
 URL = "amqp://nobody:nothing@127.0.0.1:1/"  # never dialled: the broker is in memory
 
@@ -55,8 +59,39 @@ async def test_queue_arguments_must_match_on_redeclare() -> None:
     broker = TestBroker()
     channel = await (await broker.connect(URL, name="c")).channel()
     await channel.queue_declare("q", arguments={"x-max-length": 1})
-    with pytest.raises(amqp_errors.ChannelPreconditionFailed, match="inequivalent"):
+    with pytest.raises(amqp_errors.ChannelPreconditionFailed, match="inequivalent arg 'x-max-length'"):
         await channel.queue_declare("q", arguments={})
+    channel = await (await broker.connect(URL, name="d")).channel()
+    await channel.queue_declare("q", arguments={"x-max-length": 1, "x-note": "ignored"})
+    assert broker.queues["q"].arguments == {"x-max-length": 1}  # the first declaration's stay
+
+
+async def test_a_slow_rate_limit_waits_on_the_virtual_clock_not_the_real_one() -> None:
+    pool = WorkerPool(URL, namespace="t")
+    publisher = Publisher(URL, namespace="t")
+    broker = TestBroker(pool, publisher)
+    handled: list[float] = []
+
+    @pool.consumer("app.rare", rate_limit="1/m")
+    async def rare(ctx: object, msg: Message[Any]) -> None:
+        handled.append(broker.now)
+
+    started = time.monotonic()
+    async with broker:
+        for _ in range(3):
+            await publisher.publish("app.rare", {})
+        await broker.drain()
+        assert len(handled) == 1  # the others wait for their time, and drain does not wait for them
+        await broker.advance(120)
+    assert [round(t - handled[0]) for t in handled] == [0, 60, 120]
+    assert time.monotonic() - started < 5  # two virtual minutes, not real ones
+
+
+async def test_the_virtual_clock_starts_at_the_real_time() -> None:
+    before = time.time()
+    broker = TestBroker()
+    assert before <= broker.now <= time.time()
+    assert broker.clock() == broker.now
 
 
 async def test_the_pools_clock_follows_the_virtual_one_and_is_given_back() -> None:
@@ -71,3 +106,44 @@ async def test_the_pools_clock_follows_the_virtual_one_and_is_given_back() -> No
         await broker.advance(5)
         assert pool.clock() == 1005.0
     assert pool.clock is real
+
+
+async def test_a_queue_feature_it_does_not_play_warns_instead_of_silently_differing() -> None:
+    broker = TestBroker()
+    channel = await (await broker.connect(URL, name="c")).channel()
+    with pytest.warns(NotEmulatedWarning, match="x-max-priority"):
+        await channel.queue_declare("prio", arguments={"x-max-priority": 5})
+    with pytest.warns(NotEmulatedWarning, match="quorum"):
+        await channel.queue_declare("qq", durable=True, arguments={"x-queue-type": "quorum"})
+
+
+async def test_a_header_the_client_cannot_encode_raises_and_leaves_the_channel_open() -> None:
+    broker = TestBroker()
+    channel = await (await broker.connect(URL, name="c")).channel()
+    await channel.queue_declare("q")
+    with pytest.raises(TypeError, match="Unknown type"):
+        await channel.basic_publish(
+            b"x", routing_key="q", properties=spec.Basic.Properties(headers={"t": (1,)})
+        )
+    await channel.basic_publish(b"y", routing_key="q")
+    assert [m.body for m in broker.queues["q"].messages] == [b"y"]
+
+
+async def test_leaving_with_rate_limited_messages_waiting_hands_them_back_at_once() -> None:
+    pool = WorkerPool(URL, namespace="t")
+    publisher = Publisher(URL, namespace="t")
+    handled: list[int] = []
+
+    @pool.consumer("app.rare", rate_limit="1/m")
+    async def rare(ctx: object, msg: Message[Any]) -> None:
+        handled.append(msg.body["n"])
+
+    started = time.monotonic()
+    async with TestBroker(pool, publisher) as broker:
+        for n in range(3):
+            await publisher.publish("app.rare", {"n": n})
+        await broker.drain()
+    assert handled == [0]  # the others never started: unacked, back in the queue, not run at exit
+    assert time.monotonic() - started < 5  # not the pool's 30 s grace period
+    queue = broker.queues["t:rare"]
+    assert [m.redelivered for m in queue.messages] == [True, True]
