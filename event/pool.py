@@ -510,12 +510,12 @@ class WorkerPool:
             lambda: open_channel(connection, confirms=False), self._shared_plan
         )
         if first:
-            for failure in failures:
+            for failure in failures.values():
                 if isinstance(failure, ConfigurationError):
                     raise failure
         self._shared_declared = not failures
         if failures:
-            for failure in failures:
+            for failure in failures.values():
                 log.error("at %s: %s; declaring it again shortly", connected_url(connection), failure)
             self._declare_shared_later(connection)
 
@@ -537,7 +537,7 @@ class WorkerPool:
                     lambda: open_channel(connection, confirms=False), self._shared_plan
                 )
             except EventError as exc:
-                failures = [exc]
+                failures = {"": exc}
             if not failures:
                 log.info(
                     "declared the shared queues at %s after %d attempt(s)", connected_url(connection), attempt
@@ -545,7 +545,7 @@ class WorkerPool:
                 self._shared_declared = True
                 self._update_ready()
                 return
-            for failure in failures:
+            for failure in failures.values():
                 log.error(
                     "at %s (attempt %d, next in %g s): %s",
                     connected_url(connection),

@@ -112,31 +112,31 @@ async def declare(channel: Channel, plan: Plan) -> None:
         await declare_queue(channel, queue)
 
 
-async def declare_each(open_channel: Callable[[], Awaitable[Channel]], plan: Plan) -> list[EventError]:
-    """Declare what can be declared of ``plan``, returning the refusals instead of stopping at the first.
+async def declare_each(open_channel: Callable[[], Awaitable[Channel]], plan: Plan) -> dict[str, EventError]:
+    """Declare what can be declared of ``plan``; the refusals, by exchange or queue name (empty: all done).
 
     A refusal closes its channel, so the next queue is declared on a fresh one from ``open_channel``.
     Exchanges come first and a refused exchange ends the attempt (its queues' bindings would fail too).
     """
-    failures: list[EventError] = []
+    refused: dict[str, EventError] = {}
     channel = await open_channel()
     try:
         for exchange in plan.exchanges:
             try:
                 await declare_exchange(channel, exchange)
             except EventError as exc:
-                return [exc]
+                return {exchange.name: exc}
         for queue in plan.queues:
             if channel.is_closed:
                 channel = await open_channel()
             try:
                 await declare_queue(channel, queue)
             except EventError as exc:
-                failures.append(exc)
+                refused[queue.name] = exc
     finally:
         if not channel.is_closed:
             await channel.close()
-    return failures
+    return refused
 
 
 async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
