@@ -696,9 +696,10 @@ class WorkerPool:
         await self._drain()
         for supervisor in self._supervisors:
             await supervisor.close()
-        await close_quietly(self._publish_channel)
-        await close_quietly(self._connection)
-        self._publish_channel = self._connection = None
+        channel, connection = self._publish_channel, self._connection
+        self._publish_channel = self._connection = None  # first: its closing is ours, not the broker's
+        await close_quietly(channel)
+        await close_quietly(connection)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
