@@ -137,7 +137,8 @@ async def test_a_consumer_whose_queue_was_redeclared_with_other_arguments_stays_
         for _ in range(5):  # the pool may declare its own first: then take the queue from it again
             await channel.queue_delete(queue)
             await channel.queue_declare(queue, durable=True, arguments={"x-max-length": 7})
-            if (await asyncio.to_thread(management.queue, queue))["arguments"] == {"x-max-length": 7}:
+            arguments = (await asyncio.to_thread(management.queue, queue))["arguments"]
+            if arguments.get("x-max-length") == 7:  # 4.x adds x-queue-type among them
                 break
             await eventually(lambda: pool.ready, timeout=10)
         await eventually(lambda: not pool.ready, timeout=2, interval=0.01)
@@ -176,3 +177,61 @@ async def test_the_copy_channel_closed_by_the_broker_comes_back_and_the_retry_is
         await eventually(lambda: pool.ready, timeout=10)
     assert pool.stats.publish_channel_reopens >= 1
     assert attempts.count(2) == 1
+
+
+def broker_version(management: Management) -> tuple[int, ...]:
+    overview = management.request("GET", "/api/overview")
+    return tuple(int(part) for part in str(overview["rabbitmq_version"]).split(".")[:2])
+
+
+async def test_a_consumer_the_broker_cancels_for_a_delivery_timeout_comes_back(
+    pool_kwargs: dict[str, Any],
+    iso: Isolation,
+    management: Management,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    version = await asyncio.to_thread(broker_version, management)
+    if version < (4, 3):
+        pytest.skip(
+            f"RabbitMQ {'.'.join(map(str, version))} does not cancel a quorum queue's consumer when a "
+            "delivery outlives x-consumer-timeout (4.3 sends basic.cancel); run this against 4.3 with "
+            "AMQP_URL=amqp://guest:guest@127.0.0.1:5673/ RABBITMQ_MANAGEMENT_URL=http://127.0.0.1:15673"
+        )
+    caplog.set_level(logging.INFO)
+    pool = WorkerPool(**pool_kwargs, grace=10)
+    handled: Counter[int] = Counter()
+    held = asyncio.Event()
+
+    @pool.consumer("app.work", prefetch=50, arguments={"x-queue-type": "quorum", "x-consumer-timeout": 2000})
+    async def work(ctx: object, msg: Message[Any]) -> None:
+        if msg.body["n"] == 0 and not held.is_set():
+            held.set()
+            await asyncio.sleep(4)  # outlives the 2 s delivery timeout: the broker cancels the consumer
+        handled[msg.body["n"]] += 1
+
+    queue = pool.consumers[0].queue
+    async with pool.running(), Publisher(**pool_kwargs) as publisher:
+        for n in range(N_PER_PHASE):  # before
+            await publisher.publish("app.work", {"n": n}, mandatory=True)
+        await eventually(lambda: not pool.ready, timeout=15, interval=0.01)
+        not_ready_at = time.time()
+        for n in range(N_PER_PHASE, 2 * N_PER_PHASE):  # during
+            await publisher.publish("app.work", {"n": n}, mandatory=True)
+        await eventually(lambda: pool.ready, timeout=10, interval=0.01)
+        back_at = time.time()
+        for n in range(2 * N_PER_PHASE, 3 * N_PER_PHASE):  # after
+            await publisher.publish("app.work", {"n": n}, mandatory=True)
+        await eventually(lambda: len(handled) == 3 * N_PER_PHASE, timeout=30)
+        await eventually(lambda: pool.in_flight == 0, timeout=10)
+
+    cancelled_at = min(r.created for r in caplog.records if "cancelled by the broker" in r.getMessage())
+    duplicates = sum(count - 1 for count in handled.values())
+    print(
+        f"\nRabbitMQ {version}: consumer cancelled for a delivery timeout; not ready "
+        f"{not_ready_at - cancelled_at:.3f} s after the cancel, consuming again after "
+        f"{back_at - cancelled_at:.3f} s; {3 * N_PER_PHASE} handled, {duplicates} duplicates"
+    )
+    assert set(handled) == set(range(3 * N_PER_PHASE))  # none lost
+    assert not_ready_at - cancelled_at < 2
+    assert back_at - cancelled_at < 10
+    assert {s.queue: s.restarts for s in pool.stats.consumers} == {queue: 1}

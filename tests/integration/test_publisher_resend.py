@@ -25,6 +25,14 @@ async def test_publishes_in_flight_when_the_connection_is_closed_all_arrive(
         await channel.queue_bind(queue, iso.exchange, routing_key="app.#")
         tasks: list[asyncio.Task[None]] = []
 
+        def listed() -> bool:  # the management API lists a new connection after a while (4.x: seconds)
+            return any(
+                (c.get("client_properties") or {}).get("connection_name") == name
+                for c in management.connections()
+            )
+
+        await eventually(listed, timeout=15, interval=0.2)
+
         async def feed() -> None:
             # A steady stream rather than one burst, so that confirms are outstanding when the close lands.
             for n in range(N):
