@@ -139,12 +139,15 @@ class ConsumerSupervisor:
         self.dispatcher.stats.consuming = False
         self.on_change()
 
-    def watch(self, connection: Connection, *, restart_now: bool = False) -> None:
-        """Keep the consumer consuming on ``connection`` in a task of its own, until :meth:`forget`."""
-        self._task = asyncio.get_running_loop().create_task(self._watch(connection, restart_now))
+    def watch(self, connection: Connection) -> None:
+        """Keep the consumer consuming on ``connection`` in a task of its own, until :meth:`forget`.
 
-    async def _watch(self, connection: Connection, restart_now: bool) -> None:
-        attempt = 0 if restart_now or not self.consuming else -1
+        Not consuming yet (after a reconnect, or a first start the broker refused), it starts at once.
+        """
+        self._task = asyncio.get_running_loop().create_task(self._watch(connection))
+
+    async def _watch(self, connection: Connection) -> None:
+        attempt = -1 if self.consuming else 0  # -1: consuming already, wait for its end
         while True:
             if attempt >= 0:
                 await asyncio.sleep(backoff(attempt, self.delays))
@@ -163,6 +166,13 @@ class ConsumerSupervisor:
                         attempt + 1,
                         backoff(attempt + 1, self.delays),
                         exc,
+                    )
+                    attempt += 1
+                    continue
+                except Exception as exc:  # a bug, not the broker: say so, and keep trying all the same
+                    self.problem = repr(exc)
+                    log.error(
+                        "consumer of queue %r: attempt %d failed", self.queue, attempt + 1, exc_info=True
                     )
                     attempt += 1
                     continue
