@@ -7,7 +7,6 @@ import itertools
 import time
 from typing import Any
 
-from aiormq import spec
 from support import Isolation, Probe, eventually
 
 from event import Dead, Message, Publisher, Retry, WorkerPool, wire
@@ -121,7 +120,7 @@ async def test_a_message_that_failed_twice_in_ruby_continues_with_attempt_three(
         await eventually(lambda: attempts == [3])
 
 
-async def test_a_retry_whose_copy_cannot_be_stored_stays_in_its_queue(
+async def test_a_retry_whose_copy_cannot_be_stored_stays_in_its_queue_until_the_pool_redeclares(
     pool_kwargs: dict[str, Any], iso: Isolation, probe: Probe, management: Any
 ) -> None:
     pool = WorkerPool(**pool_kwargs)
@@ -132,10 +131,16 @@ async def test_a_retry_whose_copy_cannot_be_stored_stays_in_its_queue(
         runs.append(msg.redelivered)
         raise RuntimeError("fails")
 
+    park_queue = wire.park_queue_name(iso.namespace, iso.exchange, 5)
     async with pool.running(), Publisher(**pool_kwargs) as publisher:
-        management.delete_queue(wire.park_queue_name(iso.namespace, iso.exchange, 5))  # an operator's mistake
+        management.delete_queue(park_queue)  # an operator's mistake
         await publisher.publish("app.fragile", {})
         await eventually(lambda: len(runs) >= 2, timeout=15)  # handed back, redelivered, failing again
+        # The returned copy made the pool declare its shared queues again: the next copy is stored.
+        await eventually(lambda: pool.ready, timeout=15)
+
+        async def stored() -> bool:
+            return await probe.depth(park_queue) == 1
+
+        await eventually(stored, timeout=15)
     assert runs[0] is False and runs[1] is True
-    got = await (await probe.channel()).basic_get(f"{iso.namespace}:fragile", no_ack=True)
-    assert not isinstance(got.delivery, spec.Basic.GetEmpty)  # still there, not lost
