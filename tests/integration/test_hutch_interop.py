@@ -77,7 +77,7 @@ async def test_a_hutch_schedule_delayed_message_reaches_a_python_consumer(
         await eventually(lambda: len(got) == 1, timeout=15)
         await asyncio.sleep(0.5)
     [(at, msg)] = got
-    assert at - sent >= 5
+    assert at - sent >= 4.9  # the 5 s level (RabbitMQ's expiry timer runs a few ms either way)
     assert msg.routing_key == "app.send_email"
     assert msg.delivery_routing_key == f"{iso.exchange}.schedule.5s"
     # hutch-schedule counts its own delay in x-death as a failure, and event follows its count: a Ruby

@@ -101,11 +101,11 @@ async def test_a_declare_refused_while_reconnecting_keeps_the_pool_running_and_n
     async def work(ctx: object, msg: Message[Any]) -> None:
         handled.append(msg.body["n"])
 
-    delay_queue = wire.delay_queue_name(iso.namespace, iso.exchange, 5)
+    delay_queue = wire.park_queue_name(iso.namespace, iso.exchange, 5)  # one the pool requires
     task = asyncio.create_task(pool.run(install_signal_handlers=False))
     async with Publisher(**pool_kwargs) as publisher:
         await pool.wait_until_ready()
-        # Another client takes a delay queue with other arguments: every redeclare of it is refused.
+        # Another client takes a park queue with other arguments: every redeclare of it is refused.
         channel = await probe.channel()
         await channel.queue_delete(delay_queue)
         await channel.queue_declare(delay_queue, durable=True, arguments={"x-max-length": 3})
