@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import shlex
 import socket
 import time
 import urllib.error
@@ -26,25 +27,42 @@ HOW_TO_GET_A_BROKER = (
 )
 
 
-def spec_dir() -> Path:
-    """Where shared/spec lives: $EVENT_SPEC_DIR, else ../shared/spec beside the checkout."""
+VECTORS = Path(__file__).resolve().parent / "vectors.json"
+"""The project's copy of the wire format's test vectors: the suite needs nothing outside the repository."""
+
+
+def shared_spec_dir() -> Path | None:
+    """The shared spec the copy comes from, if there is one: $EVENT_SPEC_DIR, else ../shared/spec."""
     configured = os.environ.get("EVENT_SPEC_DIR")
     here = Path(__file__).resolve().parent.parent
-    candidates = [Path(configured)] if configured else []
-    candidates += [here.parent / "shared" / "spec", here / "shared" / "spec"]
+    candidates = [Path(configured)] if configured else [here.parent / "shared" / "spec"]
     for candidate in candidates:
         if (candidate / "vectors.json").is_file():
             return candidate
-    raise FileNotFoundError(
-        f"cannot find shared/spec/vectors.json (looked in {[str(c) for c in candidates]}); "
-        "set EVENT_SPEC_DIR to the folder holding wire-format.md and vectors.json"
-    )
+    return None
 
 
 def vectors() -> dict[str, Any]:
-    """The spec's test vectors."""
-    loaded: dict[str, Any] = json.loads((spec_dir() / "vectors.json").read_text())
+    """The wire format's test vectors (tests/vectors.json)."""
+    loaded: dict[str, Any] = json.loads(VECTORS.read_text())
     return loaded
+
+
+def rabbitmqctl_command(amqp_url: str) -> list[str]:
+    """The ``rabbitmqctl`` of the broker under test: ``$RABBITMQCTL`` (a command prefix), else the local one.
+
+    A broker on another port than 5672 is not the one plain ``rabbitmqctl`` reaches: without
+    ``$RABBITMQCTL`` the fault tests would stop, cut and alarm the machine's own broker instead.
+    """
+    configured = os.environ.get("RABBITMQCTL")
+    if configured:
+        return shlex.split(configured)
+    if (urllib.parse.urlsplit(amqp_url).port or 5672) != 5672:
+        raise RuntimeError(
+            f"the broker under test ({amqp_url}) is not the local default one: set RABBITMQCTL to the "
+            'command that reaches it (for cmd/rabbitmq-4.3: `eval "$(cmd/rabbitmq-4.3 env)"`)'
+        )
+    return ["rabbitmqctl"]
 
 
 def broker_answers(url: str, timeout: float = 3.0) -> bool:
