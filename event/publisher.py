@@ -20,6 +20,7 @@ from event import topology, wire
 from event.config import (
     DEFAULT_EXCHANGE,
     DEFAULT_PUBLISH_TIMEOUT_S,
+    check_count,
     check_name,
     check_seconds,
     redact_url,
@@ -30,6 +31,10 @@ from event.errors import ConnectionFailed, PublishError, PublishNacked, PublishT
 from event.metrics import PublishStats
 
 log = logging.getLogger("event.publisher")
+
+# RabbitMQ 4.x refuses a message whose body is larger than its max_message_size, 16 MiB unless configured,
+# and closes the channel for it: every publish in flight on that channel would fail with it.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def encode(routing_key: str, payload: Any) -> bytes:
@@ -181,6 +186,10 @@ class Publisher:
     a timeout or a closed connection raises a :class:`event.errors.PublishError` or
     :class:`event.errors.ConnectionFailed`. Concurrent ``publish`` calls share the channel and keep
     their confirms in flight together.
+
+    A body larger than ``max_body_bytes`` (default 16 MiB, RabbitMQ 4.x's default ``max_message_size``;
+    0: no check) raises :class:`event.errors.PublishError` before anything is sent. Raise it together with
+    the broker's ``max_message_size``.
     """
 
     def __init__(
@@ -193,6 +202,7 @@ class Publisher:
         connection_name: str = "event publisher",
         clock: Callable[[], float] = time.time,
         reconnect_timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = namespace
@@ -207,6 +217,7 @@ class Publisher:
         self._reconnecting = asyncio.Lock()
         self.reconnect_timeout = check_seconds("reconnect_timeout", reconnect_timeout)
         self.connector: Connector = connect  # event.testing.TestBroker swaps in its own
+        self.max_body_bytes = check_count("max_body_bytes", max_body_bytes)
 
     def __repr__(self) -> str:
         url = redact_url(self.url)
@@ -348,6 +359,12 @@ class Publisher:
     async def _send(
         self, exchange: str, routing_key: str, body: bytes, props: spec.Basic.Properties, *, mandatory: bool
     ) -> None:
+        if self.max_body_bytes and len(body) > self.max_body_bytes:
+            raise PublishError(
+                f"the message to exchange {exchange!r}, routing key {routing_key!r} has a body of "
+                f"{len(body)} bytes, over the limit of {self.max_body_bytes} bytes (max_body_bytes; "
+                f"RabbitMQ 4.x refuses bodies over its max_message_size, 16 MiB by default): not sent"
+            )
         # A publish that returns was confirmed. One that the connection's loss interrupted was not, so it
         # is sent again once the publisher has reconnected (same message id: a consumer may see it twice,
         # never zero times), until reconnect_timeout runs out.
