@@ -24,7 +24,7 @@ from event.config import check_count, check_seconds, redact_url, resolve_url
 from event.dead import DeadQueue
 from event.endpoint import serve
 from event.errors import ConfigurationError, ConnectionFailed, EventError
-from event.management import ManagementApi
+from event.management import ManagementApi, configured_base
 from event.metrics import exposition
 from event.pool import WorkerPool
 from event.publisher import Publisher, delay_seconds, seconds_until
@@ -34,6 +34,11 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
+
+MANAGEMENT_URL_HELP = (
+    "the management API (default: $EVENT_MANAGEMENT_URL, else $RABBITMQ_MANAGEMENT_URL, "
+    "else http://<broker host>:15672)"
+)
 
 
 def load_pool(path: str) -> WorkerPool:
@@ -194,7 +199,7 @@ async def _topology(args: argparse.Namespace) -> int:
                 arguments = f" {orjson.dumps(binding.arguments).decode()}" if binding.arguments else ""
                 print(f"    bound to {binding.source} with {binding.key}{arguments}")
         return EXIT_OK
-    api = ManagementApi.for_url(pool.url, args.management_url)
+    api = ManagementApi.for_url(pool.url, configured_base(args.management_url, os.environ))
     problems = await topology.differences(plan, api)
     if args.json:
         print(orjson.dumps({"matches": not problems, "differences": problems}).decode())
@@ -208,7 +213,7 @@ async def _topology(args: argparse.Namespace) -> int:
 
 
 async def _queues(args: argparse.Namespace) -> int:
-    api = ManagementApi.for_url(resolve_url(args.url), args.management_url)
+    api = ManagementApi.for_url(resolve_url(args.url), configured_base(args.management_url, os.environ))
     prefix = f"{args.namespace}:" if args.namespace else ""
     rows = []
     for queue in await api.queues():
@@ -385,14 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     topology_cmd.add_argument("pool", help="the pool, as package.module:attribute")
     topology_cmd.add_argument("--check", action="store_true", help="compare with the broker (management API)")
-    topology_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
+    topology_cmd.add_argument("--management-url", help=MANAGEMENT_URL_HELP)
     topology_cmd.add_argument("--json", action="store_true")
     topology_cmd.set_defaults(run=_topology)
 
     queues = commands.add_parser("queues", help="depth, consumers and rates of a namespace's queues")
     _broker_options(queues, names=False)
     queues.add_argument("--namespace", default="", help="only queues of this namespace")
-    queues.add_argument("--management-url", help="default: http://<broker host>:15672")
+    queues.add_argument("--management-url", help=MANAGEMENT_URL_HELP)
     queues.add_argument("--json", action="store_true")
     queues.set_defaults(run=_queues)
 

@@ -8,6 +8,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,22 @@ from event.config import split_urls
 from event.errors import ConnectionFailed
 
 DEFAULT_PORT = 15672
+# Where the API is when it is not beside the AMQP port's host on 15672: ours first, then the name RabbitMQ's
+# own tooling and our test suite use.
+URL_VARIABLES = ("EVENT_MANAGEMENT_URL", "RABBITMQ_MANAGEMENT_URL")
+
+
+def configured_base(option: str | None, environ: Mapping[str, str]) -> str | None:
+    """The API's address given by ``--management-url``, else by the first of :data:`URL_VARIABLES` set.
+
+    None means "derive it from the AMQP URL" (:meth:`ManagementApi.for_url`).
+    """
+    if option:
+        return option
+    for name in URL_VARIABLES:
+        if environ.get(name):
+            return environ[name]
+    return None
 
 
 @dataclass(frozen=True)
@@ -55,7 +72,8 @@ class ManagementApi:
         except (urllib.error.URLError, OSError) as exc:
             raise ConnectionFailed(
                 f"the management API does not answer at {self.base} ({exc}): enable it with "
-                f"`rabbitmq-plugins enable rabbitmq_management`, or pass --management-url"
+                f"`rabbitmq-plugins enable rabbitmq_management`, or give its address with --management-url "
+                f"or ${URL_VARIABLES[0]}"
             ) from exc
 
     @property

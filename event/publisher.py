@@ -20,6 +20,7 @@ from event import topology, wire
 from event.config import (
     DEFAULT_EXCHANGE,
     DEFAULT_PUBLISH_TIMEOUT_S,
+    check_count,
     check_name,
     check_queue_type,
     check_seconds,
@@ -46,6 +47,10 @@ from event.errors import (
 from event.metrics import PublishStats
 
 log = logging.getLogger("event.publisher")
+
+# RabbitMQ 4.x refuses a message whose body is larger than its max_message_size, 16 MiB unless configured,
+# and closes the channel for it: every publish in flight on that channel would fail with it.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def encode(routing_key: str, payload: Any) -> bytes:
@@ -213,6 +218,10 @@ class Publisher:
     node is down) is logged and declared again before the next ``publish_in`` that needs it: plain
     publishes never depend on them. A delay queue that exists with other arguments fails
     :meth:`connect` with :class:`event.errors.TopologyMismatch`.
+
+    A body larger than ``max_body_bytes`` (default 16 MiB, RabbitMQ 4.x's default ``max_message_size``;
+    0: no check) raises :class:`event.errors.PublishError` before anything is sent. Raise it together with
+    the broker's ``max_message_size``.
     """
 
     def __init__(
@@ -226,6 +235,7 @@ class Publisher:
         clock: Callable[[], float] = time.time,
         reconnect_timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
         queue_type: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.url = resolve_url(url)
         self.queue_type = check_queue_type(queue_type)
@@ -242,6 +252,7 @@ class Publisher:
         self._undeclared: set[str] = set()  # delay queues the broker refused to declare for now
         self.reconnect_timeout = check_seconds("reconnect_timeout", reconnect_timeout)
         self.connector: Connector = connect  # event.testing.TestBroker swaps in its own
+        self.max_body_bytes = check_count("max_body_bytes", max_body_bytes)
 
     def __repr__(self) -> str:
         url = redact_url(self.url)
@@ -416,6 +427,12 @@ class Publisher:
     async def _send(
         self, exchange: str, routing_key: str, body: bytes, props: spec.Basic.Properties, *, mandatory: bool
     ) -> None:
+        if self.max_body_bytes and len(body) > self.max_body_bytes:
+            raise PublishError(
+                f"the message to exchange {exchange!r}, routing key {routing_key!r} has a body of "
+                f"{len(body)} bytes, over the limit of {self.max_body_bytes} bytes (max_body_bytes; "
+                f"RabbitMQ 4.x refuses bodies over its max_message_size, 16 MiB by default): not sent"
+            )
         # A publish that returns was confirmed. One that the connection's loss interrupted was not, so it
         # is sent again once the publisher has reconnected (same message id: a consumer may see it twice,
         # never zero times), until reconnect_timeout runs out.

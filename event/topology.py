@@ -322,8 +322,21 @@ async def declare_queue(channel: Channel, queue: Queue) -> None:
             ) from exc
 
 
+# Arguments a broker reports that nobody declared: RabbitMQ 4.x lists the queue type it chose. At these values
+# they mean what leaving them out means, so they are no difference; at any other value they are one.
+SERVER_DEFAULTS: dict[str, Any] = {"x-queue-type": "classic"}
+
+
 async def differences(plan: Plan, api: ManagementApi) -> list[str]:
-    """What the broker lacks or has otherwise than ``plan``, one sentence each (empty: they match)."""
+    """What the broker lacks or has otherwise than ``plan``, one sentence each (empty: they match).
+
+    Queue arguments are compared modulo :data:`SERVER_DEFAULTS`: a classic queue that RabbitMQ 4.x reports
+    with ``x-queue-type: classic`` matches a plan that does not name its type, as it does on 3.x.
+    """
+
+    def meaning(arguments: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in arguments.items() if k not in SERVER_DEFAULTS or SERVER_DEFAULTS[k] != v}
+
     found: list[str] = []
     for exchange in plan.exchanges:
         actual = await api.exchange(exchange.name)
@@ -339,7 +352,7 @@ async def differences(plan: Plan, api: ManagementApi) -> list[str]:
         if actual is None:
             found.append(f"{queue.role} {queue.name!r} is missing")
             continue
-        if (actual.get("arguments") or {}) != queue.arguments:
+        if meaning(actual.get("arguments") or {}) != meaning(queue.arguments):
             has = actual.get("arguments")
             found.append(f"{queue.role} {queue.name!r} has arguments {has!r}, not {queue.arguments!r}")
         bound = [b for b in await api.bindings(queue.name) if b.get("source")]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import DEFAULT_URL, HOW_TO_GET_A_BROKER, Isolation, Management, broker_answers
+from support import DEFAULT_URL, HOW_TO_GET_A_BROKER, Isolation, Management, broker_answers, management_ready
 
 
 def _docker_answers() -> bool:
@@ -19,6 +19,24 @@ def _docker_answers() -> bool:
         return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Before any test runs: when tests that look through the management API are selected, make it answer.
+
+    It is enabled if the broker is this machine's own and we may (see support.management_ready); else the
+    run stops at once with the one command to run, rather than erroring in every such test.
+    """
+    if not any("management" in getattr(item, "fixturenames", ()) for item in items):
+        return
+    url = os.environ.get("AMQP_URL") or DEFAULT_URL
+    if not broker_answers(url):
+        return  # no broker at all: the amqp_url fixture says what to do (or starts a testcontainer)
+    problem = management_ready(url)
+    if problem is not None:
+        pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,10 @@ import asyncio
 import base64
 import json
 import os
+import shlex
+import shutil
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -26,25 +29,85 @@ HOW_TO_GET_A_BROKER = (
 )
 
 
-def spec_dir() -> Path:
-    """Where shared/spec lives: $EVENT_SPEC_DIR, else ../shared/spec beside the checkout."""
+VECTORS = Path(__file__).resolve().parent / "vectors.json"
+"""The project's copy of the wire format's test vectors: the suite needs nothing outside the repository."""
+
+
+def shared_spec_dir() -> Path | None:
+    """The shared spec the copy comes from, if there is one: $EVENT_SPEC_DIR, else ../shared/spec."""
     configured = os.environ.get("EVENT_SPEC_DIR")
     here = Path(__file__).resolve().parent.parent
-    candidates = [Path(configured)] if configured else []
-    candidates += [here.parent / "shared" / "spec", here / "shared" / "spec"]
+    candidates = [Path(configured)] if configured else [here.parent / "shared" / "spec"]
     for candidate in candidates:
         if (candidate / "vectors.json").is_file():
             return candidate
-    raise FileNotFoundError(
-        f"cannot find shared/spec/vectors.json (looked in {[str(c) for c in candidates]}); "
-        "set EVENT_SPEC_DIR to the folder holding wire-format.md and vectors.json"
-    )
+    return None
 
 
 def vectors() -> dict[str, Any]:
-    """The spec's test vectors."""
-    loaded: dict[str, Any] = json.loads((spec_dir() / "vectors.json").read_text())
+    """The wire format's test vectors (tests/vectors.json)."""
+    loaded: dict[str, Any] = json.loads(VECTORS.read_text())
     return loaded
+
+
+def rabbitmqctl_command(amqp_url: str) -> list[str]:
+    """The ``rabbitmqctl`` of the broker under test: ``$RABBITMQCTL`` (a command prefix), else the local one.
+
+    A broker on another port than 5672 is not the one plain ``rabbitmqctl`` reaches: without
+    ``$RABBITMQCTL`` the fault tests would stop, cut and alarm the machine's own broker instead.
+    """
+    configured = os.environ.get("RABBITMQCTL")
+    if configured:
+        return shlex.split(configured)
+    if (urllib.parse.urlsplit(amqp_url).port or 5672) != 5672:
+        raise RuntimeError(
+            f"the broker under test ({amqp_url}) is not the local default one: set RABBITMQCTL to the "
+            'command that reaches it (for cmd/rabbitmq-4.3: `eval "$(cmd/rabbitmq-4.3 env)"`)'
+        )
+    return ["rabbitmqctl"]
+
+
+ENABLE_MANAGEMENT = "rabbitmq-plugins enable rabbitmq_management"
+
+
+def management_ready(amqp_url: str, *, wait: float = 60.0) -> str | None:
+    """Make the management API of the broker under test answer: None if it does, else the line to show.
+
+    When it does not and the broker is the machine's own (local, port 5672, no $RABBITMQCTL pointing
+    elsewhere) and ``rabbitmq-plugins`` is at hand, the plugin is enabled, as .ci/run does, and the API
+    waited for. Otherwise, or if that fails, the line names the command to run.
+    """
+    api = Management.for_amqp_url(amqp_url)
+    if api.answers():
+        return None
+    parts = urllib.parse.urlsplit(amqp_url)
+    ours = (
+        parts.hostname in ("127.0.0.1", "localhost", "::1")
+        and (parts.port or 5672) == 5672
+        and "RABBITMQ_MANAGEMENT_URL" not in os.environ
+        and not os.environ.get("RABBITMQCTL")
+    )
+    plugins = shutil.which("rabbitmq-plugins")
+    if ours and plugins is not None:
+        try:
+            enabled = subprocess.run(
+                [plugins, "enable", "rabbitmq_management"], capture_output=True, text=True, timeout=120
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"could not enable RabbitMQ's management plugin ({exc}): run `{ENABLE_MANAGEMENT}`"
+        if enabled.returncode != 0:
+            why = (enabled.stderr or enabled.stdout).strip().splitlines()[-1:] or ["no output"]
+            return f"`{ENABLE_MANAGEMENT}` failed ({why[0]}): run it as root (or as rabbitmq)"
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if api.answers():
+                return None
+            time.sleep(0.5)
+        return f"enabled RabbitMQ's management plugin, but no API answers at {api.base} within {wait:g} s"
+    return (
+        f"RabbitMQ's management API does not answer at {api.base}: run `{ENABLE_MANAGEMENT}` "
+        "(or set RABBITMQ_MANAGEMENT_URL to where it is)"
+    )
 
 
 def broker_answers(url: str, timeout: float = 3.0) -> bool:

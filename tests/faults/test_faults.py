@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Isolation, Probe, broker_answers, eventually
+from support import DEFAULT_URL, Isolation, Probe, broker_answers, eventually, rabbitmqctl_command
 
 from event import Publisher, wire
 
@@ -30,7 +30,9 @@ REPORT = Path(os.environ.get("EVENT_FAULT_REPORT", "/tmp/event-fault-report.md")
 
 
 def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+    """``rabbitmqctl`` against the broker under test ($RABBITMQCTL), never another one on the machine."""
+    command = rabbitmqctl_command(os.environ.get("AMQP_URL") or DEFAULT_URL)
+    subprocess.run([*command, *args], check=True, capture_output=True, timeout=120)
 
 
 @dataclass
