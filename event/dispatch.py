@@ -147,6 +147,89 @@ class Dispatcher:
         task.add_done_callback(self.tasks.discard)
 
     async def _run(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+        if delivered.delivery.redelivered:  # type: ignore[union-attr]  # the hot path's only extra test
+            await self._redelivered(delivered, tag, acks)
+            return
+        await self._run_limited(delivered, tag, acks)
+
+    async def _redelivered(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+        """A delivery whose previous one ended unsettled: replace it by a counted copy, or dead-queue it.
+
+        A handler that kills the worker never raises, so only the count carried in the message tells
+        that it was here before. Nothing runs now and no concurrency slot is taken: the copy, at the
+        tail of this queue, runs when it comes back (with ``Message.redelivered`` true).
+        """
+        consumer = self.consumer
+        props = delivered.header.properties
+        headers: dict[str, Any] = props.headers or {}
+        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
+        delivery_routing_key: str = deliver.routing_key or ""
+        addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
+        if addressed is not None and addressed != consumer.queue:
+            await acks.ack(tag)  # a retry meant for another queue, as in _process
+            return
+        routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
+        deliveries = wire.unsettled_deliveries(headers, redelivered=True)
+        if wire.is_poison(deliveries, consumer.max_deliveries):
+            log.error(
+                "message %s (%s) in %s was delivered %d times and never settled: the worker likely died "
+                "handling it; it goes to the dead queue %s",
+                props.message_id, routing_key, consumer.queue, deliveries, self.dead_queue,
+                extra={"message_id": props.message_id, "routing_key": routing_key, "queue": consumer.queue},
+            )  # fmt: skip
+            dead = wire.dead_headers(
+                headers,
+                routing_key=routing_key,
+                queue=consumer.queue,
+                error=wire.poison_error(deliveries, consumer.max_deliveries),
+                failed_at_ms=int(self.clock() * 1000),
+                failures=wire.failures(headers, consumer.routing_keys, consumer.queue),
+            )
+            dead[wire.H_DELIVERIES] = deliveries
+            await self._replace(
+                delivered, tag, acks, ("", self.dead_queue), copy_properties(props, dead, None),
+                "the dead queue", "dead", routing_key,
+            )  # fmt: skip
+            return
+        if not (self.accepting and acks.alive):
+            return  # shutting down: left unacked, handed back
+        counted = wire.recount_headers(headers, deliveries=deliveries, routing_key=routing_key)
+        await self._replace(
+            delivered, tag, acks, ("", consumer.queue), copy_properties(props, counted, None),
+            "a counted copy", "recounted", routing_key,
+        )  # fmt: skip
+
+    async def _replace(
+        self,
+        delivered: DeliveredMessage,
+        tag: int,
+        acks: AckTracker,
+        route: tuple[str, str],
+        props: spec.Basic.Properties,
+        what: str,
+        outcome: str,
+        routing_key: str,
+    ) -> None:
+        """Like :meth:`_settle_with_copy`, but the ack goes out at once, alone.
+
+        The copy may come back to this very worker within milliseconds; if it kills the worker while
+        the original's ack still waits for its batch, the original is delivered again beside the
+        copy, and a message that kills every worker would double with each crash.
+        """
+        try:
+            await self.send_copy(route[0], route[1], delivered.body, props)
+        except Exception as exc:
+            log.error(
+                "could not store %s of message %s in %s (%s); it stays in %s for redelivery",
+                what, delivered.header.properties.message_id, route[1], exc, self.consumer.queue,
+            )  # fmt: skip
+            await asyncio.sleep(REQUEUE_PAUSE_S)
+            await acks.reject(tag)
+            return
+        self.stats.count(outcome, routing_key)
+        await acks.ack_now(tag)
+
+    async def _run_limited(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
         # The consumer's own limit first, so that messages waiting for it never hold a pool-wide slot.
         if self.limiter is not None:
             await self.limiter.acquire()  # before any slot: a message waiting for its rate holds none
@@ -212,7 +295,7 @@ class Dispatcher:
             message_id=props.message_id,
             timestamp=props.timestamp,
             attempt=failures + 1,
-            redelivered=bool(deliver.redelivered),
+            redelivered=bool(deliver.redelivered) or wire.H_DELIVERIES in headers,
             queue=consumer.queue,
             delivery_routing_key=delivery_routing_key,
             exchange=deliver.exchange or "",
