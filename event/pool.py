@@ -525,8 +525,11 @@ class WorkerPool:
             await runner.run(connection)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the connection died under it: the pool reconnects and starts another
-            log.debug("cron runner stopped: %s", exc)
+        except Exception as exc:
+            if connection.is_closed:  # the connection died under it: the pool reconnects and starts another
+                log.debug("cron runner stopped with its connection: %s", exc)
+            else:  # cron stops on this worker until it reconnects: never only a debug line
+                log.error("cron runner stopped: %s: %s", type(exc).__name__, exc)
 
     async def _publish_tick(self, schedule: Schedule, tick: datetime) -> None:
         channel = self._publish_channel
