@@ -16,11 +16,12 @@ journal = open(os.environ["EVENT_TEST_JOURNAL"], "a", buffering=1)  # noqa: SIM1
 
 
 MAX_DELIVERIES = int(os.environ["EVENT_TEST_MAX_DELIVERIES"])
+PREFETCH = int(os.environ.get("EVENT_TEST_PREFETCH", "1"))
 
 
-# prefetch=1, as docs/reliability.md advises for handlers that may kill the process: a crash then
+# prefetch 1, as docs/reliability.md advises for handlers that may kill the process: a crash then
 # charges only the message that caused it, not the others the worker held at that moment.
-@pool.consumer("poison.job", prefetch=1, retries=0, max_deliveries=MAX_DELIVERIES)
+@pool.consumer("poison.job", prefetch=PREFETCH, retries=0, max_deliveries=MAX_DELIVERIES)
 async def job(ctx: object, msg: Message[Any]) -> None:
     if msg.body.get("poison"):
         journal.write(f"poison {int(msg.redelivered)} {os.getpid()}\n")
