@@ -124,6 +124,7 @@ class Dispatcher:
         self.running = 0  # handlers running now (for tests and metrics)
         self.stats = stats or ConsumerStats(consumer.queue, consumer.max_concurrency)
         self.stats.in_flight = lambda: self.running
+        self._suspect_running = False  # a counted copy (see _run) is running now
 
     def attach(self, acks: AckTracker) -> None:
         """Use ``acks`` for the deliveries of a newly opened channel."""
@@ -150,7 +151,25 @@ class Dispatcher:
         if delivered.delivery.redelivered:  # type: ignore[union-attr]  # the hot path's only extra test
             await self._redelivered(delivered, tag, acks)
             return
-        await self._run_limited(delivered, tag, acks)
+        headers = delivered.header.properties.headers
+        if not headers or wire.H_DELIVERIES not in headers:
+            await self._run_limited(delivered, tag, acks)
+            return
+        # A counted copy: it was in a worker that died. One at a time per consumer, so that when it
+        # kills this worker too, no other counted copy is held here and charged with it. One that
+        # arrives meanwhile goes back to the tail of the queue, uncharged, instead of waiting here.
+        if self._suspect_running:
+            await self._replace(
+                delivered, tag, acks, ("", self.consumer.queue),
+                copy_properties(delivered.header.properties, headers, None),
+                "a counted copy", "recounted", wire.logical_routing_key("", headers, self.exchange),
+            )  # fmt: skip
+            return
+        self._suspect_running = True
+        try:
+            await self._run_limited(delivered, tag, acks)
+        finally:
+            self._suspect_running = False
 
     async def _redelivered(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
         """A delivery whose previous one ended unsettled: replace it by a counted copy, or dead-queue it.
