@@ -125,6 +125,8 @@ class Dispatcher:
         self.stats = stats or ConsumerStats(consumer.queue, consumer.max_concurrency)
         self.stats.in_flight = lambda: self.running
         self._suspect_running = False  # a counted copy (see _run) is running now
+        # Deliveries being replaced by a copy here, done once the original's ack has gone out.
+        self._replacing: set[asyncio.Future[None]] = set()
 
     def attach(self, acks: AckTracker) -> None:
         """Use ``acks`` for the deliveries of a newly opened channel."""
@@ -167,6 +169,10 @@ class Dispatcher:
             return
         self._suspect_running = True
         try:
+            # Its original may be the one being replaced here: the broker can deliver the copy before
+            # its confirm reaches us, and the ack of the original must be out before the copy runs.
+            if self._replacing:  # those begun before it arrived; later ones cannot be its original
+                await asyncio.wait(set(self._replacing))
             await self._run_limited(delivered, tag, acks)
         finally:
             self._suspect_running = False
@@ -235,18 +241,24 @@ class Dispatcher:
         the original's ack still waits for its batch, the original is delivered again beside the
         copy, and a message that kills every worker would double with each crash.
         """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._replacing.add(done)
         try:
-            await self.send_copy(route[0], route[1], delivered.body, props)
-        except Exception as exc:
-            log.error(
-                "could not store %s of message %s in %s (%s); it stays in %s for redelivery",
-                what, delivered.header.properties.message_id, route[1], exc, self.consumer.queue,
-            )  # fmt: skip
-            await asyncio.sleep(REQUEUE_PAUSE_S)
-            await acks.reject(tag)
-            return
-        self.stats.count(outcome, routing_key)
-        await acks.ack_now(tag)
+            try:
+                await self.send_copy(route[0], route[1], delivered.body, props)
+            except Exception as exc:
+                log.error(
+                    "could not store %s of message %s in %s (%s); it stays in %s for redelivery",
+                    what, delivered.header.properties.message_id, route[1], exc, self.consumer.queue,
+                )  # fmt: skip
+                await asyncio.sleep(REQUEUE_PAUSE_S)
+                await acks.reject(tag)
+                return
+            self.stats.count(outcome, routing_key)
+            await acks.ack_now(tag)
+        finally:
+            self._replacing.discard(done)
+            done.set_result(None)
 
     async def _run_limited(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
         # The consumer's own limit first, so that messages waiting for it never hold a pool-wide slot.
