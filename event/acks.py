@@ -22,12 +22,16 @@ SendReject = Callable[[int], Awaitable[None]]
 class AckLedger:
     """Which delivery tags of one channel are finished, and up to where a multiple-ack may reach."""
 
-    __slots__ = ("_finished", "_outstanding", "acked_upto", "ready", "ready_upto")
+    __slots__ = ("_alone", "_finished", "_outstanding", "ackable_upto", "acked_upto", "ready", "ready_upto")
 
     def __init__(self) -> None:
         self._outstanding: deque[int] = deque()  # delivered, in delivery (= tag) order
         self._finished: set[int] = set()  # finished, but behind an unfinished tag
         self.ready_upto = 0  # highest tag with every tag up to it finished
+        # A multiple-ack must name a tag the broker still holds: one settled alone (a reject, an
+        # ack sent at once) may be covered by it, never named, or the broker closes the channel.
+        self._alone: set[int] = set()
+        self.ackable_upto = 0  # highest tag of that prefix not settled alone
         self.acked_upto = 0  # highest tag a sent multiple-ack covered
         self.ready = 0  # how many finished tags wait for the next multiple-ack
 
@@ -35,34 +39,43 @@ class AckLedger:
         """Record a new delivery; tags arrive in increasing order on a channel."""
         self._outstanding.append(tag)
 
-    def finish(self, tag: int) -> None:
-        """Record that ``tag``'s handling ended (acked or rejected alone)."""
+    def finish(self, tag: int, *, alone: bool = False) -> None:
+        """Record that ``tag``'s handling ended; ``alone``: the broker has settled it already."""
+        if alone:
+            self._alone.add(tag)
         outstanding = self._outstanding
         if outstanding and outstanding[0] == tag:
             outstanding.popleft()
-            self.ready_upto = tag
-            self.ready += 1
+            self._ready(tag)
             finished = self._finished
             while outstanding and outstanding[0] in finished:
                 head = outstanding.popleft()
                 finished.discard(head)
-                self.ready_upto = head
-                self.ready += 1
+                self._ready(head)
         else:
             self._finished.add(tag)
+
+    def _ready(self, tag: int) -> None:
+        self.ready_upto = tag
+        self.ready += 1
+        if tag in self._alone:
+            self._alone.discard(tag)
+        else:
+            self.ackable_upto = tag
 
     def take(self) -> int | None:
         """The tag for the next multiple-ack, or None when nothing new is ready; marks it as sent."""
         if self.ready_upto <= self.acked_upto:
             return None
-        self.acked_upto = self.ready_upto
+        before, self.acked_upto = self.acked_upto, self.ready_upto
         self.ready = 0
-        return self.acked_upto
+        return self.ackable_upto if self.ackable_upto > before else None  # else all settled alone
 
     def stragglers(self) -> list[int]:
         """Finished tags stuck behind an unfinished one: at shutdown they are acked one by one."""
-        tags = sorted(self._finished)
+        tags = sorted(self._finished - self._alone)
         self._finished.clear()
+        self._alone.clear()
         return tags
 
     @property
@@ -95,9 +108,22 @@ class AckTracker:
         if self.alive:
             await self._settled(tag)
 
-    async def _settled(self, tag: int) -> None:
+    async def ack_now(self, tag: int) -> None:
+        """Ack ``tag`` alone and at once, not with the batch: for a delivery just replaced by a copy
+        that may come back (and kill the worker) before the batch would have gone out."""
+        if not self.alive:
+            return
+        try:
+            await self._send(tag, False)
+        except Exception as exc:
+            log.debug("ack of tag %d not sent: %s", tag, exc)
+            self.abandon()
+            return
+        await self._settled(tag, alone=True)
+
+    async def _settled(self, tag: int, *, alone: bool = False) -> None:
         ledger = self.ledger
-        ledger.finish(tag)
+        ledger.finish(tag, alone=alone)
         if ledger.ready >= self.batch:
             await self.flush()
         elif ledger.ready and self._timer is None:
@@ -113,8 +139,8 @@ class AckTracker:
             log.debug("reject of tag %d not sent: %s", tag, exc)
             self.abandon()
             return
-        # Settled now: a later multiple-ack may cover it, since the broker skips settled tags.
-        await self._settled(tag)
+        # Settled now: a later multiple-ack may cover it (the broker skips settled tags), not name it.
+        await self._settled(tag, alone=True)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -41,6 +41,7 @@ class Consumer:
     backoff: Backoff | None = None
     payload: PayloadSpec | None = None
     rate: RateLimit | None = None
+    max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES
 
     @property
     def is_async(self) -> bool:
@@ -69,6 +70,7 @@ def define_consumer(
     backoff: Backoff | None,
     rate_limit: str | None = None,
     rate_burst: int = 1,
+    max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES,
 ) -> Consumer:
     """Validate the options of ``@pool.consumer`` and build the :class:`Consumer`; errors name the handler."""
     where = getattr(handler, "__qualname__", repr(handler))
@@ -110,6 +112,9 @@ def define_consumer(
         backoff=backoff,
         payload=payload_spec(handler),
         rate=None if rate_limit is None else parse_rate(rate_limit, rate_burst, where),
+        # One delivery that ends unsettled is ordinary (a lost connection, a crash of another
+        # message's handler): at least two, so no single crash dead-queues what was in flight with it.
+        max_deliveries=check_count(f"max_deliveries of consumer {where}", max_deliveries, minimum=2),
         timeout=None
         if timeout is None
         else check_seconds(f"timeout of consumer {where}", timeout, allow_zero=False),

@@ -33,6 +33,7 @@ log = logging.getLogger("event.cron")
 
 CatchUp = Literal["skip", "last"]
 CANDIDATE_RETRY_S = 0.5
+RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # a failing schedule's back-off before each restart
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,12 @@ Clock = Callable[[], float]
 
 
 class CronRunner:
-    """Competes for leadership on one connection and, while leader, fires every schedule on time."""
+    """Competes for leadership on one connection and, while leader, fires every schedule on time.
+
+    Each schedule runs in a task of its own: one whose publish fails is logged at error and started
+    again after a back-off, while the others go on. The leader queue's channel is the lock: the
+    schedules fire only while it is open, and all stop the moment it closes.
+    """
 
     def __init__(
         self,
@@ -145,51 +151,96 @@ class CronRunner:
         exchange: str,
         publish: Publish,
         clock: Clock = time.time,
+        restart_delays: tuple[float, ...] = RESTART_DELAYS_S,
     ) -> None:
         self.schedules = schedules
         self.namespace = namespace
         self.exchange = exchange
         self.publish = publish
         self.clock = clock
+        self.restart_delays = restart_delays
         self.is_leader = False
+        # The last tick each schedule fired here: a restart never fires it again, even when its
+        # state queue could not be written after the publish.
+        self._fired: dict[str, datetime] = {}
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
 
     async def run(self, connection: Connection) -> None:
-        """Until cancelled or the connection dies: wait to lead, then fire ticks."""
-        channel: Channel | None = None
+        """Until cancelled or the connection dies: wait to lead, then fire ticks while leading."""
+        while not connection.is_closed:
+            channel = await open_channel(connection, confirms=False)
+            try:
+                await channel.queue_declare(
+                    leader_queue_name(self.namespace, self.exchange), exclusive=True, auto_delete=True
+                )
+            except amqp_errors.ChannelLockedResource:
+                await asyncio.sleep(CANDIDATE_RETRY_S)  # another worker leads; its channel is closed now
+                continue
+            try:
+                await self._lead(connection, channel)
+            finally:
+                await close_quietly(channel)
+            if not connection.is_closed:
+                log.error("this worker lost the cron leadership (its channel closed); competing again")
+
+    async def _lead(self, connection: Connection, lock: Channel) -> None:
+        self.is_leader = True
+        log.info("this worker now fires the %d cron schedule(s)", len(self.schedules))
+        tasks = [asyncio.create_task(self._keep_firing(connection, s)) for s in self.schedules]
+        watch = {lock.closing, connection.closing}
         try:
-            while not connection.is_closed:
-                channel = await open_channel(connection, confirms=False)
-                try:
-                    await channel.queue_declare(
-                        leader_queue_name(self.namespace, self.exchange), exclusive=True, auto_delete=True
-                    )
-                except amqp_errors.ChannelLockedResource:
-                    await asyncio.sleep(CANDIDATE_RETRY_S)  # another worker leads; its channel is closed now
-                    continue
-                self.is_leader = True
-                log.info("this worker now fires the %d cron schedule(s)", len(self.schedules))
-                await asyncio.gather(*(self._fire(connection, s) for s in self.schedules))
+            await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self.is_leader = False
-            await close_quietly(channel)
+            for future in watch:  # observers only: retrieve what they saw, or stop them
+                if future.done() and not future.cancelled():
+                    future.exception()
+                else:
+                    future.cancel()
+            self.is_leader = False  # before the tasks end: nothing fires once the lock is gone
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _keep_firing(self, connection: Connection, schedule: Schedule) -> None:
+        failures = 0
+        while self.is_leader and not connection.is_closed:
+            fired_before = self._fired.get(schedule.name)
+            try:
+                await self._fire(connection, schedule)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if connection.is_closed:
+                    return  # the connection died: the pool reconnects and starts another runner
+                if self._fired.get(schedule.name) != fired_before:
+                    failures = 0  # it fired since the last restart: the back-off starts over
+                delay = self.restart_delays[min(failures, len(self.restart_delays) - 1)]
+                failures += 1
+                log.error(
+                    "cron schedule %s (%s) failed: %s: %s; starting it again in %g s, the others go on",
+                    schedule.name, schedule.routing_key, type(exc).__name__, exc, delay,
+                    extra={"schedule": schedule.name, "routing_key": schedule.routing_key},
+                )  # fmt: skip
+                await asyncio.sleep(delay)
 
     async def _fire(self, connection: Connection, schedule: Schedule) -> None:
         state = state_queue_name(self.namespace, self.exchange, schedule)
         channel = await open_channel(connection, confirms=True)
         try:
             await channel.queue_declare(state, durable=True, arguments={"x-max-length": 1})
-            last = await _read_state(channel, state)
+            last = _latest(await _read_state(channel, state), self._fired.get(schedule.name))
             now = self._now()
             for tick in ticks_to_fire(schedule, last, now):
                 await self._publish(channel, state, schedule, tick)
                 last = tick
             cursor = max(now, last) if last else now
-            while True:
+            while self.is_leader:
                 tick = next_tick(schedule, cursor)
                 await asyncio.sleep(max(0.0, tick.timestamp() - self.clock()))
+                if not self.is_leader:
+                    return
                 await self._publish(channel, state, schedule, tick)
                 cursor = tick
         finally:
@@ -197,10 +248,16 @@ class CronRunner:
 
     async def _publish(self, channel: Channel, state: str, schedule: Schedule, tick: datetime) -> None:
         await self.publish(schedule, tick)
+        self._fired[schedule.name] = tick
         body = orjson.dumps({"schedule": schedule.name, "tick": tick.astimezone(UTC).isoformat()})
         await channel.basic_publish(
             body, routing_key=state, properties=spec.Basic.Properties(delivery_mode=2)
         )
+
+
+def _latest(*ticks: datetime | None) -> datetime | None:
+    known = [t for t in ticks if t is not None]
+    return max(known) if known else None
 
 
 async def _read_state(channel: Channel, queue: str) -> datetime | None:

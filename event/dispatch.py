@@ -124,6 +124,9 @@ class Dispatcher:
         self.running = 0  # handlers running now (for tests and metrics)
         self.stats = stats or ConsumerStats(consumer.queue, consumer.max_concurrency)
         self.stats.in_flight = lambda: self.running
+        self._suspect_running = False  # a counted copy (see _run) is running now
+        # Deliveries being replaced by a copy here, done once the original's ack has gone out.
+        self._replacing: set[asyncio.Future[None]] = set()
 
     def attach(self, acks: AckTracker) -> None:
         """Use ``acks`` for the deliveries of a newly opened channel."""
@@ -147,6 +150,117 @@ class Dispatcher:
         task.add_done_callback(self.tasks.discard)
 
     async def _run(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+        if delivered.delivery.redelivered:  # type: ignore[union-attr]  # the hot path's only extra test
+            await self._redelivered(delivered, tag, acks)
+            return
+        headers = delivered.header.properties.headers
+        if not headers or wire.H_DELIVERIES not in headers:
+            await self._run_limited(delivered, tag, acks)
+            return
+        # A counted copy: it was in a worker that died. One at a time per consumer, so that when it
+        # kills this worker too, no other counted copy is held here and charged with it. One that
+        # arrives meanwhile goes back to the tail of the queue, uncharged, instead of waiting here.
+        if self._suspect_running:
+            await self._replace(
+                delivered, tag, acks, ("", self.consumer.queue),
+                copy_properties(delivered.header.properties, headers, None),
+                "a counted copy", "recounted", wire.logical_routing_key("", headers, self.exchange),
+            )  # fmt: skip
+            return
+        self._suspect_running = True
+        try:
+            # Its original may be the one being replaced here: the broker can deliver the copy before
+            # its confirm reaches us, and the ack of the original must be out before the copy runs.
+            if self._replacing:  # those begun before it arrived; later ones cannot be its original
+                await asyncio.wait(set(self._replacing))
+            await self._run_limited(delivered, tag, acks)
+        finally:
+            self._suspect_running = False
+
+    async def _redelivered(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+        """A delivery whose previous one ended unsettled: replace it by a counted copy, or dead-queue it.
+
+        A handler that kills the worker never raises, so only the count carried in the message tells
+        that it was here before. Nothing runs now and no concurrency slot is taken: the copy, at the
+        tail of this queue, runs when it comes back (with ``Message.redelivered`` true).
+        """
+        consumer = self.consumer
+        props = delivered.header.properties
+        headers: dict[str, Any] = props.headers or {}
+        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
+        delivery_routing_key: str = deliver.routing_key or ""
+        addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
+        if addressed is not None and addressed != consumer.queue:
+            await acks.ack(tag)  # a retry meant for another queue, as in _process
+            return
+        routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
+        deliveries = wire.unsettled_deliveries(headers, redelivered=True)
+        if wire.is_poison(deliveries, consumer.max_deliveries):
+            log.error(
+                "message %s (%s) in %s was delivered %d times and never settled: the worker likely died "
+                "handling it; it goes to the dead queue %s",
+                props.message_id, routing_key, consumer.queue, deliveries, self.dead_queue,
+                extra={"message_id": props.message_id, "routing_key": routing_key, "queue": consumer.queue},
+            )  # fmt: skip
+            dead = wire.dead_headers(
+                headers,
+                routing_key=routing_key,
+                queue=consumer.queue,
+                error=wire.poison_error(deliveries, consumer.max_deliveries),
+                failed_at_ms=int(self.clock() * 1000),
+                failures=wire.failures(headers, consumer.routing_keys, consumer.queue),
+            )
+            dead[wire.H_DELIVERIES] = deliveries
+            await self._replace(
+                delivered, tag, acks, ("", self.dead_queue), copy_properties(props, dead, None),
+                "the dead queue", "dead", routing_key,
+            )  # fmt: skip
+            return
+        if not (self.accepting and acks.alive):
+            return  # shutting down: left unacked, handed back
+        counted = wire.recount_headers(headers, deliveries=deliveries, routing_key=routing_key)
+        await self._replace(
+            delivered, tag, acks, ("", consumer.queue), copy_properties(props, counted, None),
+            "a counted copy", "recounted", routing_key,
+        )  # fmt: skip
+
+    async def _replace(
+        self,
+        delivered: DeliveredMessage,
+        tag: int,
+        acks: AckTracker,
+        route: tuple[str, str],
+        props: spec.Basic.Properties,
+        what: str,
+        outcome: str,
+        routing_key: str,
+    ) -> None:
+        """Like :meth:`_settle_with_copy`, but the ack goes out at once, alone.
+
+        The copy may come back to this very worker within milliseconds; if it kills the worker while
+        the original's ack still waits for its batch, the original is delivered again beside the
+        copy, and a message that kills every worker would double with each crash.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._replacing.add(done)
+        try:
+            try:
+                await self.send_copy(route[0], route[1], delivered.body, props)
+            except Exception as exc:
+                log.error(
+                    "could not store %s of message %s in %s (%s); it stays in %s for redelivery",
+                    what, delivered.header.properties.message_id, route[1], exc, self.consumer.queue,
+                )  # fmt: skip
+                await asyncio.sleep(REQUEUE_PAUSE_S)
+                await acks.reject(tag)
+                return
+            self.stats.count(outcome, routing_key)
+            await acks.ack_now(tag)
+        finally:
+            self._replacing.discard(done)
+            done.set_result(None)
+
+    async def _run_limited(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
         # The consumer's own limit first, so that messages waiting for it never hold a pool-wide slot.
         if self.limiter is not None:
             await self.limiter.acquire()  # before any slot: a message waiting for its rate holds none
@@ -216,7 +330,7 @@ class Dispatcher:
             message_id=props.message_id,
             timestamp=props.timestamp,
             attempt=failures + 1,
-            redelivered=bool(deliver.redelivered),
+            redelivered=bool(deliver.redelivered) or wire.H_DELIVERIES in headers,
             queue=consumer.queue,
             delivery_routing_key=delivery_routing_key,
             exchange=deliver.exchange or "",

@@ -157,6 +157,7 @@ class WorkerPool:
         backoff: Backoff | None = None,
         rate_limit: str | None = None,
         rate_burst: int = 1,
+        max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES,
     ) -> Callable[[H], H]:
         """Register the decorated function as the consumer of ``routing_keys`` (topic patterns allowed).
 
@@ -170,6 +171,10 @@ class WorkerPool:
         the dead queue. ``timeout`` cancels a handler after that many seconds, counting a failure.
         ``rate_limit`` (``"30/s"``, ``"100/m"``, ``"5000/h"``, with up to ``rate_burst`` at once) holds
         messages back in this worker without taking a concurrency slot.
+
+        A message whose deliveries end ``max_deliveries`` times without an ack or a failure (its
+        handler killed the worker: SIGKILL, out of memory, a crash in native code) goes to the dead
+        queue instead of being delivered again (see docs/reliability.md).
 
         A handler typed ``msg: Message[SendEmail]``, or taking a third parameter ``payload: SendEmail``,
         gets the body validated into a ``SendEmail`` (a dataclass, a TypedDict or a pydantic model);
@@ -192,6 +197,7 @@ class WorkerPool:
                 backoff=backoff,
                 rate_limit=rate_limit,
                 rate_burst=rate_burst,
+                max_deliveries=max_deliveries,
             )
             if defined.queue == self.dead_queue or wire.is_reserved_queue_name(defined.queue, self.exchange):
                 raise ConfigurationError(
@@ -444,6 +450,7 @@ class WorkerPool:
                 (c.handler.__qualname__, c.queue, self._queue_arguments(c.arguments), c.bindings)
                 for c in self._consumers.values()
             ],
+            max_deliveries={c.queue: c.max_deliveries for c in self._consumers.values()},
         )
 
     def _plans(self) -> tuple[Plan, dict[str, Plan]]:
@@ -663,8 +670,11 @@ class WorkerPool:
             await runner.run(connection)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the connection died under it: the pool reconnects and starts another
-            log.debug("cron runner stopped: %s", exc)
+        except Exception as exc:
+            if connection.is_closed:  # the connection died under it: the pool reconnects and starts another
+                log.debug("cron runner stopped with its connection: %s", exc)
+            else:  # cron stops on this worker until it reconnects: never only a debug line
+                log.error("cron runner stopped: %s: %s", type(exc).__name__, exc)
 
     async def _publish_tick(self, schedule: Schedule, tick: datetime) -> None:
         channel = self._publish_channel

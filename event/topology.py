@@ -11,7 +11,7 @@ retry it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,11 +157,26 @@ def pool_plan(
     dead_max_length: int,
     consumers: Iterable[tuple[str, str, dict[str, Any], tuple[str, ...]]],
     dead_queue_type: str | None = None,
+    max_deliveries: Mapping[str, int] | None = None,
 ) -> Plan:
-    """A pool's topology: the delay plan, the dead queue, and each consumer's (handler, queue, args, keys)."""
+    """A pool's topology: the delay plan, the dead queue, and each consumer's (handler, queue, args, keys).
+
+    A quorum consumer queue also gets a delivery limit above its consumer's ``max_deliveries`` (by
+    queue name) and a dead-letter route to the dead queue, so that the broker's own limit (20 by
+    default from RabbitMQ 4.0) moves a message where an operator sees it instead of dropping it.
+    """
     base = delay_plan(namespace, exchange, queue_type=dead_queue_type)
+    dead_name = wire.dead_queue_name(namespace, exchange)
+    limits = max_deliveries or {}
+
+    def consumer_arguments(queue: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        if arguments.get("x-queue-type") != "quorum":
+            return dict(arguments)
+        limit = limits.get(queue, wire.DEFAULT_MAX_DELIVERIES)
+        return {**wire.quorum_poison_arguments(dead_name, limit), **arguments}  # the consumer's own win
+
     dead = Queue(
-        wire.dead_queue_name(namespace, exchange),
+        dead_name,
         "dead queue",
         {
             **wire.dead_queue_arguments(dead_ttl_ms, dead_max_length),
@@ -169,8 +184,13 @@ def pool_plan(
         },
     )
     queues = [
-        Queue(queue, f"queue of consumer {name}", dict(arguments), consumer_bindings(exchange, queue, keys))
-        for name, queue, arguments, keys in consumers
+        Queue(
+            queue,
+            f"queue of consumer {handler}",
+            consumer_arguments(queue, arguments),
+            consumer_bindings(exchange, queue, keys),
+        )
+        for handler, queue, arguments, keys in consumers
     ]
     needed = [q for q in base.queues if q.required]
     optional = [q for q in base.queues if not q.required]

@@ -499,3 +499,72 @@ def requeue_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in headers.items() if k not in _NOT_REQUEUED}
     out[H_RETRIES] = 0
     return out
+
+
+# --- deliveries that never settled (poison that kills the worker) ----------------------------------------
+#
+# A handler that kills its process (SIGKILL, OOM, a crashing extension) never raises, so the retry rules
+# above never see it: the broker just delivers the message again, for ever on a classic queue. The
+# count of such deliveries lives in the message itself (``event-deliveries``), so it survives the
+# process; a redelivered message is replaced by a copy with the count raised before it runs again.
+
+H_DELIVERIES = "event-deliveries"
+DEFAULT_MAX_DELIVERIES = 5
+POISON_ERROR = "WorkerDied"
+
+
+def unsettled_deliveries(headers: Mapping[str, Any], *, redelivered: bool) -> int:
+    """How many deliveries of this message ended without an ack, reject or copy: the count so far.
+
+    ``event-deliveries`` carries the deliveries counted before (by the copies that replaced a
+    redelivered message); ``redelivered`` adds the delivery that just ended unsettled. ``redelivered``
+    also follows a lost connection with the ack in flight, a shutdown that handed back messages not
+    started, and a reject: each counts as one, so the count is an upper bound of the crashes.
+    """
+    own = headers.get(H_DELIVERIES)
+    counted = own if isinstance(own, int) and not isinstance(own, bool) and own > 0 else 0
+    return counted + (1 if redelivered else 0)
+
+
+def is_poison(deliveries: int, max_deliveries: int) -> bool:
+    """Whether a message whose deliveries ended unsettled ``deliveries`` times goes to the dead queue."""
+    return deliveries >= max_deliveries
+
+
+def recount_headers(headers: Mapping[str, Any], *, deliveries: int, routing_key: str) -> dict[str, Any]:
+    """Headers of the copy that replaces a redelivered message in its own queue, the count raised.
+
+    The copy is published straight to the queue (default exchange), so its routing key is kept in
+    ``event-routing-key`` and ``CC``/``BCC`` are dropped: they would route it again on that exchange.
+    """
+    out = {k: v for k, v in headers.items() if k not in ("CC", "BCC")}
+    out[H_ROUTING_KEY] = routing_key
+    out[H_DELIVERIES] = deliveries
+    return out
+
+
+def poison_error(deliveries: int, max_deliveries: int) -> str:
+    """The ``event-error`` of a message dead-queued because its deliveries kept ending unsettled."""
+    return (
+        f"{POISON_ERROR}: delivered {deliveries} time(s) without being acked or failing "
+        f"(max_deliveries={max_deliveries}); the worker likely died handling it (SIGKILL, out of memory, "
+        f"a crash in native code), or its connection was lost each time"
+    )
+
+
+def broker_delivery_limit(max_deliveries: int) -> int:
+    """The ``x-delivery-limit`` of a quorum consumer queue: a backstop well above our own limit.
+
+    Our copies restart the broker's count, so it only reaches this when our own counting failed
+    (or a message kept waiting through crashes); then the broker dead-letters it to our dead queue.
+    """
+    return 2 * max_deliveries + 10
+
+
+def quorum_poison_arguments(dead_queue: str, max_deliveries: int) -> dict[str, Any]:
+    """What a quorum consumer queue needs so that the broker's own limit dead-letters, never drops."""
+    return {
+        "x-delivery-limit": broker_delivery_limit(max_deliveries),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_queue,
+    }

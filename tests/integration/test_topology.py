@@ -33,8 +33,13 @@ async def test_pool_declares_exchange_queues_and_bindings_as_hutch(
         ns = iso.namespace
         expected = {
             f"{ns}:send_email": ({}, {"app.send_email", f"{ns}:send_email"}),
-            f"{ns}:userEvents": (
-                {"x-queue-type": "quorum"},
+            f"{ns}:userEvents": (  # a quorum queue: the broker's own delivery limit dead-letters to us
+                {
+                    "x-queue-type": "quorum",
+                    **wire.quorum_poison_arguments(
+                        wire.dead_queue_name(ns, iso.exchange), wire.DEFAULT_MAX_DELIVERIES
+                    ),
+                },
                 {"app.user.*", "app.order.#", f"{ns}:userEvents"},
             ),
         }

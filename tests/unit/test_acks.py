@@ -167,3 +167,56 @@ def test_ledger_prefix_never_passes_an_unfinished_tag(finished_order: list[int])
         ledger.finish(tag)
         done.add(tag)
         assert all(t in done for t in tags if t <= ledger.ready_upto)
+
+
+@settings(max_examples=200, deadline=None)
+@given(completions(), st.integers(min_value=1, max_value=10), st.data())
+def test_tags_settled_alone_are_covered_by_a_multiple_ack_but_never_named_by_one(
+    case: tuple[list[int], list[int]], batch: int, data: st.DataObject
+) -> None:
+    tags, order = case
+    alone = set(data.draw(st.lists(st.sampled_from(tags), unique=True)))
+
+    async def scenario() -> None:
+        sent: list[tuple[int, bool]] = []
+
+        async def send(tag: int, multiple: bool) -> None:
+            sent.append((tag, multiple))
+
+        async def reject(tag: int) -> None:
+            sent.append((tag, False))
+
+        tracker = AckTracker(send, reject, batch=batch, interval=0.001)
+        for tag in tags:
+            tracker.delivered(tag)
+        for n, tag in enumerate(order):
+            if tag not in alone:
+                await tracker.ack(tag)
+            elif n % 2:
+                await tracker.reject(tag)
+            else:
+                await tracker.ack_now(tag)
+        await asyncio.sleep(0.01)
+        await tracker.close()
+        assert sorted(covered(sent, tags)) == tags  # each once; no ack names a settled tag
+
+    asyncio.run(scenario())
+
+
+async def test_ack_now_goes_out_alone_before_the_batch() -> None:
+    sent: list[tuple[int, bool]] = []
+
+    async def send(tag: int, multiple: bool) -> None:
+        sent.append((tag, multiple))
+
+    async def reject(tag: int) -> None: ...
+
+    tracker = AckTracker(send, reject, batch=100, interval=1)
+    for tag in (1, 2, 3):
+        tracker.delivered(tag)
+    await tracker.ack_now(2)
+    assert sent == [(2, False)]
+    await tracker.ack(1)
+    await tracker.ack(3)
+    await tracker.flush()
+    assert sent == [(2, False), (3, True)]  # covers 2, does not name it
