@@ -42,6 +42,7 @@ from event.errors import (
     PublishError,
     PublishNacked,
     PublishTimeout,
+    TopologyMismatch,
     Unroutable,
 )
 from event.metrics import PublishStats
@@ -288,7 +289,10 @@ class Publisher:
         # carry other callers' confirms by then.
         refused = await topology.declare_each(lambda: open_channel(connection, confirms=False), plan)
         exchanges = {exchange.name for exchange in plan.exchanges}
-        for name, failure in refused.items():
+        for name, failure in list(refused.items()):
+            if self._takes_as_declared(name, failure):
+                del refused[name]  # the pools of the namespace chose its type: publish into it as it is
+                continue
             if name in exchanges or (first and isinstance(failure, ConfigurationError)):
                 raise failure  # without its exchange nothing can be published; a mismatch is a bug
             log.warning(
@@ -297,6 +301,15 @@ class Publisher:
                 failure,
             )
         self._undeclared = (self._undeclared - {queue.name for queue in plan.queues}) | set(refused)
+
+    def _takes_as_declared(self, name: str, failure: Exception) -> bool:
+        # A publisher given no queue_type does not insist on one: a park queue that a pool of the
+        # namespace declared (quorum, in a cluster) is as good as its own.
+        return (
+            self.queue_type is None
+            and isinstance(failure, TopologyMismatch)
+            and wire.is_park_queue_name(name, self.exchange)
+        )
 
     async def _declare_if_refused(self, queue: str) -> None:
         # A delay queue the broker refused at connect (its node was down): try again before using it.

@@ -58,13 +58,15 @@ async def test_quorum_queues_for_consumers_and_the_dead_queue(
     assert attempts == [1, 2]  # the retry went through a quorum park queue
 
 
-async def test_a_publisher_of_another_queue_type_is_told_what_to_change(
+async def test_a_publisher_follows_the_pools_queue_type_unless_told_another(
     pool_kwargs: dict[str, Any], iso: Isolation
 ) -> None:
     async with Publisher(**pool_kwargs, queue_type="quorum"):
         pass
+    async with Publisher(**pool_kwargs) as follower:  # given no queue_type: takes the quorum ones
+        await follower.publish_in(1, "app.q", {})
     with pytest.raises(TopologyMismatch, match="must be given the same queue_type"):
-        async with Publisher(**pool_kwargs):
+        async with Publisher(**pool_kwargs, queue_type="classic"):
             pass
 
 
