@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -31,12 +32,17 @@ HOW_TO_GET_A_BROKER = (
 )
 
 
-async def connect(url: str, *, name: str, timeout: float = 10.0) -> Connection:
-    """Open a connection to ``url`` (to the first that answers, for a comma-separated list of nodes),
-    raising :class:`ConnectionFailed` with a readable reason."""
+async def connect(url: str, *, name: str, timeout: float = 10.0, start: int | None = None) -> Connection:
+    """Open a connection to ``url``, raising :class:`ConnectionFailed` with a readable reason.
+
+    For a comma-separated list of nodes every call starts at a random one (``start`` picks it, for
+    tests), so that workers spread over a cluster, and tries the others in turn until one answers:
+    a reconnect after a node's death reaches a live node within one pass over the list.
+    """
     urls = split_urls(url)
+    first = random.randrange(len(urls)) if start is None else start % len(urls)
     failures: list[ConnectionFailed] = []
-    for one in urls:
+    for one in rotated(urls, first):
         try:
             return await _connect_one(one, name=name, timeout=timeout)
         except ConnectionFailed as exc:
@@ -46,6 +52,16 @@ async def connect(url: str, *, name: str, timeout: float = 10.0) -> Connection:
     raise ConnectionFailed("no broker of the list answered: " + "; ".join(map(str, failures))) from failures[
         -1
     ]
+
+
+def rotated(urls: list[str], first: int) -> list[str]:
+    """``urls`` starting at index ``first`` and wrapping round: the order in which nodes are tried."""
+    return urls[first:] + urls[:first]
+
+
+def connected_url(connection: Connection) -> str:
+    """The node ``connection`` reached, password hidden (for logs naming the node of a cluster)."""
+    return redact_url(str(getattr(connection, "url", "") or "?"))
 
 
 async def _connect_one(url: str, *, name: str, timeout: float) -> Connection:

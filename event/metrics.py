@@ -55,6 +55,8 @@ class ConsumerStats:
     outcomes: dict[str, dict[str, int]] = field(default_factory=lambda: {o: {} for o in OUTCOMES})
     durations: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
     in_flight: Callable[[], int] = lambda: 0
+    consuming: bool = False  # the broker delivers its queue to us now (False: see the pool's log)
+    restarts: int = 0  # times the broker cancelled it or closed its channel and it consumed again
 
     def count(self, outcome: str, routing_key: str) -> None:
         """Add one message to ``outcome`` for ``routing_key``."""
@@ -69,6 +71,7 @@ class PublishStats:
     published: dict[str, int] = field(default_factory=dict)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     confirm: Histogram = field(default_factory=lambda: Histogram(CONFIRM_BUCKETS))
+    resent: int = 0  # publishes sent again after their connection died unconfirmed: possible duplicates
 
     def ok(self, exchange: str, seconds: float) -> None:
         """A publish the broker confirmed after ``seconds``."""
@@ -90,6 +93,7 @@ class PoolStats:
     publish: PublishStats = field(default_factory=PublishStats)
     reconnects: int = 0
     connected: bool = False
+    publish_channel_reopens: int = 0  # the channel of retry and dead copies, closed by the broker
 
 
 class PoolCollector(Collector):
@@ -117,11 +121,23 @@ class PoolCollector(Collector):
         limits = GaugeMetricFamily(
             "event_consumer_concurrency_limit", "max_concurrency of a consumer (0: none).", labels=["queue"]
         )
+        consuming = GaugeMetricFamily(
+            "event_consumer_consuming",
+            "1 while the broker delivers the queue to its consumer.",
+            labels=["queue"],
+        )
+        restarts = CounterMetricFamily(
+            "event_consumer_restarts",
+            "Times the broker cancelled a consumer or closed its channel and the pool consumed again.",
+            labels=["queue"],
+        )
         for consumer in stats.consumers:
             durations.add_metric([consumer.queue], consumer.durations.buckets(), consumer.durations.total)
             in_flight.add_metric([consumer.queue], consumer.in_flight())
             limits.add_metric([consumer.queue], consumer.limit)
-        yield from (durations, in_flight, limits)
+            consuming.add_metric([consumer.queue], int(consumer.consuming))
+            restarts.add_metric([consumer.queue], consumer.restarts)
+        yield from (durations, in_flight, limits, consuming, restarts)
         yield GaugeMetricFamily(
             "event_pool_concurrency_limit", "Pool-wide concurrency (0: none).", stats.concurrency
         )
@@ -130,6 +146,11 @@ class PoolCollector(Collector):
             "event_reconnects", "Times the pool reconnected to the broker.", stats.reconnects
         )
         yield GaugeMetricFamily("event_connected", "1 while connected and consuming.", int(stats.connected))
+        yield CounterMetricFamily(
+            "event_publish_channel_reopens",
+            "Times the broker closed the channel of retry and dead copies and the pool opened another.",
+            stats.publish_channel_reopens,
+        )
 
 
 def publish_families(stats: PublishStats) -> Iterable[Metric]:
@@ -148,7 +169,12 @@ def publish_families(stats: PublishStats) -> Iterable[Metric]:
         "event_publish_confirm_seconds", "Time from publish to the broker's confirm."
     )
     confirm.add_metric([], stats.confirm.buckets(), stats.confirm.total)
-    return (published, failures, confirm)
+    resent = CounterMetricFamily(
+        "event_publish_resent",
+        "Publishes sent again after the connection died before their confirm (possible duplicates).",
+        stats.resent,
+    )
+    return (published, failures, confirm, resent)
 
 
 def registry_for(stats: PoolStats) -> CollectorRegistry:

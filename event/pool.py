@@ -17,7 +17,6 @@ import orjson
 from aiormq import spec
 
 from event import topology, wire
-from event.acks import AckTracker
 from event.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_EXCHANGE,
@@ -31,16 +30,26 @@ from event.config import (
     redact_url,
     resolve_url,
 )
-from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
+from event.connection import (
+    Channel,
+    Connection,
+    Connector,
+    close_quietly,
+    connect,
+    connected_url,
+    open_channel,
+)
 from event.consumer import Consumer, Handler, define_consumer
 from event.cron import CronRunner, Schedule, define_schedule
 from event.dispatch import Dispatcher
-from event.errors import ConfigurationError, ConnectionFailed, EventError
+from event.errors import ConfigurationError, ConnectionFailed, EventError, Unroutable
 from event.message import Context
 from event.metrics import ConsumerStats, PoolStats, registry_for
 from event.middleware import Middleware
 from event.publisher import properties, send
 from event.retry import DEFAULT_RETRIES, Backoff
+from event.supervise import ConsumerSupervisor, backoff, broker_reason
+from event.topology import Plan
 
 log = logging.getLogger("event.pool")
 
@@ -65,7 +74,12 @@ class WorkerPool:
     ``max_body_bytes`` (0: no limit) goes to the dead queue undecoded. ``queue_type="quorum"`` makes the
     consumer queues (those that do not choose) and the dead queue quorum queues, the choice for a
     cluster; the delay queues keep hutch-schedule's exact arguments so Ruby services can share them.
-    ``url`` may list several nodes of a cluster (a list, or comma-separated): they are tried in turn.
+    ``url`` may list several nodes of a cluster (a list, or comma-separated): every connect and
+    reconnect starts at a random one and tries the others in turn.
+
+    A consumer that the broker cancels, or whose channel it closes, is declared again and consumes
+    again on a new channel (see :mod:`event.supervise`); while any consumer is not consuming, or the
+    pool's shared queues could not be declared, :attr:`ready` is False and the log says why.
     """
 
     def __init__(
@@ -108,7 +122,10 @@ class WorkerPool:
         self._publish_channel: Channel | None = None
         self.connector: Connector = connect  # event.testing.TestBroker swaps in its own
         self._publish_lock = asyncio.Lock()
-        self._consuming: list[tuple[Channel, str, AckTracker]] = []
+        self._supervisors: list[ConsumerSupervisor] = []
+        self._shared_plan = Plan((), ())  # the exchanges, delay queues and dead queue (set by run)
+        self._shared_declared = False
+        self._shared_task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stop_requested: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
@@ -295,6 +312,17 @@ class WorkerPool:
             )
             for consumer in self._consumers.values()
         ]
+        shared, own = self._plans()
+        self._shared_plan = shared
+        self._supervisors = [
+            ConsumerSupervisor(
+                dispatcher,
+                own[dispatcher.consumer.queue],
+                ack_interval=ACK_INTERVAL_S,
+                on_change=self._update_ready,
+            )
+            for dispatcher in self._dispatchers
+        ]
         installed: list[signal.Signals] = []
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -302,24 +330,34 @@ class WorkerPool:
                     loop.add_signal_handler(signum, self.stop)
                     installed.append(signum)
         try:
-            await self._start()
-            self._set_ready(True)
-            log.info("%s consuming %d queue(s) at %s", self.name, len(self._consumers), redact_url(self.url))
+            await self._start(first=True)
+            assert self._connection is not None
+            log.info(
+                "%s consuming %d queue(s) at %s",
+                self.name,
+                len(self._consumers),
+                connected_url(self._connection),
+            )
             while not self._stop_requested.is_set():
                 connection = self._connection
                 assert connection is not None
                 stop_wait = asyncio.ensure_future(self._stop_requested.wait())
-                await asyncio.wait({stop_wait, connection.closing}, return_when=asyncio.FIRST_COMPLETED)
+                closing = connection.closing
+                await asyncio.wait({stop_wait, closing}, return_when=asyncio.FIRST_COMPLETED)
                 stop_wait.cancel()
                 if self._stop_requested.is_set():
                     break
-                self._set_ready(False)
-                log.warning("lost the connection to RabbitMQ at %s; reconnecting", redact_url(self.url))
-                self._forget_channels()
+                reason = closing.exception() if not closing.cancelled() else None
+                log.warning(
+                    "lost the connection to RabbitMQ at %s (%s); reconnecting",
+                    connected_url(connection),
+                    broker_reason(reason),
+                )
+                await self._forget_channels()
+                self._update_ready()
                 await self._reconnect()
                 if not self._stop_requested.is_set():
                     self.stats.reconnects += 1
-                    self._set_ready(True)
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
@@ -360,10 +398,26 @@ class WorkerPool:
 
     @property
     def ready(self) -> bool:
-        """Whether the pool is connected and consuming from every queue (for ``/readyz``)."""
+        """Whether the pool is connected, its shared queues declared, and every consumer consuming.
+
+        For ``/readyz``. It turns False as soon as the broker cancels a consumer or closes a channel,
+        and True again once everything consumes.
+        """
         connection = self._connection
         return bool(
             self._ready and self._ready.is_set() and connection is not None and not connection.is_closed
+        )
+
+    def _update_ready(self) -> None:
+        if self._ready is None or self._stop_requested is None:
+            return
+        connection = self._connection
+        self._set_ready(
+            connection is not None
+            and not connection.is_closed
+            and self._shared_declared
+            and all(supervisor.consuming for supervisor in self._supervisors)
+            and not self._stop_requested.is_set()
         )
 
     def _set_ready(self, ready: bool) -> None:
@@ -393,6 +447,18 @@ class WorkerPool:
             ],
         )
 
+    def _plans(self) -> tuple[Plan, dict[str, Plan]]:
+        # The pool's one plan, split: what all consumers share (exchanges, delay and dead queues), and
+        # for each consumer its own queue entry with the exchanges its bindings name.
+        plan = self.topology()
+        own: dict[str, Plan] = {}
+        for queue in plan.queues:
+            if queue.name in self._consumers:
+                sources = {source for source, _ in queue.bindings}
+                own[queue.name] = Plan(tuple(e for e in plan.exchanges if e.name in sources), (queue,))
+        shared = Plan(plan.exchanges, tuple(q for q in plan.queues if q.name not in own))
+        return shared, own
+
     def _queue_arguments(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         chosen = dict(arguments)
         if self.queue_type is not None:
@@ -406,14 +472,23 @@ class WorkerPool:
 
     # --- internals ---------------------------------------------------------------------------------------
 
-    async def _start(self) -> None:
+    async def _start(self, *, first: bool) -> None:
+        # At the first start a configuration error (a queue that exists with other arguments) ends
+        # run(); anything else, and everything on a reconnect, is logged and retried with back-off.
         connection = await self.connector(self.url, name=self.name)
         self._connection = connection
         try:
-            await self._declare(connection)
-            self._publish_channel = await open_channel(connection, confirms=True)
-            for dispatcher in self._dispatchers:
-                await self._consume(connection, dispatcher)
+            await self._declare_shared(connection, first=first)
+            self._publish_channel = await self._open_publish_channel(connection)
+            for supervisor in self._supervisors:
+                if first:
+                    try:
+                        await supervisor.start(connection)
+                    except ConfigurationError:
+                        raise
+                    except EventError as exc:
+                        log.error("consumer of queue %r is not consuming yet: %s", supervisor.queue, exc)
+                supervisor.watch(connection)
             if self._schedules:
                 runner = CronRunner(
                     list(self._schedules.values()),
@@ -425,49 +500,103 @@ class WorkerPool:
                 self._cron = runner
                 self._cron_task = asyncio.get_running_loop().create_task(self._run_cron(runner, connection))
         except BaseException:
-            self._forget_channels()
+            await self._forget_channels()
             await close_quietly(connection)
             raise
+        self._update_ready()
 
-    async def _declare(self, connection: Connection) -> None:
-        channel = await open_channel(connection, confirms=False)
-        try:
-            await topology.declare(channel, self.topology())
-        finally:
-            await close_quietly(channel)
-
-    async def _consume(self, connection: Connection, dispatcher: Dispatcher) -> None:
-        consumer = dispatcher.consumer
-        channel = await open_channel(connection, confirms=False, prefetch=consumer.prefetch)
-
-        async def send_ack(tag: int, multiple: bool) -> None:
-            await channel.basic_ack(tag, multiple=multiple)
-
-        async def send_reject(tag: int) -> None:
-            await channel.basic_reject(tag, requeue=True)
-
-        acks = AckTracker(
-            send_ack, send_reject, batch=max(1, consumer.prefetch // 4), interval=ACK_INTERVAL_S
+    async def _declare_shared(self, connection: Connection, *, first: bool) -> None:
+        failures = await topology.declare_each(
+            lambda: open_channel(connection, confirms=False), self._shared_plan
         )
-        dispatcher.attach(acks)
-        ok = await channel.basic_consume(consumer.queue, dispatcher.on_delivery)
-        self._consuming.append((channel, ok.consumer_tag, acks))  # type: ignore[arg-type]
+        if first:
+            for failure in failures.values():
+                if isinstance(failure, ConfigurationError):
+                    raise failure
+        self._shared_declared = not failures
+        if failures:
+            for failure in failures.values():
+                log.error("at %s: %s; declaring it again shortly", connected_url(connection), failure)
+            self._declare_shared_later(connection)
+
+    def _declare_shared_later(self, connection: Connection) -> None:
+        if self._shared_task is None or self._shared_task.done():
+            self._shared_declared = False
+            self._update_ready()
+            self._shared_task = asyncio.get_running_loop().create_task(self._redeclare_shared(connection))
+
+    async def _redeclare_shared(self, connection: Connection) -> None:
+        # A classic queue whose home node is down answers NOT_FOUND until the node is back; a queue the
+        # broker is restarting refuses for a moment. Neither is a reason to stop consuming the others.
+        attempt = 0
+        while not connection.is_closed:
+            await asyncio.sleep(backoff(attempt, RECONNECT_DELAYS_S))
+            attempt += 1
+            try:
+                failures = await topology.declare_each(
+                    lambda: open_channel(connection, confirms=False), self._shared_plan
+                )
+            except EventError as exc:
+                failures = {"": exc}
+            if not failures:
+                log.info(
+                    "declared the shared queues at %s after %d attempt(s)", connected_url(connection), attempt
+                )
+                self._shared_declared = True
+                self._update_ready()
+                return
+            for failure in failures.values():
+                log.error(
+                    "at %s (attempt %d, next in %g s): %s",
+                    connected_url(connection),
+                    attempt,
+                    backoff(attempt, RECONNECT_DELAYS_S),
+                    failure,
+                )
+
+    async def _open_publish_channel(self, connection: Connection) -> Channel:
+        channel = await open_channel(connection, confirms=True)
+
+        def closed(done: asyncio.Future[Any]) -> None:
+            exc = None if done.cancelled() else done.exception()
+            if exc is None or connection.is_closed or self._publish_channel is not channel:
+                return  # closed by us, or with its connection: the pool reconnects anyway
+            self.stats.publish_channel_reopens += 1
+            log.error(
+                "the broker closed the channel of retry and dead copies at %s: %s; opening another and "
+                "declaring the shared queues again",
+                connected_url(connection),
+                broker_reason(exc),
+            )
+            self._declare_shared_later(connection)
+
+        channel.closing.add_done_callback(closed)
+        return channel
 
     async def _send_copy(self, exchange: str, queue: str, body: bytes, props: spec.Basic.Properties) -> None:
         channel = self._publish_channel
         if channel is None or channel.is_closed:
             channel = await self._reopen_publish_channel(queue)
         # Mandatory: a copy to a queue that is gone must fail loudly, not vanish.
-        await send(
-            channel,
-            exchange=exchange,
-            routing_key=queue,
-            body=body,
-            props=props,
-            mandatory=True,
-            timeout=self.publish_timeout,
-            stats=self.stats.publish,
-        )
+        try:
+            await send(
+                channel,
+                exchange=exchange,
+                routing_key=queue,
+                body=body,
+                props=props,
+                mandatory=True,
+                timeout=self.publish_timeout,
+                stats=self.stats.publish,
+            )
+        except Unroutable:
+            connection = self._connection
+            if connection is not None and not connection.is_closed and self._shared_declared:
+                log.error(
+                    "queue %r is gone (a copy to it came back); declaring the shared queues again", queue
+                )
+                self._declare_shared_later(connection)
+            raise
 
     async def _reopen_publish_channel(self, queue: str) -> Channel:
         # A channel error (a queue or exchange deleted under us) closes only the channel: open another
@@ -478,25 +607,30 @@ class WorkerPool:
                 return channel
             if connection is None or connection.is_closed:
                 raise ConnectionFailed(f"no connection to publish a copy to {queue!r}: waiting to reconnect")
-            channel = await open_channel(connection, confirms=True)
+            channel = await self._open_publish_channel(connection)
             self._publish_channel = channel
             return channel
 
-    def _forget_channels(self) -> None:
+    async def _forget_channels(self) -> None:
         if self._cron_task is not None:
             self._cron_task.cancel()
             self._cron_task = None
+        if self._shared_task is not None:
+            self._shared_task.cancel()
+            self._shared_task = None
+        self._shared_declared = False
         # Delivery tags belong to their channel: once it is gone, no ack may be sent for them anywhere.
-        for _, _, acks in self._consuming:
-            acks.abandon()
-        self._consuming = []
+        for supervisor in self._supervisors:
+            await supervisor.forget()
         self._publish_channel = None
 
     async def _reconnect(self) -> None:
+        # Nothing ends this loop but stop(): a node that is down, a declare the broker refuses, a queue
+        # whose home node is gone are each logged and tried again, the pool staying not ready meanwhile.
         assert self._stop_requested is not None
         attempt = 0
         while not self._stop_requested.is_set():
-            delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
+            delay = backoff(attempt, RECONNECT_DELAYS_S)
             attempt += 1
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -504,13 +638,19 @@ class WorkerPool:
             if self._stop_requested.is_set():
                 return
             try:
-                await self._start()
-            except ConfigurationError:
-                raise
-            except (EventError, OSError) as exc:
+                await self._start(first=False)
+            except EventError as exc:
                 log.warning("reconnect attempt %d to %s failed: %s", attempt, redact_url(self.url), exc)
                 continue
-            log.info("reconnected to RabbitMQ at %s after %d attempt(s)", redact_url(self.url), attempt)
+            except Exception as exc:  # never die while reconnecting; the traceback shows what to fix
+                log.warning(
+                    "reconnect attempt %d to %s failed: %r", attempt, redact_url(self.url), exc, exc_info=True
+                )
+                continue
+            assert self._connection is not None
+            log.info(
+                "reconnected to RabbitMQ at %s after %d attempt(s)", connected_url(self._connection), attempt
+            )
             return
 
     async def _run_cron(self, runner: CronRunner, connection: Connection) -> None:
@@ -546,20 +686,20 @@ class WorkerPool:
 
     async def _shutdown(self) -> None:
         await self._stop_cron()
+        if self._shared_task is not None:
+            self._shared_task.cancel()
+            self._shared_task = None
         for dispatcher in self._dispatchers:
             dispatcher.accepting = False
-        for channel, consumer_tag, _ in self._consuming:
-            with contextlib.suppress(Exception):
-                await channel.basic_cancel(consumer_tag)
+        for supervisor in self._supervisors:
+            await supervisor.cancel()
         await self._drain()
-        for _, _, acks in self._consuming:
-            await acks.close()
-        for channel, _, _ in self._consuming:
-            await close_quietly(channel)
-        self._consuming = []
-        await close_quietly(self._publish_channel)
-        await close_quietly(self._connection)
-        self._publish_channel = self._connection = None
+        for supervisor in self._supervisors:
+            await supervisor.close()
+        channel, connection = self._publish_channel, self._connection
+        self._publish_channel = self._connection = None  # first: its closing is ours, not the broker's
+        await close_quietly(channel)
+        await close_quietly(connection)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

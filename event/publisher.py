@@ -25,8 +25,23 @@ from event.config import (
     redact_url,
     resolve_url,
 )
-from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
-from event.errors import ConnectionFailed, PublishError, PublishNacked, PublishTimeout, Unroutable
+from event.connection import (
+    Channel,
+    Connection,
+    Connector,
+    close_quietly,
+    connect,
+    connected_url,
+    open_channel,
+)
+from event.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    PublishError,
+    PublishNacked,
+    PublishTimeout,
+    Unroutable,
+)
 from event.metrics import PublishStats
 
 log = logging.getLogger("event.publisher")
@@ -181,6 +196,17 @@ class Publisher:
     a timeout or a closed connection raises a :class:`event.errors.PublishError` or
     :class:`event.errors.ConnectionFailed`. Concurrent ``publish`` calls share the channel and keep
     their confirms in flight together.
+
+    When the connection dies, every publish still waiting for its confirm is sent again once the
+    publisher has reconnected (to any node of the list): at least once, so a consumer may see a
+    duplicate (counted in ``stats.resent``), never a loss. Each publish is bounded: it raises
+    :class:`ConnectionFailed` when no connection came back within ``reconnect_timeout``, and
+    :class:`PublishTimeout` when a confirm took longer than ``timeout``.
+
+    The delay queues are declared on a channel of their own, and one the broker refuses for now (its
+    node is down) is logged and declared again before the next ``publish_in`` that needs it: plain
+    publishes never depend on them. A delay queue that exists with other arguments fails
+    :meth:`connect` with :class:`event.errors.TopologyMismatch`.
     """
 
     def __init__(
@@ -205,6 +231,7 @@ class Publisher:
         self._channel: Channel | None = None
         self._wanted = False  # connected by the user, and not closed since: reconnect when lost
         self._reconnecting = asyncio.Lock()
+        self._undeclared: set[str] = set()  # delay queues the broker refused to declare for now
         self.reconnect_timeout = check_seconds("reconnect_timeout", reconnect_timeout)
         self.connector: Connector = connect  # event.testing.TestBroker swaps in its own
 
@@ -220,21 +247,45 @@ class Publisher:
         """
         if self._channel is not None and not self._channel.is_closed:
             return
-        await self._open()
+        await self._open(first=True)
         self._wanted = True
 
-    async def _open(self) -> None:
+    async def _open(self, *, first: bool = False) -> None:
         await close_quietly(self._connection)
         self._connection = await self.connector(self.url, name=self._connection_name)
         try:
             self._channel = await open_channel(self._connection, confirms=True)
-            await topology.declare(self._channel, topology.delay_plan(self.namespace, self.exchange))
+            await self._declare(self._connection, topology.delay_plan(self.namespace, self.exchange), first)
         except BaseException:
             channel, connection = self._channel, self._connection
             self._channel = self._connection = None
             await close_quietly(channel)
             await close_quietly(connection)
             raise
+
+    async def _declare(self, connection: Connection, plan: topology.Plan, first: bool) -> None:
+        # On a channel of its own: a refused declare closes its channel, and the publish channel may
+        # carry other callers' confirms by then.
+        refused = await topology.declare_each(lambda: open_channel(connection, confirms=False), plan)
+        exchanges = {exchange.name for exchange in plan.exchanges}
+        for name, failure in refused.items():
+            if name in exchanges or (first and isinstance(failure, ConfigurationError)):
+                raise failure  # without its exchange nothing can be published; a mismatch is a bug
+            log.warning(
+                "publisher at %s: %s; declaring it again before a publish that needs it",
+                connected_url(connection),
+                failure,
+            )
+        self._undeclared = (self._undeclared - {queue.name for queue in plan.queues}) | set(refused)
+
+    async def _declare_if_refused(self, queue: str) -> None:
+        # A delay queue the broker refused at connect (its node was down): try again before using it.
+        # Still refused, the publish goes ahead and its mandatory flag reports what the broker does.
+        connection = self._connection
+        if queue not in self._undeclared or connection is None or connection.is_closed:
+            return
+        wanted = [q for q in topology.delay_plan(self.namespace, self.exchange).queues if q.name == queue]
+        await self._declare(connection, topology.Plan((), tuple(wanted)), False)
 
     async def close(self) -> None:
         """Close the channel and the connection."""
@@ -331,9 +382,12 @@ class Publisher:
         # Straight into our own delay queue (one copy, whatever other namespaces share the exchange),
         # through the delay exchange rather than the spec's default one: see wire.delay_exchange_name.
         # Mandatory, so a missing queue raises instead of dropping the message.
+        queue = wire.delay_queue_name(self.namespace, self.exchange, level)
+        if queue in self._undeclared:
+            await self._declare_if_refused(queue)
         await self._send(
             wire.delay_exchange_name(self.exchange),
-            wire.delay_queue_name(self.namespace, self.exchange, level),
+            queue,
             body,
             props,
             mandatory=True,
@@ -353,8 +407,11 @@ class Publisher:
         # never zero times), until reconnect_timeout runs out.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.reconnect_timeout
+        again = False
         while True:
             channel = await self._ready_channel(deadline)
+            if again:
+                self.stats.resent += 1
             try:
                 await send(
                     channel,
@@ -370,6 +427,7 @@ class Publisher:
             except ConnectionFailed:
                 if not self._wanted or loop.time() >= deadline:
                     raise
+                again = True
                 await asyncio.sleep(0.1)
 
     async def _ready_channel(self, deadline: float) -> Channel:
@@ -378,22 +436,26 @@ class Publisher:
             return channel
         if not self._wanted:
             raise ConnectionFailed(f"{self!r} is not connected: use `async with` or call connect() first")
-        loop = asyncio.get_running_loop()
-        async with self._reconnecting:
-            pause = 0.2
-            while self._channel is None or self._channel.is_closed:
-                try:
-                    await self._open()
-                except ConnectionFailed as exc:
-                    if loop.time() + pause >= deadline:
-                        raise ConnectionFailed(
-                            f"{self!r} lost its connection to RabbitMQ and could not reconnect within "
-                            f"{self.reconnect_timeout:g} s: {exc}"
-                        ) from exc
-                    log.warning("publisher reconnecting to %s: %s", redact_url(self.url), exc)
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 2.0)
-            return self._channel
+        last: BaseException | None = None
+        try:
+            # The whole wait is bounded, including the wait for another caller's reconnect attempt.
+            async with asyncio.timeout_at(deadline):
+                async with self._reconnecting:
+                    pause = 0.2
+                    while self._channel is None or self._channel.is_closed:
+                        try:
+                            await self._open()
+                        except ConnectionFailed as exc:
+                            last = exc
+                            log.warning("publisher reconnecting to %s: %s", redact_url(self.url), exc)
+                            await asyncio.sleep(pause)
+                            pause = min(pause * 2, 2.0)
+                    return self._channel
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"{self!r} lost its connection to RabbitMQ and could not reconnect within "
+                f"{self.reconnect_timeout:g} s: {last or 'another reconnect attempt was still under way'}"
+            ) from last
 
 
 __all__ = ["Publisher", "PublishError", "encode", "properties", "send"]

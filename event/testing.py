@@ -360,6 +360,10 @@ class _Channel:
         self.unacked: dict[int, tuple[_Queue, _Message]] = {}
         self.next_tag = 1
         self.closed = False
+        # As aiormq's channel: resolved when it closes, and the broker-cancel callbacks (never called here).
+        self.closing: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.on_consumer_cancel_callbacks: set[Any] = set()
+        self.closing.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     @property
     def is_closed(self) -> bool:
@@ -376,6 +380,8 @@ class _Channel:
     def _fail(self, exc: amqp_errors.ChannelClosed) -> None:
         self.closed = True
         self._requeue_all()
+        if not self.closing.done():
+            self.closing.set_exception(exc)
         raise exc
 
     def _open(self) -> None:
@@ -547,6 +553,8 @@ class _Channel:
         if not self.closed:
             self.closed = True
             self._requeue_all()
+        if not self.closing.done():
+            self.closing.set_result(None)
 
     def _requeue_all(self) -> None:
         for queue in self.broker.queues.values():

@@ -2,12 +2,15 @@
 
 The plan is data, so ``event topology`` can print it and compare it with the broker, and the pool
 declares exactly what it prints. A failed declare closes the channel it was sent on, so a mismatch is
-fatal for that channel: callers treat :class:`TopologyMismatch` as a configuration error.
+fatal for that channel: callers treat :class:`TopologyMismatch` as a configuration error. Every other
+refusal (a classic queue whose home node is down answers NOT_FOUND, a queue process being restarted)
+is raised as :class:`ConnectionFailed` naming the queue and the broker's words: it may pass, so callers
+retry it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +18,12 @@ from aiormq import exceptions as amqp_errors
 
 from event import wire
 from event.connection import Channel
-from event.errors import ConfigurationError, TopologyMismatch
+from event.errors import ConfigurationError, ConnectionFailed, EventError, TopologyMismatch
 from event.management import ManagementApi
+
+# What the broker (or the client, about a closed channel or connection) raises when a declare cannot be
+# carried out now; not a statement about our configuration.
+_TRANSIENT = (amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, ConnectionError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -98,13 +105,38 @@ def pool_plan(
 
 
 async def declare(channel: Channel, plan: Plan) -> None:
-    """Declare every exchange, queue and binding of ``plan``."""
+    """Declare every exchange, queue and binding of ``plan``; the first refusal raises (see above)."""
     for exchange in plan.exchanges:
         await declare_exchange(channel, exchange)
     for queue in plan.queues:
         await declare_queue(channel, queue)
-        for source, key in queue.bindings:
-            await channel.queue_bind(queue=queue.name, exchange=source, routing_key=key)
+
+
+async def declare_each(open_channel: Callable[[], Awaitable[Channel]], plan: Plan) -> dict[str, EventError]:
+    """Declare what can be declared of ``plan``; the refusals, by exchange or queue name (empty: all done).
+
+    A refusal closes its channel, so the next queue is declared on a fresh one from ``open_channel``.
+    Exchanges come first and a refused exchange ends the attempt (its queues' bindings would fail too).
+    """
+    refused: dict[str, EventError] = {}
+    channel = await open_channel()
+    try:
+        for exchange in plan.exchanges:
+            try:
+                await declare_exchange(channel, exchange)
+            except EventError as exc:
+                return {exchange.name: exc}
+        for queue in plan.queues:
+            if channel.is_closed:
+                channel = await open_channel()
+            try:
+                await declare_queue(channel, queue)
+            except EventError as exc:
+                refused[queue.name] = exc
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return refused
 
 
 async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
@@ -119,10 +151,16 @@ async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
             f"(type {exchange.kind}, durable, no arguments); the broker says: {_reply(exc)}. "
             f"Use another exchange name or delete the old exchange."
         ) from exc
+    except amqp_errors.ChannelAccessRefused as exc:
+        raise ConfigurationError(
+            f"the broker refused to declare exchange {exchange.name!r}: {_reply(exc)}"
+        ) from exc
+    except _TRANSIENT as exc:
+        raise ConnectionFailed(f"could not declare exchange {exchange.name!r}: {_reply(exc)}") from exc
 
 
 async def declare_queue(channel: Channel, queue: Queue) -> None:
-    """A durable, non-exclusive, non-auto-delete queue with exactly its arguments."""
+    """A durable, non-exclusive, non-auto-delete queue with exactly its arguments, and its bindings."""
     try:
         await channel.queue_declare(
             queue=queue.name,
@@ -141,6 +179,19 @@ async def declare_queue(channel: Channel, queue: Queue) -> None:
         raise ConfigurationError(
             f"the broker refused to declare {queue.role} {queue.name!r}: {_reply(exc)}"
         ) from exc
+    except _TRANSIENT as exc:
+        raise ConnectionFailed(f"could not declare {queue.role} {queue.name!r}: {_reply(exc)}") from exc
+    for source, key in queue.bindings:
+        try:
+            await channel.queue_bind(queue=queue.name, exchange=source, routing_key=key)
+        except amqp_errors.ChannelAccessRefused as exc:
+            raise ConfigurationError(
+                f"the broker refused to bind {queue.role} {queue.name!r} to {source!r}: {_reply(exc)}"
+            ) from exc
+        except _TRANSIENT as exc:
+            raise ConnectionFailed(
+                f"could not bind {queue.role} {queue.name!r} to {source!r} with {key!r}: {_reply(exc)}"
+            ) from exc
 
 
 async def differences(plan: Plan, api: ManagementApi) -> list[str]:

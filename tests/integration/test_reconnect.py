@@ -1,13 +1,18 @@
-"""A pool whose connection is closed by the broker reconnects, redeclares, and loses nothing."""
+"""A pool whose connection closes reconnects, redeclares, loses nothing; a refused declare never ends it."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support import Isolation, Management, eventually
 
-from event import Message, Publisher, WorkerPool
+from event import Message, Publisher, WorkerPool, wire
+from event.connection import connect, rotated
 
 
 async def test_pool_reconnects_after_the_broker_closes_its_connection(
@@ -79,3 +84,69 @@ async def test_publisher_gives_up_after_its_reconnect_timeout(amqp_url: str, iso
         else:
             raise AssertionError("a publish without a broker returned")
         assert clock.monotonic() - started < 5
+
+
+async def test_a_declare_refused_while_reconnecting_keeps_the_pool_running_and_not_ready(
+    pool_kwargs: dict[str, Any],
+    iso: Isolation,
+    management: Management,
+    probe: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = f"worker-{iso.namespace}"
+    pool = WorkerPool(**pool_kwargs, name=name)
+    handled: list[int] = []
+
+    @pool.consumer("app.work")
+    async def work(ctx: object, msg: Message[Any]) -> None:
+        handled.append(msg.body["n"])
+
+    delay_queue = wire.delay_queue_name(iso.namespace, iso.exchange, 5)
+    task = asyncio.create_task(pool.run(install_signal_handlers=False))
+    async with Publisher(**pool_kwargs) as publisher:
+        await pool.wait_until_ready()
+        # Another client takes a delay queue with other arguments: every redeclare of it is refused.
+        channel = await probe.channel()
+        await channel.queue_delete(delay_queue)
+        await channel.queue_declare(delay_queue, durable=True, arguments={"x-max-length": 3})
+        await eventually(lambda: management.close_connections(name) == 1, timeout=15, interval=0.5)
+        await eventually(
+            lambda: "declared the shared" in caplog.text or "already exists" in caplog.text, timeout=15
+        )
+        await asyncio.sleep(2)
+        assert not task.done()  # run() goes on
+        assert not pool.ready
+        refused = [r.getMessage() for r in caplog.records if delay_queue in r.getMessage()]
+        assert refused and "127.0.0.1" in refused[-1]  # which queue, which node
+        await publisher.publish("app.work", {"n": 1})  # consumers whose queues are fine still consume
+        await eventually(lambda: handled == [1], timeout=10)
+        await channel.queue_delete(delay_queue)  # the way out: the pool declares its own again
+        await eventually(lambda: pool.ready, timeout=15)
+    pool.stop()
+    await task
+
+
+async def test_a_pool_given_several_nodes_reaches_the_one_that_answers(
+    pool_kwargs: dict[str, Any], iso: Isolation, amqp_url: str
+) -> None:
+    dead = "amqp://guest:guest@127.0.0.1:1/"
+    for start in (0, 1):
+        connection = await connect(f"{dead},{amqp_url}", name=f"probe-{iso.namespace}", start=start)
+        assert str(connection.url).startswith(amqp_url.rstrip("/"))
+        await connection.close()
+    pool = WorkerPool(**{**pool_kwargs, "url": [dead, amqp_url]})
+
+    @pool.consumer("app.work")
+    async def work(ctx: object, msg: Message[Any]) -> None:
+        pass
+
+    async with pool.running():
+        assert pool.ready
+
+
+@given(st.lists(st.text(min_size=1), min_size=1, max_size=6, unique=True), st.integers(0, 100))
+def test_nodes_are_tried_from_the_start_node_round_the_list(urls: list[str], start: int) -> None:
+    order = rotated(urls, start % len(urls))
+    assert sorted(order) == sorted(urls)  # each once
+    assert order[0] == urls[start % len(urls)]
+    assert all(urls[(urls.index(a) + 1) % len(urls)] == b for a, b in itertools.pairwise(order))
