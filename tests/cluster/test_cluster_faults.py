@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ class Stream:
     confirmed: set[int] = field(default_factory=set)
     sent: int = 0
     hit: str = ""  # the node the fault hit, and what it held
+    refused: Counter[str] = field(default_factory=Counter)  # publishes that raised, by error
     times: list[float] = field(default_factory=list)  # when each handling ended (monotonic)
     struck_at: float = 0.0
 
@@ -139,14 +141,16 @@ async def publish_stream(
     async with publisher:
 
         async def one(n: int) -> None:
+            delayed = case.in_flight and n % EVERY_NTH == 2
             try:
-                if case.in_flight and n % EVERY_NTH == 2:
+                if delayed:
                     await publisher.publish_in(5, "cluster.job", {"id": n}, message_id=f"m-{n}")
                 else:
                     await publisher.publish("cluster.job", {"id": n}, message_id=f"m-{n}")
                 stream.confirmed.add(n)
-            except Exception:
-                pass  # not confirmed: it may or may not be stored; it does not count as lost
+            except Exception as exc:  # not confirmed: maybe stored, maybe not; not counted as lost
+                how = "publish_in" if delayed else "publish"
+                stream.refused[f"{how}: {type(exc).__name__}: {str(exc)[:160]}"] += 1
             if len(stream.confirmed) >= STREAM * case.at and not struck.is_set():
                 struck.set()
 
@@ -214,6 +218,13 @@ async def run_case(title: str, case: Case, cluster: Cluster, iso: Isolation) -> 
             f"node {stream.hit}; longest pause {stream.longest_pause(ended):.1f} s; "
             f"{pool.stats.reconnects} reconnect(s); {len(stream.retried)} retried"
         )
+        twice = Counter(n for n, _ in stream.handlings)
+        if retried_twice := sum(1 for n in stream.retried if twice[n] > 1):
+            # Its retry copy was stored, then the original's ack was lost: the redelivered original
+            # failed again and made a second copy; neither copy carries the redelivered flag.
+            note += f"; {retried_twice} of the duplicates are retried messages"
+        if stream.refused:
+            note += f"; refused: {dict(stream.refused)}"
         if died:
             note += f"; pool.run() ended: {running.exception()!r}"
         line = row.line().rstrip("\n") + f" {note} |\n"
@@ -221,6 +232,8 @@ async def run_case(title: str, case: Case, cluster: Cluster, iso: Isolation) -> 
         await asyncio.to_thread(append_line, REPORT, line)
         assert not died, f"the pool did not ride the fault: {running.exception()!r}"
         assert row.lost == 0, row
+        # Publishing (publish_in too) goes on while a node is down: the publisher waits and re-sends.
+        assert row.confirmed == row.sent, dict(stream.refused)
         assert row.republished_duplicates <= republished, row  # only messages the publisher re-sent
         return row
     finally:
