@@ -41,6 +41,7 @@ class Stream:
     confirmed: set[int] = field(default_factory=set)
     sent: int = 0
     hit: str = ""  # the node the fault hit, and what it held
+    publisher_node: str = ""  # the publisher's node when the fault struck
     refused: Counter[str] = field(default_factory=Counter)  # publishes that raised, by error
     times: list[float] = field(default_factory=list)  # when each handling ended (monotonic)
     struck_at: float = 0.0
@@ -192,10 +193,8 @@ async def run_case(title: str, case: Case, cluster: Cluster, iso: Isolation) -> 
         assert cluster.home_of(queue) == pool_node  # declared through it: the leader is there
 
         async def strike(publisher_name: str) -> None:
-            if case.target == "pool":
-                node = pool_node
-            else:
-                node = await node_of(cluster, publisher_name)
+            stream.publisher_node = await node_of(cluster, publisher_name)
+            node = pool_node if case.target == "pool" else stream.publisher_node
             stream.hit = node + (
                 " (the pool's too)" if case.target == "publisher" and node == pool_node else ""
             )
@@ -215,7 +214,8 @@ async def run_case(title: str, case: Case, cluster: Cluster, iso: Isolation) -> 
         died = running.done()
         row = replace(tally(title, stream.sent, stream.confirmed, stream.handlings), fault=title)
         note = (
-            f"node {stream.hit}; longest pause {stream.longest_pause(ended):.1f} s; "
+            f"node {stream.hit}; publisher on {stream.publisher_node}; "
+            f"longest pause {stream.longest_pause(ended):.1f} s; "
             f"{pool.stats.reconnects} reconnect(s); {len(stream.retried)} retried"
         )
         twice = Counter(n for n, _ in stream.handlings)
