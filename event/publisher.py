@@ -49,6 +49,8 @@ from event.metrics import PublishStats
 
 log = logging.getLogger("event.publisher")
 
+NACK_PAUSES_S = (0.1, 0.5, 1.0, 2.0)  # before each re-send of a nacked publish on a fresh channel
+
 # RabbitMQ 4.x refuses a message whose body is larger than its max_message_size, 16 MiB unless configured,
 # and closes the channel for it: every publish in flight on that channel would fail with it.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -452,6 +454,7 @@ class Publisher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.reconnect_timeout
         again = False
+        nacks = 0
         while True:
             channel = await self._ready_channel(deadline)
             if again:
@@ -473,6 +476,28 @@ class Publisher:
                     raise
                 again = True
                 await asyncio.sleep(0.1)
+            except PublishNacked:
+                # Not stored: after a node's death RabbitMQ 3.10 nacks everything a channel publishes to a
+                # quorum queue still electing its leader, while a new channel is acked at once (seen on a
+                # three-node cluster). A few tries on a fresh channel; a full queue nacks them all too.
+                if nacks >= len(NACK_PAUSES_S) or not self._wanted or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(NACK_PAUSES_S[nacks])
+                nacks += 1
+                again = True
+                await self._fresh_channel(channel)
+
+    async def _fresh_channel(self, nacked: Channel) -> None:
+        # Once, however many publishes the old channel nacked; those still in flight on it are re-sent.
+        async with self._reconnecting:
+            connection = self._connection
+            if self._channel is not nacked or connection is None or connection.is_closed:
+                return
+            try:
+                self._channel = await open_channel(connection, confirms=True)
+            except ConnectionFailed:
+                return  # the connection is going: the reconnect path takes over
+        await close_quietly(nacked)
 
     async def _ready_channel(self, deadline: float) -> Channel:
         channel = self._channel

@@ -15,7 +15,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,52 @@ class Probe:
     async def close(self) -> None:
         if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
+
+
+@dataclass
+class Row:
+    """One row of a fault table: what a counted stream sent, what the broker confirmed, what was handled.
+
+    A duplicate is *redelivered* when one of its handlings carried the redelivered flag (the fault caught
+    it in flight, before its ack reached the broker) and *republished* otherwise (the publisher sent it
+    again after losing the confirm). ``lost`` counts confirmed messages never handled: it must be 0.
+    """
+
+    fault: str
+    sent: int
+    confirmed: int
+    handled: int
+    redelivered_duplicates: int
+    republished_duplicates: int
+    lost: int
+    poison_dead: int = 0
+
+    def line(self) -> str:
+        """The row as a line of the Markdown fault table."""
+        return (
+            f"| {self.fault} | {self.sent} | {self.confirmed} | {self.handled} | "
+            f"{self.redelivered_duplicates} + {self.republished_duplicates} | {self.lost} |\n"
+        )
+
+
+def tally(fault: str, sent: int, confirmed: set[int], handlings: Iterable[tuple[int, bool]]) -> Row:
+    """The fault-table row of a stream: ``handlings`` are (message number, redelivered flag) pairs."""
+    seen = list(handlings)
+    counts = Counter(n for n, _ in seen)
+    redelivered = {n for n, again in seen if again}
+    duplicates = {n for n, c in counts.items() if c > 1}
+    return Row(
+        fault=fault,
+        sent=sent,
+        confirmed=len(confirmed),
+        handled=len(counts),
+        redelivered_duplicates=len(duplicates & redelivered),
+        republished_duplicates=len(duplicates - redelivered),
+        lost=len(confirmed - set(counts)),
+    )
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` to a report file (blocking: call it through ``asyncio.to_thread``)."""
+    with path.open("a") as report:
+        report.write(line)

@@ -13,14 +13,23 @@ import os
 import signal
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DEFAULT_URL, Isolation, Probe, broker_answers, eventually, rabbitmqctl_command
+from support import (
+    DEFAULT_URL,
+    Isolation,
+    Probe,
+    Row,
+    append_line,
+    broker_answers,
+    eventually,
+    rabbitmqctl_command,
+    tally,
+)
 
 from event import Publisher, wire
 
@@ -33,18 +42,6 @@ def rabbitmqctl(*args: str) -> None:
     """``rabbitmqctl`` against the broker under test ($RABBITMQCTL), never another one on the machine."""
     command = rabbitmqctl_command(os.environ.get("AMQP_URL") or DEFAULT_URL)
     subprocess.run([*command, *args], check=True, capture_output=True, timeout=120)
-
-
-@dataclass
-class Row:
-    fault: str
-    sent: int
-    confirmed: int
-    handled: int
-    redelivered_duplicates: int
-    republished_duplicates: int
-    lost: int
-    poison_dead: int = 0
 
 
 class Worker:
@@ -168,34 +165,20 @@ async def run_stream(
     await eventually(all_handled, timeout=90, interval=0.5)
     await asyncio.sleep(1)  # late duplicates would show up now
     assert await worker.stop() == 0
-    handlings = read_journal(journal)
-    counts = Counter(n for n, _ in handlings)
-    redelivered = {n for n, again in handlings if again}
-    duplicates = {n for n, c in counts.items() if c > 1}
     dead = await probe.take_all(wire.dead_queue_name(iso.namespace, iso.exchange)) if poison else []
-    row = Row(
-        fault=fault,
-        sent=sent + poisoned,
-        confirmed=len(confirmed) + poisoned,
-        handled=len(counts) + len(dead),
-        redelivered_duplicates=len(duplicates & redelivered),
-        republished_duplicates=len(duplicates - redelivered),
-        lost=len(confirmed - set(counts)) + (poisoned - len(dead)),
+    row = tally(fault, sent, confirmed, read_journal(journal))
+    row = replace(
+        row,
+        sent=row.sent + poisoned,
+        confirmed=row.confirmed + poisoned,
+        handled=row.handled + len(dead),
+        lost=row.lost + (poisoned - len(dead)),
         poison_dead=len(dead),
     )
-    line = (
-        f"| {row.fault} | {row.sent} | {row.confirmed} | {row.handled} | "
-        f"{row.redelivered_duplicates} + {row.republished_duplicates} | {row.lost} |\n"
-    )
-    await asyncio.to_thread(_append, REPORT, line)
+    await asyncio.to_thread(append_line, REPORT, row.line())
     assert row.lost == 0, row
     assert row.republished_duplicates <= republish_attempts, row  # only messages the publisher re-sent
     return row
-
-
-def _append(path: Path, line: str) -> None:
-    with path.open("a") as report:
-        report.write(line)
 
 
 async def no_fault(worker: Worker) -> None:
