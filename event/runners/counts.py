@@ -14,7 +14,8 @@ class OutcomeCounts(Collector):
     """What the runners of one pool saw, by consumer queue and outcome, as one counter.
 
     Outcomes are bounded: ``"200"``, ``"503"`` (HTTP statuses), ``"exit 0"``, ``"signal 9"``, and the
-    words ``"timeout"``, ``"unreachable"`` and ``"bad args"``. Counting is a dict add on the event loop;
+    words ``"timeout"``, ``"unreachable"``, ``"held back"`` (not sent: the app was found down a moment
+    ago) and ``"bad args"``. Counting is a dict add on the event loop;
     the metric family is built at scrape time, as the pool's own collector does.
     """
 

@@ -160,7 +160,7 @@ class HttpProxy:
         where = f"POST {redact_url(url)}"
         loop = asyncio.get_running_loop()
         if loop.time() < self._down_until:
-            self.counts.count(msg.queue, "unreachable")
+            self.counts.count(msg.queue, "held back")
             left = self._down_until - loop.time()
             raise AppUnreachable(f"{where} not tried: the app is unreachable ({self._down_because}); "
                                  f"next try in {left:.1f} s")  # fmt: skip
