@@ -133,7 +133,10 @@ def _runners_pool(args: argparse.Namespace) -> files.Runners:
 
 
 def _consumer_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {"queue": args.queue, "prefetch": args.prefetch, "retries": args.retries}
+    # Acks go out for the finished prefix of deliveries: a prefetch well above the concurrency keeps
+    # every slot busy while one slow request holds the prefix back.
+    prefetch = args.prefetch if args.prefetch is not None else min(65535, max(50, 4 * args.concurrency))
+    options = {"queue": args.queue, "prefetch": prefetch, "retries": args.retries}
     return {k: v for k, v in options.items() if v is not None} | (
         {"timeout": args.timeout} if args.timeout is not None else {}
     )
@@ -402,7 +405,9 @@ def _runner_options(parser: argparse.ArgumentParser) -> None:
     _broker_options(parser)
     parser.add_argument("--queue", help="the queue's name (default: the first routing key)")
     parser.add_argument("--concurrency", type=int, default=100, help="requests or commands at once (100)")
-    parser.add_argument("--prefetch", type=int, help="unacked messages the broker sends (default: 50)")
+    parser.add_argument(
+        "--prefetch", type=int, help="unacked messages the broker sends (default: 4 x concurrency)"
+    )
     parser.add_argument("--timeout", type=float, help="seconds per message (default: 30 proxy, 60 exec)")
     parser.add_argument("--retries", type=int, help="retries before the dead queue (default: 3)")
     parser.add_argument(

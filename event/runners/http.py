@@ -45,6 +45,7 @@ KEEP_BYTES = 64 * 1024  # of any response body kept in memory; the rest is read 
 # an app that is down gets one request per pause from this worker, not one per message.
 OUTAGE_PAUSES_S = (0.5, 10.0)
 ROUTING_KEY_FIELD = "{routing_key}"
+URL_CACHE = 1000  # URLs per routing key remembered (routing keys are the application's few names)
 _SECONDS = re.compile(r"[0-9]+")
 
 ProxyHandler = Callable[[Any, Message[Any]], Awaitable[None]]
@@ -133,6 +134,8 @@ class HttpProxy:
                 raise ConfigurationError(f"proxy header {name!r}: {value!r} is not a valid HTTP header")
         self.counts = counts or OutcomeCounts()
         self.clock = clock
+        self._timeout = aiohttp.ClientTimeout(total=self.timeout)
+        self._urls: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._pause_s = OUTAGE_PAUSES_S[0]
@@ -154,16 +157,21 @@ class HttpProxy:
         """The URL a message with ``routing_key`` is POSTed to."""
         return self.url.replace(ROUTING_KEY_FIELD, quote(routing_key, safe=""))
 
+    def _remember_url(self, routing_key: str) -> str:
+        url = self.url_for(routing_key)
+        if len(self._urls) < URL_CACHE:
+            self._urls[routing_key] = url
+        return url
+
     async def send(self, msg: Message[Any]) -> None:
         """POST ``msg`` and return on 2xx; raise what the answer means otherwise (see the module)."""
-        url = self.url_for(msg.routing_key)
-        where = f"POST {redact_url(url)}"
+        url = self._urls.get(msg.routing_key) or self._remember_url(msg.routing_key)
         loop = asyncio.get_running_loop()
         if loop.time() < self._down_until:
             self.counts.count(msg.queue, "held back")
             left = self._down_until - loop.time()
-            raise AppUnreachable(f"{where} not tried: the app is unreachable ({self._down_because}); "
-                                 f"next try in {left:.1f} s")  # fmt: skip
+            raise AppUnreachable(f"POST {redact_url(url)} not tried: the app is unreachable "
+                                 f"({self._down_because}); next try in {left:.1f} s")  # fmt: skip
         headers = {
             "Content-Type": wire.CONTENT_TYPE,  # dispatch hands on JSON bodies only
             "X-Event-Routing-Key": msg.routing_key,
@@ -176,23 +184,28 @@ class HttpProxy:
         started = time.perf_counter()
         try:
             async with self._client(loop).post(
-                url, data=msg.raw, headers=headers, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            ) as response:  # fmt: skip
+                url, data=msg.raw, headers=headers, allow_redirects=False, timeout=self._timeout
+            ) as response:
                 status, retry_after = response.status, response.headers.get("Retry-After")
                 body = await _read_bounded(response)
         except TimeoutError as exc:
+            where = f"POST {redact_url(url)}"
             self.counts.count(msg.queue, "timeout")
             raise AppUnreachable(f"{where} gave no answer within {self.timeout:g} s") from exc
         except aiohttp.ClientConnectorError as exc:
+            where = f"POST {redact_url(url)}"
             self.counts.count(msg.queue, "unreachable")
             self._down(loop, str(exc))
             raise AppUnreachable(f"{where} could not connect: {exc}") from exc
         except aiohttp.ClientError as exc:
+            where = f"POST {redact_url(url)}"
             self.counts.count(msg.queue, "unreachable")
             raise AppUnreachable(f"{where} failed: {type(exc).__name__}: {exc}") from exc
         self._pause_s, self._down_until = OUTAGE_PAUSES_S[0], 0.0
         self.counts.count(msg.queue, str(status))
+        if 200 <= status < 300:  # the common case, kept cheap: no log record, no clock
+            return
+        where = f"POST {redact_url(url)}"
         log.debug("%s for message %s: %d in %.3f s, body %s", where, msg.message_id, status,
                   time.perf_counter() - started, preview(body))  # fmt: skip
         outcome = judge(status, retry_after, body, where, datetime.fromtimestamp(self.clock(), UTC))
