@@ -1,8 +1,9 @@
 """The proxy benchmark of issue 17: `event proxy` against a plain async HTTP client loop, in one run.
 
-    python benches/proxy.py [--jobs N] [--concurrency C] [--rounds R] [--json]
+    python benches/proxy.py [--jobs N] [--concurrency C] [--rounds R] [--app-ms MS] [--json]
 
-A minimal keep-alive HTTP app (aiohttp's server, in a process of its own) answers 200 to every POST.
+A minimal keep-alive HTTP app (aiohttp's server, in a process of its own) answers 200 to every POST,
+at once or (``--app-ms``) after that long, standing for an app's own work.
 In rotating turns, on the same app:
 
 - **event**: a WorkerPool with one ``pool.proxy(...)`` consumer, ``concurrency=C``, draining a queue
@@ -37,11 +38,15 @@ from event.publisher import properties
 
 PREFETCH_PER_SLOT = 4  # what `event proxy` chooses when --prefetch is not given
 APP = """
-import sys
+import asyncio, sys
 from aiohttp import web
+
+PAUSE = float(sys.argv[2])
 
 async def job(request):
     await request.read()
+    if PAUSE:
+        await asyncio.sleep(PAUSE)
     return web.Response(text="ok")
 
 app = web.Application()
@@ -57,9 +62,9 @@ def free_port() -> int:
         return port
 
 
-async def start_app() -> tuple[asyncio.subprocess.Process, str]:
+async def start_app(pause_s: float) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
-    app = await asyncio.create_subprocess_exec(sys.executable, "-c", APP, str(port))
+    app = await asyncio.create_subprocess_exec(sys.executable, "-c", APP, str(port), str(pause_s))
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -150,10 +155,10 @@ async def cleanup(amqp_url: str, namespace: str) -> None:
     await connection.close()
 
 
-async def run(jobs: int, concurrency: int, rounds: int) -> dict[str, Any]:
+async def run(jobs: int, concurrency: int, rounds: int, app_ms: float = 0.0) -> dict[str, Any]:
     amqp_url = resolve_url(None)
     namespace = f"benchproxy{uuid.uuid4().hex[:8]}"
-    app, url = await start_app()
+    app, url = await start_app(app_ms / 1000)
     seconds = {"event": 0.0, "baseline": 0.0}
     cpu = {"event": 0.0, "baseline": 0.0}  # this process's CPU time, steadier than the wall clock
     try:
@@ -176,6 +181,7 @@ async def run(jobs: int, concurrency: int, rounds: int) -> dict[str, Any]:
         "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "jobs": done,
         "concurrency": concurrency,
+        "app_ms": app_ms,
         "event_jobs_per_s": done / seconds["event"],
         "baseline_jobs_per_s": done / seconds["baseline"],
         "ratio": seconds["baseline"] / seconds["event"],
@@ -189,20 +195,23 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=20_000, help="requests per contestant (default: 20000)")
     parser.add_argument("--concurrency", type=int, default=50, help="requests in flight (default: 50)")
     parser.add_argument("--rounds", type=int, default=10, help="turns each contestant takes (default: 10)")
+    parser.add_argument(
+        "--app-ms", type=float, default=0.0, help="the app's own time per request (default: 0)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("EVENT_LOG_LEVEL", "WARNING").upper())
     try:  # both contestants run on the loop `event` itself picks: uvloop when installed
         import uvloop
 
-        result = uvloop.run(run(args.jobs, args.concurrency, args.rounds))
+        result = uvloop.run(run(args.jobs, args.concurrency, args.rounds, args.app_ms))
     except ImportError:
-        result = asyncio.run(run(args.jobs, args.concurrency, args.rounds))
+        result = asyncio.run(run(args.jobs, args.concurrency, args.rounds, args.app_ms))
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{result['jobs']} POSTs at concurrency {args.concurrency} to a keep-alive aiohttp app, "
-          f"loop: {result['loop']}")  # fmt: skip
+    print(f"{result['jobs']} POSTs at concurrency {args.concurrency} to a keep-alive aiohttp app taking "
+          f"{args.app_ms:g} ms, loop: {result['loop']}")  # fmt: skip
     print(f"  event proxy   {result['event_jobs_per_s']:8.0f} jobs/s")
     print(f"  client loop   {result['baseline_jobs_per_s']:8.0f} requests/s   ratio {result['ratio']:.2f}")
     print(f"  CPU per job   {result['event_cpu_us_per_job']:8.0f} us (event), "
