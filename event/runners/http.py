@@ -235,6 +235,9 @@ class HttpProxy:
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
     # Read to the end, so the connection can be reused, but keep only the first KEEP_BYTES.
+    length = response.content_length
+    if length is not None and length <= KEEP_BYTES:
+        return await response.read()  # the common case: a short answer of a known length
     kept = bytearray()
     async for chunk in response.content.iter_any():
         if len(kept) < KEEP_BYTES:
