@@ -28,6 +28,7 @@ from event.management import ManagementApi, configured_base
 from event.metrics import exposition
 from event.pool import WorkerPool
 from event.publisher import Publisher, delay_seconds, seconds_until
+from event.runners import files
 from event.supervisor import Supervisor, free_ports, process_count, worker_argv
 
 EXIT_OK = 0
@@ -67,11 +68,23 @@ def load_pool(path: str) -> WorkerPool:
 
 
 async def _worker(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        if args.pool is not None or args.processes != 1:
+            raise ConfigurationError("--config runs the workers of its file: give no pool, nor --processes")
+        return await _run_runners(files.load(args.config), args)
+    if args.pool is None:
+        raise ConfigurationError("give the pool to run (package.module:pool) or --config FILE")
     pool = load_pool(args.pool)  # in the supervisor too: a bad path fails once, not in every child
     if args.metrics_port is not None:
         check_count("--metrics-port", args.metrics_port, minimum=0, maximum=65535)
     if args.processes != 1:
         return await _supervise(args)
+    return await _run_pool(pool, args)
+
+
+async def _run_pool(pool: WorkerPool, args: argparse.Namespace) -> int:
+    if args.metrics_port is not None:
+        check_count("--metrics-port", args.metrics_port, minimum=0, maximum=65535)
     if args.grace is not None:
         pool.grace = check_seconds("--grace", args.grace)
     server = None
@@ -107,6 +120,58 @@ async def _supervise(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
+
+
+# --- proxy and exec: runners (event.runners) ----------------------------------------------------------------
+
+
+async def _run_runners(runners: files.Runners, args: argparse.Namespace) -> int:
+    try:
+        return await _run_pool(runners.pool, args)
+    finally:
+        await runners.close()
+
+
+def _runners_pool(args: argparse.Namespace) -> files.Runners:
+    return files.hooked_pool(args.on_dead, url=args.url, namespace=args.namespace, exchange=args.exchange,
+                             concurrency=check_count("--concurrency", args.concurrency))  # fmt: skip
+
+
+def _consumer_options(args: argparse.Namespace) -> dict[str, Any]:
+    # Acks go out for the finished prefix of deliveries: a prefetch well above the concurrency keeps
+    # every slot busy while one slow request holds the prefix back.
+    prefetch = args.prefetch if args.prefetch is not None else min(65535, max(50, 4 * args.concurrency))
+    options = {"queue": args.queue, "prefetch": prefetch, "retries": args.retries}
+    return {k: v for k, v in options.items() if v is not None} | (
+        {"timeout": args.timeout} if args.timeout is not None else {}
+    )
+
+
+async def _proxy(args: argparse.Namespace) -> int:
+    headers: dict[str, str] = {}
+    for item in args.header or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ConfigurationError(f"--header {item!r} must look like 'Name: value'")
+        headers[name.strip()] = value.strip()
+    runners = _runners_pool(args)
+    proxy = runners.pool.proxy(*args.routing_keys, to=args.to, headers=headers, **_consumer_options(args))
+    runners.closers.insert(0, proxy.close)
+    return await _run_runners(runners, args)
+
+
+async def _exec(args: argparse.Namespace) -> int:
+    words = list(args.words)
+    if "--" not in words:
+        raise ConfigurationError("give the command after --: event exec ROUTING_KEY... -- COMMAND [ARG...]")
+    split = words.index("--")
+    before, command = words[:split], words[split + 1 :]
+    args = _exec_keys_parser().parse_args(before, namespace=args)  # options after keys
+    if not args.routing_keys or not command:
+        raise ConfigurationError("event exec needs a routing key before -- and a command after it")
+    runners = _runners_pool(args)
+    runners.pool.command(*args.routing_keys, argv=command, **_consumer_options(args))
+    return await _run_runners(runners, args)
 
 
 # --- publish -----------------------------------------------------------------------------------------------
@@ -342,6 +407,31 @@ def _broker_options(parser: argparse.ArgumentParser, *, names: bool = True) -> N
         parser.add_argument("--exchange", default="hutch", help="the topic exchange (default: hutch)")
 
 
+def _runner_options(parser: argparse.ArgumentParser) -> None:
+    _broker_options(parser)
+    parser.add_argument("--queue", help="the queue's name (default: the first routing key)")
+    parser.add_argument("--concurrency", type=int, default=100, help="requests or commands at once (100)")
+    parser.add_argument(
+        "--prefetch", type=int, help="unacked messages the broker sends (default: 4 x concurrency)"
+    )
+    parser.add_argument("--timeout", type=float, help="seconds per message (default: 30 proxy, 60 exec)")
+    parser.add_argument("--retries", type=int, help="retries before the dead queue (default: 3)")
+    parser.add_argument(
+        "--on-dead", metavar="COMMAND|URL", help="told of each message sent to the dead queue"
+    )
+    parser.add_argument("--grace", type=float, help="seconds running messages get to finish at shutdown")
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address for --metrics-port")
+
+
+def _exec_keys_parser() -> argparse.ArgumentParser:
+    # event exec's words before "--": its routing keys, with any options among them.
+    parser = argparse.ArgumentParser(prog="event exec", argument_default=argparse.SUPPRESS)
+    _runner_options(parser)
+    parser.add_argument("routing_keys", nargs="+", metavar="ROUTING_KEY")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``event`` command."""
     parser = argparse.ArgumentParser(
@@ -356,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = commands.add_parser("worker", help="run a WorkerPool until SIGTERM/SIGINT")
-    worker.add_argument("pool", help="the pool to run, as package.module:attribute")
+    worker.add_argument("pool", nargs="?", help="the pool to run, as package.module:attribute")
+    worker.add_argument("--config", metavar="FILE", help="run the proxies and commands of this TOML file")
     worker.add_argument("--grace", type=float, help="seconds running handlers get to finish at shutdown")
     worker.add_argument(
         "--processes", type=int, default=1, help="worker processes (0: one per core; default: 1)"
@@ -366,6 +457,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-host", default="0.0.0.0", help="address for --metrics-port (default: 0.0.0.0)"
     )
     worker.set_defaults(run=_worker)
+
+    proxy = commands.add_parser("proxy", help="POST each message to an HTTP app (see docs/runners.md)")
+    proxy.add_argument("routing_keys", nargs="+", metavar="ROUTING_KEY")
+    proxy.add_argument("--to", required=True, metavar="URL", help="{routing_key} in it is filled in")
+    proxy.add_argument("--header", action="append", metavar="'NAME: VALUE'", help="added to every request")
+    _runner_options(proxy)
+    proxy.set_defaults(run=_proxy)
+    exec_cmd = commands.add_parser(
+        "exec", help="run a command per message: event exec ROUTING_KEY... [OPTION...] -- COMMAND [ARG...]"
+    )
+    _runner_options(exec_cmd)
+    exec_cmd.add_argument("words", nargs=argparse.REMAINDER, metavar="ROUTING_KEY... -- COMMAND [ARG...]")
+    exec_cmd.set_defaults(run=_exec)
 
     publish = commands.add_parser("publish", help="publish one event and wait for the broker's confirm")
     publish.add_argument("routing_key")

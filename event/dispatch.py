@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,6 +36,22 @@ log = logging.getLogger("event.dispatch")
 SendCopy = Callable[[str, str, bytes, spec.Basic.Properties], Awaitable[None]]
 
 REQUEUE_PAUSE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message just stored in the dead queue, as an ``on_dead`` callback is told of it."""
+
+    message_id: str | None
+    routing_key: str
+    queue: str
+    dead_queue: str
+    error: str
+    attempt: int
+
+
+# Called once the dead copy is confirmed; it must not block (it runs on the hot path, before the ack).
+OnDead = Callable[[DeadLetter], None]
 
 
 class HandlerAborted(Exception):
@@ -106,8 +123,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         stats: ConsumerStats | None = None,
         max_body_bytes: int = 0,
+        on_dead: OnDead | None = None,
     ) -> None:
         self.consumer = consumer
+        self.on_dead = on_dead
         self.namespace = namespace
         self.exchange = exchange
         self.clock = clock
@@ -409,15 +428,16 @@ class Dispatcher:
             type(error).__name__, error, decision.reason, self.dead_queue,
             exc_info=traceback, extra=context,
         )  # fmt: skip
+        error_text = wire.format_error(error)
         headers = wire.dead_headers(
             props.headers or {},
             routing_key=routing_key,
             queue=consumer.queue,
-            error=wire.format_error(error),
+            error=error_text,
             failed_at_ms=int(self.clock() * 1000),
             failures=failures,
         )
-        await self._settle_with_copy(
+        stored = await self._settle_with_copy(
             delivered,
             tag,
             acks,
@@ -427,6 +447,13 @@ class Dispatcher:
             "dead",
             routing_key,
         )
+        if stored and self.on_dead is not None:
+            letter = DeadLetter(props.message_id, routing_key, consumer.queue, self.dead_queue, error_text,
+                                failures + 1)  # fmt: skip
+            try:
+                self.on_dead(letter)
+            except Exception:  # a broken hook must not stop the worker; the message is stored already
+                log.exception("the on_dead callback failed for message %s", props.message_id)
 
     async def _park(
         self, delivered: DeliveredMessage, tag: int, acks: AckTracker, routing_key: str, seconds: float
@@ -461,8 +488,10 @@ class Dispatcher:
         what: str,
         outcome: str,
         routing_key: str,
-    ) -> None:
-        """Ack the delivery once its copy is confirmed at ``route`` (exchange, key); else hand it back."""
+    ) -> bool:
+        """Ack the delivery once its copy is confirmed at ``route`` (exchange, key); else hand it back.
+
+        Returns whether the copy was stored."""
         exchange, queue = route
         try:
             await self.send_copy(exchange, queue, delivered.body, props)
@@ -477,6 +506,7 @@ class Dispatcher:
             )
             await asyncio.sleep(REQUEUE_PAUSE_S)
             await acks.reject(tag)
-            return
+            return False
         self.stats.count(outcome, routing_key)
         await acks.ack(tag)
+        return True

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiormq import spec
@@ -42,15 +42,20 @@ from event.connection import (
 )
 from event.consumer import Consumer, Handler, define_consumer
 from event.cron import CronRunner, Schedule, define_schedule
-from event.dispatch import Dispatcher
+from event.dispatch import Dispatcher, OnDead
 from event.errors import ConfigurationError, ConnectionFailed, EventError, Unroutable
 from event.message import Context
 from event.metrics import ConsumerStats, PoolStats, registry_for
 from event.middleware import Middleware
 from event.publisher import properties, send
 from event.retry import DEFAULT_RETRIES, Backoff
+from event.runners.command import CommandRunner
+from event.runners.counts import OutcomeCounts
 from event.supervise import ConsumerSupervisor, backoff, broker_reason
 from event.topology import Plan
+
+if TYPE_CHECKING:
+    from event.runners.http import HttpProxy
 
 log = logging.getLogger("event.pool")
 
@@ -66,6 +71,10 @@ def _is_async(func: object) -> bool:
     return inspect.iscoroutinefunction(func)
 
 
+def _runner_queue(routing_keys: tuple[str, ...], queue: str | None) -> str | None:
+    return queue if queue is not None or not routing_keys else wire.runner_queue_name(routing_keys[0])
+
+
 class WorkerPool:
     """Consumers bound to a Hutch exchange, each with its own durable queue, run under shared limits.
 
@@ -76,7 +85,8 @@ class WorkerPool:
     consumer queues (those that do not choose) and the dead queue quorum queues, the choice for a
     cluster; the delay queues keep hutch-schedule's exact arguments so Ruby services can share them.
     ``url`` may list several nodes of a cluster (a list, or comma-separated): every connect and
-    reconnect starts at a random one and tries the others in turn.
+    reconnect starts at a random one and tries the others in turn. ``on_dead`` is called (it must not
+    block: see :class:`event.runners.hooks.DeadHook`) with each message stored in the dead queue.
 
     A consumer that the broker cancels, or whose channel it closes, is declared again and consumes
     again on a new channel (see :mod:`event.supervise`); while any consumer is not consuming, or the
@@ -99,8 +109,10 @@ class WorkerPool:
         clock: Callable[[], float] = time.time,
         max_body_bytes: int = 0,
         queue_type: str | None = None,
+        on_dead: OnDead | None = None,
     ) -> None:
         self.url = resolve_url(url)
+        self.on_dead = on_dead  # told of each message once it is stored in the dead queue
         self.namespace = namespace
         self.exchange = check_name("exchange", exchange)
         self.concurrency = check_count("concurrency", concurrency)
@@ -134,6 +146,7 @@ class WorkerPool:
         self._cron_task: asyncio.Task[None] | None = None
         self.stats = PoolStats(concurrency=self.concurrency)
         self.registry = registry_for(self.stats)  # the pool's own: serve it with event.http or your app
+        self._runner_counts: OutcomeCounts | None = None
 
     def __repr__(self) -> str:
         return (
@@ -213,6 +226,47 @@ class WorkerPool:
             return handler
 
         return register
+
+    def proxy(
+        self, *routing_keys: str, to: str, timeout: float = 30.0, headers: Mapping[str, str] | None = None,
+        queue: str | None = None, **consumer_options: Any,
+    ) -> HttpProxy:  # fmt: skip
+        """Consume ``routing_keys`` by POSTing each body to the URL ``to`` (see :mod:`event.runners.http`).
+
+        ``queue`` defaults to the first routing key (wildcards spelled ``any``/``all``);
+        ``consumer_options`` are those of :meth:`consumer`. Close the returned proxy after :meth:`run`.
+        """
+        try:
+            from event.runners.http import HttpProxy
+        except ImportError as exc:  # aiohttp is an extra: only proxies need it
+            raise ConfigurationError(
+                f'the proxy needs aiohttp: pip install "rabbit-event[proxy]" ({exc})'
+            ) from exc
+        runner = HttpProxy(to, timeout=timeout, headers=headers, counts=self._count_runners())
+        self.consumer(*routing_keys, queue=_runner_queue(routing_keys, queue), **consumer_options)(
+            runner.handler
+        )
+        return runner
+
+    def command(
+        self, *routing_keys: str, argv: Sequence[str], timeout: float = 60.0, queue: str | None = None,
+        **consumer_options: Any,
+    ) -> CommandRunner:  # fmt: skip
+        """Consume ``routing_keys`` by running ``argv`` (plus the body's ``args``) for each message.
+
+        See :mod:`event.runners.command`; ``queue`` and ``consumer_options`` as for :meth:`proxy`.
+        """
+        runner = CommandRunner(argv, timeout=timeout, counts=self._count_runners())
+        self.consumer(*routing_keys, queue=_runner_queue(routing_keys, queue), **consumer_options)(
+            runner.handler
+        )
+        return runner
+
+    def _count_runners(self) -> OutcomeCounts:
+        if self._runner_counts is None:  # one collector for all the pool's runners: one metric name
+            self._runner_counts = OutcomeCounts()
+            self.registry.register(self._runner_counts)
+        return self._runner_counts
 
     def schedule(
         self,
@@ -314,6 +368,7 @@ class WorkerPool:
                 clock=self.clock,
                 stats=self._consumer_stats(consumer),
                 max_body_bytes=self.max_body_bytes,
+                on_dead=self.on_dead,
             )
             for consumer in self._consumers.values()
         ]

@@ -67,6 +67,16 @@ def name_from_qualname(qualname: str) -> str:
     return _CAMEL_BOUNDARY.sub(r"\1_\2", name).lower()
 
 
+def runner_queue_name(routing_key: str) -> str:
+    """The default queue of a proxy or command runner: its first routing key, wildcards spelled out.
+
+    ``app.resize`` gives ``app.resize``; ``app.user.*`` gives ``app.user.any``, ``app.#`` gives ``app.all``
+    (a runner has no class name for Hutch's rule to start from).
+    """
+    words = routing_key.split(".")
+    return ".".join("any" if w == "*" else "all" if w == "#" else w for w in words)
+
+
 def queue_name(namespace: str, name: str) -> str:
     """``<namespace>:<name>`` with Hutch's namespace sanitising, or ``<name>`` without a namespace."""
     prefix = sanitize_namespace(namespace)

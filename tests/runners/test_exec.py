@@ -1,0 +1,140 @@
+"""`event exec` / pool.command() running real executables (shell scripts the test writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+from support import Isolation, Probe, eventually
+
+from event import Publisher, WorkerPool, wire
+from event.runners.hooks import DeadHook
+
+TIMEOUT_S = 0.5
+# $1 is the folder for the test's records; the body's args follow: a kind and the job's number.
+JOB = """#!/bin/sh
+dir="$1"; kind="$2"; n="$3"
+echo "$EVENT_ROUTING_KEY $EVENT_ATTEMPT" > "$dir/calls/$n.$EVENT_ATTEMPT"
+case "$kind" in
+  ok) cat > "$dir/stdin/$n"; exit 0 ;;
+  fail) echo "job $n broke" >&2; exit 1 ;;
+  temp) if [ "$EVENT_ATTEMPT" = 1 ]; then echo "busy" >&2; exit 75; fi; exit 0 ;;
+  sleep) sleep 30 & echo "$$ $!" > "$dir/pids/$n"; wait ;;
+  echo) shift 2; printf '%s\\n' "$@" > "$dir/echo"; exit 0 ;;
+esac
+exit 3
+"""
+KINDS = ("ok", "fail", "temp", "sleep")
+
+
+def script(tmp_path: Path, text: str, name: str = "job.sh") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    for folder in ("calls", "stdin", "pids"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+    return path
+
+
+def gone(pid_file: Path) -> bool:
+    """Whether the script whose pids the file holds, and the child it started, have ended."""
+    for pid in pid_file.read_text().split():
+        stat_file = Path(f"/proc/{pid}/stat")
+        if stat_file.exists() and stat_file.read_text().split()[2] != "Z":
+            return False
+    return True
+
+
+def calls(tmp_path: Path, n: int) -> int:
+    return len(list((tmp_path / "calls").glob(f"{n}.*")))
+
+
+async def test_a_thousand_mixed_exits_are_acked_retried_or_dead_as_the_command_says(
+    pool_kwargs: dict[str, Any], iso: Isolation, probe: Probe, tmp_path: Path
+) -> None:
+    job = script(tmp_path, JOB)
+    hook_script = script(tmp_path, "#!/bin/sh\necho hook broke >&2\nexit 1\n", "hook.sh")
+    hook = DeadHook(str(hook_script))  # fails every time: nothing may be lost because of it
+    pool = WorkerPool(**pool_kwargs, concurrency=100, on_dead=hook)
+    pool.command("app.job", argv=[str(job), str(tmp_path)], timeout=TIMEOUT_S, retries=1, prefetch=200)
+    jobs = {n: KINDS[n % len(KINDS)] for n in range(1000)}
+    expected_dead = {n for n, kind in jobs.items() if kind in ("fail", "sleep")}
+    try:
+        async with pool.running():
+            async with Publisher(**pool_kwargs) as publisher:
+                await asyncio.gather(
+                    *(publisher.publish("app.job", {"args": [k, str(n)], "n": n}) for n, k in jobs.items())
+                )
+            await eventually(lambda: hook.failed == len(expected_dead), timeout=90)
+    finally:
+        await hook.close()
+
+    per_kind = {kind: sorted({calls(tmp_path, n) for n, k in jobs.items() if k == kind}) for kind in KINDS}
+    assert per_kind == {"ok": [1], "fail": [2], "temp": [2], "sleep": [2]}, "runs per job"
+    assert orjson.loads((tmp_path / "stdin" / "0").read_bytes()) == {"args": ["ok", "0"], "n": 0}
+    assert (tmp_path / "calls" / "2.2").read_text() == "app.job 2\n"
+    dead = await probe.take_all(pool.dead_queue)
+    errors = {orjson.loads(m.body)["n"]: m.header.properties.headers[wire.H_ERROR] for m in dead}
+    assert set(errors) == expected_dead, "dead messages"
+    for n, error in errors.items():
+        if jobs[n] == "fail":
+            assert "job.sh exited with exit 1" in error and f"job {n} broke" in error
+        else:
+            assert f"ran past its {TIMEOUT_S:g} s timeout; its process group was killed" in error
+    for pid_file in (tmp_path / "pids").iterdir():  # the killed scripts are gone, with their children
+        assert gone(pid_file), f"job {pid_file.name} outlived its timeout"
+    assert await probe.depth(f"{iso.namespace}:app.job") == 0
+    assert hook.told == 0 and hook.failed == len(expected_dead)
+
+
+async def test_args_reach_the_command_as_literal_arguments_never_through_a_shell(
+    pool_kwargs: dict[str, Any], probe: Probe, tmp_path: Path
+) -> None:
+    job = script(tmp_path, JOB)
+    pool = WorkerPool(**pool_kwargs)
+    pool.command("app.echo", argv=[str(job), str(tmp_path)], retries=0)
+    literal = ["echo", "-", "; rm -rf /", "$(touch pwned)", "a b", "*", ""]
+    async with pool.running():
+        async with Publisher(**pool_kwargs) as publisher:
+            await publisher.publish("app.echo", {"args": literal})
+            await publisher.publish("app.echo", {"Args": ["echo", 7]}, message_id="bad")
+        await eventually(lambda: (tmp_path / "echo").exists())
+        await eventually(lambda: probe.depth(pool.dead_queue), timeout=20)
+    assert (tmp_path / "echo").read_text().split("\n")[:-1] == literal[1:]
+    assert not (tmp_path / "pwned").exists() and not (Path.cwd() / "pwned").exists()
+    [dead] = await probe.take_all(pool.dead_queue)
+    assert dead.header.properties.message_id == "bad"
+    assert "'Args' must hold strings only: item 1 is int 7" in dead.header.properties.headers[wire.H_ERROR]
+
+
+async def test_shutdown_kills_a_child_past_the_grace_and_returns_its_message(
+    pool_kwargs: dict[str, Any], probe: Probe, tmp_path: Path
+) -> None:
+    job = script(tmp_path, JOB)
+    pool = WorkerPool(**pool_kwargs, grace=0.5)
+    pool.command("app.slow", argv=[str(job), str(tmp_path)], timeout=60)
+    async with pool.running():
+        async with Publisher(**pool_kwargs) as publisher:
+            await publisher.publish("app.slow", {"args": ["sleep", "1"]})
+        await eventually(lambda: (tmp_path / "pids" / "1").exists())
+    assert gone(tmp_path / "pids" / "1"), "the child outlived the worker"
+    assert await probe.depth(pool.consumers[0].queue) == 1, "the message did not go back to its queue"
+    assert await probe.depth(pool.dead_queue) == 0
+
+
+def test_a_command_that_cannot_run_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    import subprocess
+
+    for argv in (
+        ["exec", "app.x", "--", str(tmp_path / "missing.sh")],
+        ["exec", "app.x", "--bogus", "--", "sh"],
+    ):
+        done = subprocess.run([sys.executable, "-m", "event.cli", *argv], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "AMQP_URL": "amqp://127.0.0.1:1/"})  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "not an executable file" in done.stderr or "unrecognized arguments: --bogus" in done.stderr
