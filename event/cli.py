@@ -78,7 +78,9 @@ async def _worker(args: argparse.Namespace) -> int:
         async def ready() -> bool:
             return pool.ready
 
-        server = await serve(args.metrics_host, args.metrics_port, metrics=metrics, ready=ready)
+        server = await serve(
+            args.metrics_host, args.metrics_port, metrics=metrics, ready=ready, paused=lambda: pool.paused
+        )
     try:
         await pool.run()
     finally:

@@ -55,6 +55,7 @@ class ConsumerStats:
     outcomes: dict[str, dict[str, int]] = field(default_factory=lambda: {o: {} for o in OUTCOMES})
     durations: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
     in_flight: Callable[[], int] = lambda: 0
+    paused: Callable[[], bool] = lambda: False
 
     def count(self, outcome: str, routing_key: str) -> None:
         """Add one message to ``outcome`` for ``routing_key``."""
@@ -117,11 +118,15 @@ class PoolCollector(Collector):
         limits = GaugeMetricFamily(
             "event_consumer_concurrency_limit", "max_concurrency of a consumer (0: none).", labels=["queue"]
         )
+        paused = GaugeMetricFamily(
+            "event_consumer_paused", "1 while the consumer is paused (pool.pause).", labels=["queue"]
+        )
         for consumer in stats.consumers:
             durations.add_metric([consumer.queue], consumer.durations.buckets(), consumer.durations.total)
             in_flight.add_metric([consumer.queue], consumer.in_flight())
             limits.add_metric([consumer.queue], consumer.limit)
-        yield from (durations, in_flight, limits)
+            paused.add_metric([consumer.queue], int(consumer.paused()))
+        yield from (durations, in_flight, limits, paused)
         yield GaugeMetricFamily(
             "event_pool_concurrency_limit", "Pool-wide concurrency (0: none).", stats.concurrency
         )

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import orjson
 from aiormq import spec
 
-from event import topology, wire
+from event import control, topology, wire
 from event.acks import AckTracker
 from event.config import (
     DEFAULT_CONCURRENCY,
@@ -39,6 +39,7 @@ from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.message import Context
 from event.metrics import ConsumerStats, PoolStats, registry_for
 from event.middleware import Middleware
+from event.pausing import PauseSwitch
 from event.publisher import properties, send
 from event.retry import DEFAULT_RETRIES, Backoff
 
@@ -116,6 +117,7 @@ class WorkerPool:
         self._schedules: dict[str, Schedule] = {}
         self._cron: CronRunner | None = None
         self._cron_task: asyncio.Task[None] | None = None
+        self._pauses = PauseSwitch(self._consumers.keys)  # see the "pausing" section below
         self.stats = PoolStats(concurrency=self.concurrency)
         self.registry = registry_for(self.stats)  # the pool's own: serve it with event.http or your app
 
@@ -376,6 +378,7 @@ class WorkerPool:
 
     def _consumer_stats(self, consumer: Consumer) -> ConsumerStats:
         stats = ConsumerStats(consumer.queue, consumer.max_concurrency)
+        stats.paused = lambda: self._pauses.is_paused(consumer.queue)
         self.stats.consumers.append(stats)
         return stats
 
@@ -404,6 +407,30 @@ class WorkerPool:
         """Handlers running right now, across all consumers."""
         return sum(d.running for d in self._dispatchers)
 
+    # --- pausing (event.pausing keeps the state; event.control carries operators' commands) ------------
+
+    async def pause(self, queue: str) -> None:
+        """Stop taking messages from the consumer queue ``queue`` (its full name, e.g. ``myapp:send_email``).
+
+        Running handlers finish and ack; other workers of the queue go on. The pause outlives reconnects
+        until :meth:`resume`. ``event serve``'s pause sends the same to every running worker.
+        """
+        await self._pauses.pause(queue)
+
+    async def resume(self, queue: str) -> None:
+        """Take messages from ``queue`` again after :meth:`pause`."""
+        await self._pauses.resume(queue)
+
+    @property
+    def paused(self) -> frozenset[str]:
+        """The consumer queues paused now (also in ``/readyz`` and the ``event_consumer_paused`` gauge)."""
+        return self._pauses.paused
+
+    async def _listen_for_commands(self, connection: Connection) -> None:
+        await control.listen(
+            connection, namespace=self.namespace, exchange=self.exchange, on_command=self._pauses.apply
+        )
+
     # --- internals ---------------------------------------------------------------------------------------
 
     async def _start(self) -> None:
@@ -414,6 +441,7 @@ class WorkerPool:
             self._publish_channel = await open_channel(connection, confirms=True)
             for dispatcher in self._dispatchers:
                 await self._consume(connection, dispatcher)
+            await self._listen_for_commands(connection)
             if self._schedules:
                 runner = CronRunner(
                     list(self._schedules.values()),
@@ -450,8 +478,8 @@ class WorkerPool:
             send_ack, send_reject, batch=max(1, consumer.prefetch // 4), interval=ACK_INTERVAL_S
         )
         dispatcher.attach(acks)
-        ok = await channel.basic_consume(consumer.queue, dispatcher.on_delivery)
-        self._consuming.append((channel, ok.consumer_tag, acks))  # type: ignore[arg-type]
+        tag = await self._pauses.consume(channel, consumer.queue, dispatcher.on_delivery)
+        self._consuming.append((channel, tag, acks))
 
     async def _send_copy(self, exchange: str, queue: str, body: bytes, props: spec.Basic.Properties) -> None:
         channel = self._publish_channel
@@ -545,6 +573,7 @@ class WorkerPool:
                 await task
 
     async def _shutdown(self) -> None:
+        self._pauses.close()
         await self._stop_cron()
         for dispatcher in self._dispatchers:
             dispatcher.accepting = False

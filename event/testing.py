@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -410,6 +411,7 @@ class _Channel:
         **_: Any,
     ) -> spec.Queue.DeclareOk:
         self._open()
+        queue = queue or f"amq.gen-{uuid.uuid4().hex}"  # a server-named queue, as RabbitMQ names them
         existing = self.broker.queues.get(queue)
         if passive:
             if existing is None:
@@ -458,14 +460,19 @@ class _Channel:
         return spec.Queue.PurgeOk(count)
 
     async def basic_consume(
-        self, queue: str, consumer_callback: Callable[[DeliveredMessage], Awaitable[Any]], **_: Any
+        self,
+        queue: str,
+        consumer_callback: Callable[[DeliveredMessage], Awaitable[Any]],
+        *,
+        consumer_tag: str | None = None,
+        **_: Any,
     ) -> spec.Basic.ConsumeOk:
         self._open()
         found = self.broker.queues.get(queue)
         if found is None:
             self._fail(amqp_errors.ChannelNotFoundEntity(f"NOT_FOUND - no queue '{queue}'"))
         assert found is not None
-        tag = f"ctag{self.number}.{len(found.consumers)}"
+        tag = consumer_tag or f"ctag{self.number}.{len(found.consumers)}"
         found.consumers.append((self, tag, consumer_callback))
         self.broker._deliver(found)
         return spec.Basic.ConsumeOk(tag)

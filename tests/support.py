@@ -160,6 +160,7 @@ class Isolation:
                 self.management.delete_queue(name)
         self.management.delete_exchange(self.exchange)
         self.management.delete_exchange(f"{self.exchange}.delay")
+        self.management.delete_exchange(f"{self.exchange}.control")  # event.control's, see wire.py
 
 
 async def eventually(
