@@ -30,7 +30,7 @@ SESSION_COOKIE = "event_session"
 CSRF_HEADER = "x-csrf-token"
 LOOPBACK_NAMES = ("localhost",)
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-PUBLIC_PATHS = ("/login", "/static/", "/favicon.ico")
+PUBLIC_PATHS = ("/login", "/static/", "/favicon.ico", "/healthz")
 SECURITY_HEADERS = (
     (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'"),
     (b"x-frame-options", b"DENY"),
