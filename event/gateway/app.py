@@ -175,6 +175,10 @@ class Gateway:
         limit = _count(request, "limit", 50, 1, MAX_DEAD_LIMIT)
         return JSONResponse(await self.backend.dead(offset=offset, limit=limit))
 
+    async def dead_queue(self, request: Request) -> Response:
+        # One route for both methods, so that a 405 lists them all in its Allow header.
+        return await (self.purge(request) if request.method == "DELETE" else self.dead(request))
+
     def _selection(self, request: Request) -> str | None:
         message_id = request.query_params.get("message_id")
         everything = _flag(request, "all")
@@ -304,8 +308,7 @@ def create_app(
         Route("/healthz", g(gateway.health), methods=["GET"]),
         Route("/publish/{routing_key}", g(gateway.publish), methods=["POST"]),
         Route("/api/queues", g(gateway.queues), methods=["GET"]),
-        Route("/api/dead", g(gateway.dead), methods=["GET"]),
-        Route("/api/dead", g(gateway.purge), methods=["DELETE"]),
+        Route("/api/dead", g(gateway.dead_queue), methods=["GET", "DELETE"]),
         Route("/api/dead/requeue", g(gateway.requeue), methods=["POST"]),
         Route("/api/dead/delete", g(gateway.delete), methods=["POST"]),
         Route("/api/consumers/{queue}/pause", g(gateway.pause), methods=["POST"]),

@@ -129,9 +129,24 @@ def document() -> dict[str, Any]:
                     "summary": "Publish the JSON body with this routing key; 202 once the broker confirmed",
                     "operationId": "publish",
                     "parameters": [
-                        _path("routing_key", "e.g. app.send_email (no wildcards)"),
-                        _query("in", {"type": "number"}, "deliver after this many seconds"),
-                        _query("at", {"type": "string"}, "deliver at this ISO 8601 time (with a time zone)"),
+                        _path("routing_key", "e.g. app.send_email (no wildcards)")
+                        | {
+                            "schema": {
+                                "type": "string",
+                                "pattern": r"^[^\s.*#]+(\.[^\s.*#]+)*$",
+                                "maxLength": 255,
+                            }
+                        },
+                        _query(
+                            "in",
+                            {"type": "number", "minimum": 0, "maximum": 31622400},
+                            "deliver after this delay",
+                        ),
+                        _query(
+                            "at",
+                            {"type": "string", "format": "date-time"},
+                            "deliver at this time (not with in)",
+                        ),
                     ],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
                     "responses": {

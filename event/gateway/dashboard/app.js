@@ -73,7 +73,11 @@ async function refreshQueues() {
   }
   const tbody = document.querySelector("#queues tbody");
   tbody.replaceChildren();
+  // The 21 delay queues of hutch-schedule's levels are shown only while they hold messages.
+  const delays = data.queues.filter((q) => q.role === "delay");
+  const waiting = delays.reduce((sum, q) => sum + q.messages, 0);
   for (const q of data.queues) {
+    if (q.role === "delay" && !q.messages && !q.unacked) continue;
     const tr = document.createElement("tr");
     tr.dataset.queue = q.name;
     tr.dataset.role = q.role;
@@ -95,6 +99,10 @@ async function refreshQueues() {
         `api/consumers/${encodeURIComponent(q.name)}/${verb}`, refreshQueues)));
     }
     tbody.appendChild(tr);
+  }
+  if (delays.length) {
+    emptyRow(tbody, 9, `${delays.length} delay queues, ${waiting} message(s) waiting in them`);
+    tbody.lastChild.classList.add("delays");
   }
   if (!data.queues.length) emptyRow(tbody, 9, "no queues in this namespace yet");
   document.getElementById("queues-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
