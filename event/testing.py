@@ -291,6 +291,8 @@ class TestBroker:
             queue.turn += 1
             message = queue.messages.popleft()
             delivery_tag = channel.take(queue, message)
+            if tag in channel.no_ack_tags:
+                channel.unacked.pop(delivery_tag)  # settled on delivery, as no_ack asks
             delivered = DeliveredMessage(
                 delivery=spec.Basic.Deliver(
                     tag, delivery_tag, message.redelivered, message.exchange, message.routing_key
@@ -359,6 +361,7 @@ class _Channel:
         self.number = number
         self.prefetch = 0
         self.unacked: dict[int, tuple[_Queue, _Message]] = {}
+        self.no_ack_tags: set[str] = set()
         self.next_tag = 1
         self.closed = False
 
@@ -465,6 +468,7 @@ class _Channel:
         consumer_callback: Callable[[DeliveredMessage], Awaitable[Any]],
         *,
         consumer_tag: str | None = None,
+        no_ack: bool = False,
         **_: Any,
     ) -> spec.Basic.ConsumeOk:
         self._open()
@@ -473,6 +477,8 @@ class _Channel:
             self._fail(amqp_errors.ChannelNotFoundEntity(f"NOT_FOUND - no queue '{queue}'"))
         assert found is not None
         tag = consumer_tag or f"ctag{self.number}.{len(found.consumers)}"
+        if no_ack:
+            self.no_ack_tags.add(tag)
         found.consumers.append((self, tag, consumer_callback))
         self.broker._deliver(found)
         return spec.Basic.ConsumeOk(tag)
