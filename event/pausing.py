@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,7 @@ class PauseSwitch:
     async def consume(self, channel: Channel, queue: str, callback: Callback) -> str:
         """Start consuming ``queue`` on ``channel`` (unless it is paused); returns the consumer tag."""
         self._closed = False
-        tag = f"event.{queue}.{id(channel):x}"
+        tag = f"event.{uuid.uuid4().hex}"  # not the queue's name: a tag is at most 255 bytes too
         async with self._lock:
             consumer = _Consumer(channel, tag, callback)
             self._live[queue] = consumer

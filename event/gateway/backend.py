@@ -131,6 +131,8 @@ class Backend:
         self.publisher.connector = connector
         self.management = ManagementApi.for_url(config.url, config.management_url)
         self._connect_lock = asyncio.Lock()
+        self._publisher_started = False
+        self._command_lock = asyncio.Lock()
         self._commands: Connection | None = None
         self._command_channel: Channel | None = None
         self.requested: dict[str, bool] = {}  # queue -> paused, as last commanded through this gateway
@@ -143,10 +145,14 @@ class Backend:
         self._command_channel = self._commands = None
 
     async def _connected_publisher(self) -> Publisher:
-        # The first publish connects; afterwards the Publisher reconnects by itself. A gateway that
-        # starts while the broker is down must start all the same, and answer 503 until it is back.
-        async with self._connect_lock:
-            await self.publisher.connect()
+        # The first publish connects; afterwards the Publisher reconnects by itself (within
+        # RECONNECT_TIMEOUT_S of a publish), so connecting again here would race its reconnection.
+        # A gateway that starts while the broker is down starts all the same and answers 503.
+        if not self._publisher_started:
+            async with self._connect_lock:
+                if not self._publisher_started:
+                    await self.publisher.connect()
+                    self._publisher_started = True
         return self.publisher
 
     # --- publishing ----------------------------------------------------------------------------------
@@ -249,7 +255,7 @@ class Backend:
         self.requested[queue] = action == "pause"
 
     async def _control_channel(self) -> Channel:
-        async with self._connect_lock:
+        async with self._command_lock:
             channel = self._command_channel
             if channel is not None and not channel.is_closed:
                 return channel

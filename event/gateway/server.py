@@ -32,7 +32,7 @@ async def serve(config: GatewayConfig, host: str, port: int, *, token: str | Non
     A non-loopback ``host`` without a ``token`` raises :class:`event.errors.ConfigurationError`.
     """
     check_bind(host, token)
-    app = create_app(config, token=token, loopback_only=is_loopback(host) and token is None)
+    app = create_app(config, token=token, loopback_only=is_loopback(host))
     log.info(
         "event serve: namespace %r, exchange %r at %s, on http://%s:%d/%s",
         config.namespace,
