@@ -8,16 +8,19 @@ for one namespace and exchange, and keeps the long-lived connections.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from aiormq.exceptions import AMQPError
+
 from event import control, wire
 from event.config import DEFAULT_EXCHANGE, redact_url, resolve_url
 from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.dead import DeadMessage, DeadQueue, RequeueReport
-from event.errors import ConfigurationError, ConnectionFailed, Unroutable
+from event.errors import ConfigurationError, EventError, Unroutable
 from event.management import ManagementApi
 from event.publisher import Publisher
 
@@ -26,6 +29,8 @@ from event.publisher import Publisher
 RECONNECT_TIMEOUT_S = 3.0
 CONFIRM_TIMEOUT_S = 10.0
 BODY_SHOWN_BYTES = 4096
+
+log = logging.getLogger("event.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +140,16 @@ class Backend:
         self._command_lock = asyncio.Lock()
         self._commands: Connection | None = None
         self._command_channel: Channel | None = None
+        self._inspect_channel: Channel | None = None
         self.requested: dict[str, bool] = {}  # queue -> paused, as last commanded through this gateway
 
     async def close(self) -> None:
         """Close the publisher and the command connection."""
         await self.publisher.close()
         await close_quietly(self._command_channel)
+        await close_quietly(self._inspect_channel)
         await close_quietly(self._commands)
-        self._command_channel = self._commands = None
+        self._command_channel = self._inspect_channel = self._commands = None
 
     async def _connected_publisher(self) -> Publisher:
         # The first publish connects; afterwards the Publisher reconnects by itself (within
@@ -195,6 +202,12 @@ class Backend:
                     "paused": self.requested.get(name, False) if role == "consumer" else False,
                 }
             )
+        # The management API's figures lag by its statistics interval (5 s by default); depth and
+        # consumers of the queues that matter most are counted live instead.
+        live = await self._live_counts([r["name"] for r in rows if r["role"] != "delay"])
+        for row in rows:
+            if row["name"] in live:
+                row["messages"], row["consumers"] = live[row["name"]]
         rows.sort(key=_display_order)
         return rows
 
@@ -257,19 +270,36 @@ class Backend:
     async def _control_channel(self) -> Channel:
         async with self._command_lock:
             channel = self._command_channel
-            if channel is not None and not channel.is_closed:
-                return channel
-            if self._commands is None or self._commands.is_closed:
-                self._commands = await self.connector(self.config.url, name="event serve (commands)")
-            try:
-                channel = await open_channel(self._commands, confirms=True)
+            if channel is None or channel.is_closed:
+                channel = await open_channel(await self._side_connection(), confirms=True)
                 await control.declare(channel, self.config.exchange)
-            except ConnectionFailed:
-                await close_quietly(self._commands)
-                self._commands = None
-                raise
-            self._command_channel = channel
+                self._command_channel = channel
             return channel
+
+    async def _side_connection(self) -> Connection:
+        # One connection for commands and live queue counts, apart from the publisher's.
+        if self._commands is None or self._commands.is_closed:
+            self._commands = await self.connector(self.config.url, name="event serve (commands)")
+        return self._commands
+
+    async def _live_counts(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """Ready messages and consumers of ``names`` right now (passive declares), as far as reachable."""
+        found: dict[str, tuple[int, int]] = {}
+        try:
+            async with self._command_lock:
+                channel = self._inspect_channel
+                if channel is None or channel.is_closed:
+                    channel = self._inspect_channel = await open_channel(
+                        await self._side_connection(), confirms=False
+                    )
+            for name in names:
+                ok = await channel.queue_declare(name, passive=True)
+                found[name] = (ok.message_count or 0, ok.consumer_count or 0)
+        except (EventError, AMQPError, ConnectionError, RuntimeError) as exc:
+            # A queue deleted since the listing closes the channel; the broker may be gone. The
+            # management API's figures stand in for what could not be counted.
+            log.debug("live queue counts incomplete: %s", exc)
+        return found
 
 
 def parse_at(text: str) -> datetime:

@@ -78,9 +78,8 @@ async def test_the_dashboard_shows_depths_pauses_and_requeues_by_click(
                 browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 try:
                     page = await browser.new_page(viewport={"width": 1400, "height": 820})
-                    await _drive(page, f"http://127.0.0.1:{port}/", iso, pool, handled, dead_queue)
                     shot = os.environ.get("EVENT_DASHBOARD_SCREENSHOT") or str(tmp_path / "dashboard.png")
-                    await page.screenshot(path=shot, full_page=True)
+                    await _drive(page, f"http://127.0.0.1:{port}/", iso, pool, handled, dead_queue, shot)
                 finally:
                     await browser.close()
         finally:
@@ -89,7 +88,7 @@ async def test_the_dashboard_shows_depths_pauses_and_requeues_by_click(
 
 
 async def _drive(
-    page: Any, url: str, iso: Isolation, pool: WorkerPool, handled: list[str], dead_queue: str
+    page: Any, url: str, iso: Isolation, pool: WorkerPool, handled: list[str], dead_queue: str, shot: str
 ) -> None:
     expect = playwright_api.expect
     problems: list[str] = []
@@ -117,4 +116,12 @@ async def _drive(
     await expect(page.locator("#status")).to_contain_text("requeued 1 message(s)")
     await expect(page.locator("#dead tbody tr[data-message-id]")).to_have_count(2, timeout=10_000)
     await expect(page.locator('#dead tr[data-message-id="order-1"]')).to_have_count(0)
+    await page.screenshot(path=shot, full_page=True)
+
+    # Delete one by clicking, confirming the browser's dialog: gone for good, never handled.
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.locator('#dead tr[data-message-id="order-2"]').get_by_role("button", name="Delete").click()
+    await expect(page.locator("#status")).to_contain_text("deleted 1 message(s)")
+    await expect(page.locator("#dead tbody tr[data-message-id]")).to_have_count(1, timeout=10_000)
+    assert handled == ["order-1"]
     assert problems == []

@@ -7,11 +7,14 @@ import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from gateway_support import CuttableLink, free_port, gateway, journal, worker
-from support import Isolation, Management, eventually
+from support import Isolation, Management, Probe, eventually
+
+from event import Dead, Message, Publisher, WorkerPool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -177,3 +180,53 @@ async def test_with_a_token_every_api_call_needs_it(
         # A browser's change without the page's CSRF token is refused even with the cookie.
         assert (await c.post("/api/dead/requeue", params={"all": "true"})).status_code == 403
     assert token not in gw.output[0]
+
+
+async def test_the_dead_queue_over_http_lists_deletes_requeues_and_purges(
+    pool_kwargs: dict[str, Any], iso: Isolation, management: Management, probe: Probe
+) -> None:
+    pool = WorkerPool(**pool_kwargs, grace=2)
+    failing = {"on": True}
+    handled: list[str] = []
+
+    @pool.consumer("gw.fragile", queue="fragile")
+    async def fragile(ctx: object, msg: Message[Any]) -> None:
+        if failing["on"]:
+            raise Dead(f"no stock for item {msg.body['item']}")
+        handled.append(str(msg.message_id))
+
+    async with (
+        pool.running(),
+        Publisher(**pool_kwargs) as publisher,
+        gateway(pool_kwargs["url"], iso, management) as gw,
+        httpx.AsyncClient(base_url=gw.base, timeout=30) as client,
+    ):
+        for item in range(4):
+            await publisher.publish("gw.fragile", {"item": item}, message_id=f"item-{item}")
+
+        async def four_dead() -> bool:
+            return await probe.depth(pool.dead_queue) == 4
+
+        await eventually(four_dead, timeout=20)
+        failing["on"] = False
+        page = (await client.get("/api/dead", params={"limit": "3"})).json()
+        assert (page["exists"], page["total"], len(page["messages"])) == (True, 4, 3)
+        first = page["messages"][0]
+        assert first["message_id"] == "item-0" and first["queue"] == f"{iso.namespace}:fragile"
+        assert first["error"] == "Dead: no stock for item 0" and first["attempts"] == 1
+        assert first["body"] == '{"item":0}' and first["headers"]["event-error"] == first["error"]
+        rest = (await client.get("/api/dead", params={"offset": "3"})).json()["messages"]
+        assert [m["message_id"] for m in rest] == ["item-3"]
+
+        deleted = await client.post("/api/dead/delete", params={"message_id": "item-1"})
+        assert deleted.status_code == 200 and deleted.json() == {"deleted": 1}
+        missing = await client.post("/api/dead/requeue", params={"message_id": "item-1"})
+        assert missing.status_code == 404 and "item-1" in missing.json()["error"]
+        one = await client.post("/api/dead/requeue", params={"message_id": "item-2"})
+        assert one.json() == {"requeued": ["item-2"], "left": []}
+        await eventually(lambda: handled == ["item-2"], timeout=10)
+        rest_requeued = (await client.post("/api/dead/requeue", params={"all": "true"})).json()
+        assert sorted(rest_requeued["requeued"]) == ["item-0", "item-3"]
+        await eventually(lambda: sorted(handled) == ["item-0", "item-2", "item-3"], timeout=10)
+        purged = await client.delete("/api/dead", params={"confirm": "true"})
+        assert purged.status_code == 200 and purged.json() == {"deleted": 0}
