@@ -96,7 +96,9 @@ async def _run_pool(pool: WorkerPool, args: argparse.Namespace) -> int:
         async def ready() -> bool:
             return pool.ready
 
-        server = await serve(args.metrics_host, args.metrics_port, metrics=metrics, ready=ready)
+        server = await serve(
+            args.metrics_host, args.metrics_port, metrics=metrics, ready=ready, paused=lambda: pool.paused
+        )
     try:
         await pool.run()
     finally:
@@ -309,6 +311,25 @@ async def _queues(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- serve -------------------------------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    try:
+        from event import gateway  # an optional extra: the rest of the command works without it
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"event serve needs starlette and uvicorn: pip install 'rabbit-event[serve]' ({exc})"
+        ) from exc
+    host, port = gateway.parse_bind(args.bind)
+    token = gateway.read_token(args.token_file) if args.token_file else None
+    config = gateway.GatewayConfig.create(
+        args.url, namespace=args.namespace, exchange=args.exchange, management_url=args.management_url
+    )
+    await gateway.serve(config, host, port, token=token)
+    return EXIT_OK
+
+
 # --- bench -------------------------------------------------------------------------------------------------
 
 
@@ -504,6 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
     queues.add_argument("--management-url", help=MANAGEMENT_URL_HELP)
     queues.add_argument("--json", action="store_true")
     queues.set_defaults(run=_queues)
+
+    serve_cmd = commands.add_parser("serve", help="HTTP gateway and web dashboard for a namespace")
+    _broker_options(serve_cmd)
+    serve_cmd.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default: 127.0.0.1:8080)")
+    serve_cmd.add_argument("--token-file", help="file holding the bearer token (needed beyond loopback)")
+    serve_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
+    serve_cmd.set_defaults(run=_serve)
 
     bench = commands.add_parser("bench", help="measure throughput against aio-pika and aiormq baselines")
     _broker_options(bench, names=False)

@@ -229,6 +229,29 @@ class DeadQueue:
             await close_quietly(reader)
         return report
 
+    async def discard(self, message_id: str) -> int:
+        """Delete the dead messages with ``message_id`` (the rest stay); returns how many were deleted."""
+        total = await self.count()
+        channel = await self._channel(confirms=False)
+        deleted = 0
+        kept: list[int] = []
+        try:
+            for _ in range(total):  # at most what was there: those put back must not be read again
+                got = await channel.basic_get(self.name, no_ack=False)
+                if isinstance(got.delivery, spec.Basic.GetEmpty):
+                    break
+                tag: int = got.delivery.delivery_tag  # type: ignore[union-attr,assignment]
+                if got.header.properties.message_id == message_id:
+                    await channel.basic_ack(tag)
+                    deleted += 1
+                else:
+                    kept.append(tag)
+            for tag in kept:
+                await channel.basic_nack(tag, requeue=True)
+        finally:
+            await close_quietly(channel)  # anything still unacked goes back to the queue
+        return deleted
+
     async def purge(self) -> int:
         """Delete every message of the dead queue; returns how many there were."""
         channel = await self._channel(confirms=False)

@@ -1,5 +1,7 @@
 """A tiny HTTP endpoint for operations: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
 
+``/readyz`` also lists the paused consumer queues, one ``paused: <queue>`` line each.
+
 Three fixed routes do not need a web framework; this keeps the worker free of one.
 """
 
@@ -7,16 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 Metrics = Callable[[], Awaitable[bytes]]
 Ready = Callable[[], Awaitable[bool]]
+Paused = Callable[[], Iterable[str]]
 
 
-async def serve(host: str, port: int, *, metrics: Metrics, ready: Ready) -> asyncio.Server:
-    """Start serving; ``metrics`` renders the exposition, ``ready`` says whether ``/readyz`` is 200."""
+def _no_pauses() -> Iterable[str]:
+    return ()
+
+
+async def serve(
+    host: str, port: int, *, metrics: Metrics, ready: Ready, paused: Paused = _no_pauses
+) -> asyncio.Server:
+    """Start serving; ``metrics`` renders the exposition, ``ready`` says whether ``/readyz`` is 200,
+    ``paused`` names the paused consumer queues that ``/readyz`` lists."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -35,7 +45,8 @@ async def serve(host: str, port: int, *, metrics: Metrics, ready: Ready) -> asyn
             elif path == "/readyz":
                 is_ready = await ready()
                 status = "200 OK" if is_ready else "503 Service Unavailable"
-                kind, body = "text/plain", b"ready\n" if is_ready else b"not ready\n"
+                lines = ["ready" if is_ready else "not ready", *(f"paused: {q}" for q in sorted(paused()))]
+                kind, body = "text/plain", "".join(f"{line}\n" for line in lines).encode()
             else:
                 status, kind, body = "404 Not Found", "text/plain", b"try /metrics, /healthz or /readyz\n"
             head = (

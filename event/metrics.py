@@ -57,6 +57,7 @@ class ConsumerStats:
     in_flight: Callable[[], int] = lambda: 0
     consuming: bool = False  # the broker delivers its queue to us now (False: see the pool's log)
     restarts: int = 0  # times the broker cancelled it or closed its channel and it consumed again
+    paused: Callable[[], bool] = lambda: False
 
     def count(self, outcome: str, routing_key: str) -> None:
         """Add one message to ``outcome`` for ``routing_key``."""
@@ -131,13 +132,17 @@ class PoolCollector(Collector):
             "Times the broker cancelled a consumer or closed its channel and the pool consumed again.",
             labels=["queue"],
         )
+        paused = GaugeMetricFamily(
+            "event_consumer_paused", "1 while the consumer is paused (pool.pause).", labels=["queue"]
+        )
         for consumer in stats.consumers:
             durations.add_metric([consumer.queue], consumer.durations.buckets(), consumer.durations.total)
             in_flight.add_metric([consumer.queue], consumer.in_flight())
             limits.add_metric([consumer.queue], consumer.limit)
             consuming.add_metric([consumer.queue], int(consumer.consuming))
             restarts.add_metric([consumer.queue], consumer.restarts)
-        yield from (durations, in_flight, limits, consuming, restarts)
+            paused.add_metric([consumer.queue], int(consumer.paused()))
+        yield from (durations, in_flight, limits, consuming, restarts, paused)
         yield GaugeMetricFamily(
             "event_pool_concurrency_limit", "Pool-wide concurrency (0: none).", stats.concurrency
         )

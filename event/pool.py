@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from aiormq import spec
 
-from event import topology, wire
+from event import control, topology, wire
 from event.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_EXCHANGE,
@@ -47,6 +47,7 @@ from event.errors import ConfigurationError, ConnectionFailed, EventError, Unrou
 from event.message import Context
 from event.metrics import ConsumerStats, PoolStats, registry_for
 from event.middleware import Middleware
+from event.pausing import PauseSwitch
 from event.publisher import properties, send
 from event.retry import DEFAULT_RETRIES, Backoff
 from event.runners.command import CommandRunner
@@ -144,6 +145,7 @@ class WorkerPool:
         self._schedules: dict[str, Schedule] = {}
         self._cron: CronRunner | None = None
         self._cron_task: asyncio.Task[None] | None = None
+        self._pauses = PauseSwitch(self._consumers.keys)  # see the "pausing" section below
         self.stats = PoolStats(concurrency=self.concurrency)
         self.registry = registry_for(self.stats)  # the pool's own: serve it with event.http or your app
         self._runner_counts: OutcomeCounts | None = None
@@ -380,6 +382,7 @@ class WorkerPool:
                 own[dispatcher.consumer.queue],
                 ack_interval=ACK_INTERVAL_S,
                 on_change=self._update_ready,
+                consume=self._pauses.consume,
             )
             for dispatcher in self._dispatchers
         ]
@@ -490,6 +493,7 @@ class WorkerPool:
 
     def _consumer_stats(self, consumer: Consumer) -> ConsumerStats:
         stats = ConsumerStats(consumer.queue, consumer.max_concurrency)
+        stats.paused = lambda: self._pauses.is_paused(consumer.queue)
         self.stats.consumers.append(stats)
         return stats
 
@@ -537,6 +541,30 @@ class WorkerPool:
         limit, running, or storing a retry or dead copy (event.testing waits on it)."""
         return sum(len(d.tasks) for d in self._dispatchers)
 
+    # --- pausing (event.pausing keeps the state; event.control carries operators' commands) ------------
+
+    async def pause(self, queue: str) -> None:
+        """Stop taking messages from the consumer queue ``queue`` (its full name, e.g. ``myapp:send_email``).
+
+        Running handlers finish and ack; other workers of the queue go on. The pause outlives reconnects
+        until :meth:`resume`. ``event serve``'s pause sends the same to every running worker.
+        """
+        await self._pauses.pause(queue)
+
+    async def resume(self, queue: str) -> None:
+        """Take messages from ``queue`` again after :meth:`pause`."""
+        await self._pauses.resume(queue)
+
+    @property
+    def paused(self) -> frozenset[str]:
+        """The consumer queues paused now (also in ``/readyz`` and the ``event_consumer_paused`` gauge)."""
+        return self._pauses.paused
+
+    async def _listen_for_commands(self, connection: Connection) -> None:
+        await control.listen(
+            connection, namespace=self.namespace, exchange=self.exchange, on_command=self._pauses.apply
+        )
+
     # --- internals ---------------------------------------------------------------------------------------
 
     async def _start(self, *, first: bool) -> None:
@@ -556,6 +584,7 @@ class WorkerPool:
                     except EventError as exc:
                         log.error("consumer of queue %r is not consuming yet: %s", supervisor.queue, exc)
                 supervisor.watch(connection)
+            await self._listen_for_commands(connection)
             if self._schedules:
                 runner = CronRunner(
                     list(self._schedules.values()),
@@ -755,6 +784,7 @@ class WorkerPool:
                 await task
 
     async def _shutdown(self) -> None:
+        self._pauses.close()
         await self._stop_cron()
         if self._shared_task is not None:
             self._shared_task.cancel()

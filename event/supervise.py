@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from aiormq import exceptions as amqp_errors
 from aiormq import spec
+from aiormq.abc import DeliveredMessage
 
 from event import topology
 from event.acks import AckTracker
@@ -49,6 +50,16 @@ def broker_reason(exc: BaseException | None) -> str:
     return str(exc) or type(exc).__name__
 
 
+# Starts consuming a queue on a channel with a delivery callback; returns the consumer tag.
+OnDelivery = Callable[[DeliveredMessage], Coroutine[Any, Any, Any]]
+Consume = Callable[[Channel, str, OnDelivery], Awaitable[str]]
+
+
+async def _basic_consume(channel: Channel, queue: str, callback: OnDelivery) -> str:
+    ok = await channel.basic_consume(queue, callback)
+    return str(ok.consumer_tag)
+
+
 class ConsumerSupervisor:
     """One consumer's channel and consume, and its comeback after the broker cancelled or closed it.
 
@@ -65,6 +76,7 @@ class ConsumerSupervisor:
         ack_interval: float,
         on_change: Callable[[], None],
         delays: Sequence[float] = COMEBACK_DELAYS_S,
+        consume: Consume | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.queue = dispatcher.consumer.queue
@@ -72,6 +84,7 @@ class ConsumerSupervisor:
         self.ack_interval = ack_interval
         self.on_change = on_change
         self.delays = delays
+        self.consume = consume or _basic_consume  # the pool's pause switch, which may hold a paused one
         self.problem: str | None = None  # why it is not consuming, when it is not
         self._channel: Channel | None = None
         self._consumer_tag: str | None = None
@@ -116,7 +129,7 @@ class ConsumerSupervisor:
             channel.on_consumer_cancel_callbacks.add(cancelled)
             channel.closing.add_done_callback(lambda done: _closed(done, lost))
             self.dispatcher.attach(acks)
-            ok = await channel.basic_consume(consumer.queue, self.dispatcher.on_delivery)
+            tag = await self.consume(channel, consumer.queue, self.dispatcher.on_delivery)
         except EventError:
             await close_quietly(channel)
             raise
@@ -129,7 +142,7 @@ class ConsumerSupervisor:
             await close_quietly(channel)
             raise
         self._channel, self._acks, self._lost = channel, acks, lost
-        self._consumer_tag = str(ok.consumer_tag)
+        self._consumer_tag = tag
         self.problem = None
         self.dispatcher.stats.consuming = True
         lost.add_done_callback(self._stopped)  # readiness drops at once, before the watch wakes up

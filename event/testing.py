@@ -27,6 +27,7 @@ import asyncio
 import heapq
 import itertools
 import time
+import uuid
 import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -439,6 +440,8 @@ class TestBroker:
             queue.turn += 1
             message = queue.messages.popleft()
             delivery_tag = channel.take(queue, message)
+            if tag in channel.no_ack_tags:
+                channel.unacked.pop(delivery_tag)  # settled on delivery, as no_ack asks
             delivered = DeliveredMessage(
                 delivery=spec.Basic.Deliver(
                     tag, delivery_tag, message.redelivered, message.exchange, message.routing_key
@@ -616,6 +619,7 @@ class _Channel:
         self.number = number
         self.prefetch = 0
         self.unacked: dict[int, tuple[_Queue, _Message]] = {}
+        self.no_ack_tags: set[str] = set()
         self.next_tag = 1
         self.closed = False
         # As aiormq's channel: resolved when it closes, and the broker-cancel callbacks (never called here).
@@ -692,6 +696,7 @@ class _Channel:
         **_: Any,
     ) -> spec.Queue.DeclareOk:
         self._open()
+        queue = queue or f"amq.gen-{uuid.uuid4().hex}"  # a server-named queue, as RabbitMQ names them
         received = _arguments_over_the_wire(arguments)
         existing = self.broker.queues.get(queue)
         if passive:
@@ -779,14 +784,22 @@ class _Channel:
         return spec.Queue.PurgeOk(count)
 
     async def basic_consume(
-        self, queue: str, consumer_callback: Callable[[DeliveredMessage], Awaitable[Any]], **_: Any
+        self,
+        queue: str,
+        consumer_callback: Callable[[DeliveredMessage], Awaitable[Any]],
+        *,
+        consumer_tag: str | None = None,
+        no_ack: bool = False,
+        **_: Any,
     ) -> spec.Basic.ConsumeOk:
         self._open()
         found = self.broker.queues.get(queue)
         if found is None:
             self._fail(amqp_errors.ChannelNotFoundEntity(f"NOT_FOUND - no queue '{queue}'"))
         assert found is not None
-        tag = f"ctag{self.number}.{len(found.consumers)}"
+        tag = consumer_tag or f"ctag{self.number}.{len(found.consumers)}"
+        if no_ack:
+            self.no_ack_tags.add(tag)
         found.consumers.append((self, tag, consumer_callback))
         self.broker._deliver(found)
         return spec.Basic.ConsumeOk(tag)

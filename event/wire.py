@@ -103,6 +103,19 @@ def delay_exchange_name(exchange: str) -> str:
     return f"{exchange}.delay"
 
 
+def control_exchange_name(exchange: str) -> str:
+    """The direct exchange carrying operators' commands (pause, resume) to workers, e.g. ``hutch.control``.
+
+    Not the main exchange: a Hutch consumer bound with ``#`` would receive the commands as events.
+    """
+    return f"{exchange}.control"
+
+
+def control_routing_key(namespace: str) -> str:
+    """The routing key of one namespace's commands on the control exchange: its sanitised name."""
+    return sanitize_namespace(namespace)
+
+
 def is_delay_queue_name(name: str, exchange: str) -> bool:
     """Whether ``name`` is hutch-schedule's delay queue of some level and some namespace for ``exchange``."""
     return _is_level_queue(name, f"{exchange}_delay_queue_")

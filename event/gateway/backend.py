@@ -1,0 +1,313 @@
+"""What the gateway does on the broker, without HTTP: publish, queue figures, the dead queue, commands.
+
+Each operation reuses the library's own piece (:class:`event.Publisher`, :class:`event.dead.DeadQueue`,
+:class:`event.management.ManagementApi`, :mod:`event.control`); this class only holds them together
+for one namespace and exchange, and keeps the long-lived connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiormq.exceptions import AMQPError
+
+from event import control, wire
+from event.config import DEFAULT_EXCHANGE, redact_url, resolve_url
+from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
+from event.dead import DeadMessage, DeadQueue, RequeueReport
+from event.errors import ConfigurationError, EventError, Unroutable
+from event.management import ManagementApi
+from event.publisher import Publisher
+
+# How long a publish may wait for a lost connection to come back before the client gets a 503: an HTTP
+# client can retry, and a request held for the Publisher's usual 30 s helps nobody.
+RECONNECT_TIMEOUT_S = 3.0
+CONFIRM_TIMEOUT_S = 10.0
+BODY_SHOWN_BYTES = 4096
+
+log = logging.getLogger("event.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Where the gateway publishes and what it looks after."""
+
+    url: str
+    namespace: str = ""
+    exchange: str = DEFAULT_EXCHANGE
+    management_url: str | None = None
+
+    @classmethod
+    def create(
+        cls,
+        url: str | None = None,
+        *,
+        namespace: str = "",
+        exchange: str = DEFAULT_EXCHANGE,
+        management_url: str | None = None,
+    ) -> GatewayConfig:
+        """A config with ``url`` resolved as everywhere else ($AMQP_URL, then the local broker)."""
+        return cls(resolve_url(url), namespace, exchange, management_url)
+
+    @property
+    def shown_url(self) -> str:
+        """The broker URL without its password, for pages and logs."""
+        return redact_url(self.url)
+
+    @property
+    def dead_queue(self) -> str:
+        """The namespace's dead queue."""
+        return wire.dead_queue_name(self.namespace, self.exchange)
+
+    @property
+    def queue_prefix(self) -> str:
+        """What every queue of the namespace starts with."""
+        prefix = wire.sanitize_namespace(self.namespace)
+        return f"{prefix}:" if prefix else f"{self.exchange}_"
+
+
+def queue_role(name: str, config: GatewayConfig) -> str:
+    """``dead``, ``delay`` or ``consumer``: what a queue of the namespace is for."""
+    if name == config.dead_queue:
+        return "dead"
+    if wire.is_delay_queue_name(name, config.exchange):
+        return "delay"
+    return "consumer"
+
+
+def dead_view(message: DeadMessage) -> dict[str, Any]:
+    """A dead message as the API shows it: the dead-queue tool's view, the body and the headers."""
+    view = message.as_dict()
+    body = message.body[:BODY_SHOWN_BYTES].decode(errors="replace")
+    view["body"] = body + ("..." if len(message.body) > BODY_SHOWN_BYTES else "")
+    view["headers"] = {str(k): _json_safe(v) for k, v in message.headers.items()}
+    return view
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _display_order(row: dict[str, Any]) -> tuple[int, int, str]:
+    # Consumers first, then the dead queue, then the delay queues from the shortest level up.
+    role = row["role"]
+    level = row["name"].rsplit("_", 1)[-1].rstrip("s")
+    rank = {"consumer": 0, "dead": 1}.get(role, 2)
+    return rank, int(level) if role == "delay" and level.isdigit() else 0, row["name"]
+
+
+class NoSuchQueue(LookupError):
+    """The queue named is not a consumer queue of the namespace."""
+
+
+class NoWorker(LookupError):
+    """A command reached no running worker of the namespace."""
+
+
+class Backend:
+    """The gateway's broker side for one namespace and exchange (``async with`` or ``start``/``close``)."""
+
+    def __init__(self, config: GatewayConfig, *, connector: Connector = connect) -> None:
+        self.config = config
+        self.connector = connector
+        self.publisher = Publisher(
+            config.url,
+            namespace=config.namespace,
+            exchange=config.exchange,
+            timeout=CONFIRM_TIMEOUT_S,
+            connection_name="event serve",
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
+        )
+        self.publisher.connector = connector
+        self.management = ManagementApi.for_url(config.url, config.management_url)
+        self._connect_lock = asyncio.Lock()
+        self._publisher_started = False
+        self._command_lock = asyncio.Lock()
+        self._commands: Connection | None = None
+        self._command_channel: Channel | None = None
+        self._inspect_channel: Channel | None = None
+        self.requested: dict[str, bool] = {}  # queue -> paused, as last commanded through this gateway
+
+    async def close(self) -> None:
+        """Close the publisher and the command connection."""
+        await self.publisher.close()
+        await close_quietly(self._command_channel)
+        await close_quietly(self._inspect_channel)
+        await close_quietly(self._commands)
+        self._command_channel = self._inspect_channel = self._commands = None
+
+    async def _connected_publisher(self) -> Publisher:
+        # The first publish connects; afterwards the Publisher reconnects by itself (within
+        # RECONNECT_TIMEOUT_S of a publish), so connecting again here would race its reconnection.
+        # A gateway that starts while the broker is down starts all the same and answers 503.
+        if not self._publisher_started:
+            async with self._connect_lock:
+                if not self._publisher_started:
+                    await self.publisher.connect()
+                    self._publisher_started = True
+        return self.publisher
+
+    # --- publishing ----------------------------------------------------------------------------------
+
+    async def publish(
+        self, routing_key: str, payload: Any, *, delay: float | None = None, at: datetime | None = None
+    ) -> str:
+        """Publish ``payload``; returns its message id once the broker confirmed it."""
+        message_id = str(uuid.uuid4())
+        publisher = await self._connected_publisher()
+        if at is not None:
+            await publisher.publish_at(at, routing_key, payload, message_id=message_id)
+        elif delay is not None:
+            await publisher.publish_in(delay, routing_key, payload, message_id=message_id)
+        else:
+            await publisher.publish(routing_key, payload, message_id=message_id)
+        return message_id
+
+    # --- queues --------------------------------------------------------------------------------------
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every queue of the namespace with its figures (from the management API)."""
+        rows = []
+        for queue in await self.management.queues():
+            name = queue.get("name", "")
+            if not name.startswith(self.config.queue_prefix):
+                continue
+            stats = queue.get("message_stats") or {}
+            role = queue_role(name, self.config)
+            rows.append(
+                {
+                    "name": name,
+                    "role": role,
+                    "messages": queue.get("messages", 0) or 0,
+                    "unacked": queue.get("messages_unacknowledged", 0) or 0,
+                    "consumers": queue.get("consumers", 0) or 0,
+                    "publish_rate": (stats.get("publish_details") or {}).get("rate", 0.0),
+                    "deliver_rate": (stats.get("deliver_get_details") or {}).get("rate", 0.0),
+                    "ack_rate": (stats.get("ack_details") or {}).get("rate", 0.0),
+                    "paused": self.requested.get(name, False) if role == "consumer" else False,
+                }
+            )
+        # The management API's figures lag by its statistics interval (5 s by default); depth and
+        # consumers of the queues that matter most are counted live instead.
+        live = await self._live_counts([r["name"] for r in rows if r["role"] != "delay"])
+        for row in rows:
+            if row["name"] in live:
+                row["messages"], row["consumers"] = live[row["name"]]
+        rows.sort(key=_display_order)
+        return rows
+
+    # --- the dead queue ------------------------------------------------------------------------------
+
+    def _dead(self) -> DeadQueue:
+        dead = DeadQueue(self.config.url, namespace=self.config.namespace, exchange=self.config.exchange)
+        dead.connector = self.connector
+        return dead
+
+    async def dead(self, *, offset: int, limit: int) -> dict[str, Any]:
+        """A page of the dead queue (messages stay in it), with the total."""
+        try:
+            async with self._dead() as dead:
+                total = await dead.count()
+                messages = await dead.list(limit=offset + limit) if offset < total else []
+        except ConfigurationError:  # no dead queue yet: no pool of the namespace has ever started
+            return {"queue": self.config.dead_queue, "exists": False, "total": 0, "messages": []}
+        page = messages[offset : offset + limit]
+        return {
+            "queue": self.config.dead_queue,
+            "exists": True,
+            "total": total,
+            "offset": offset,
+            "messages": [dead_view(m) for m in page],
+        }
+
+    async def requeue(self, *, message_id: str | None) -> RequeueReport:
+        """Requeue one dead message by id, or all of them (``message_id=None``)."""
+        async with self._dead() as dead:
+            return await dead.requeue(message_id=message_id, everything=message_id is None)
+
+    async def discard(self, *, message_id: str | None) -> int:
+        """Delete one dead message by id, or all of them (``message_id=None``); returns how many."""
+        async with self._dead() as dead:
+            if message_id is None:
+                return await dead.purge()
+            return await dead.discard(message_id)
+
+    # --- pause / resume ------------------------------------------------------------------------------
+
+    async def command(self, action: str, queue: str) -> None:
+        """Send ``action`` (pause or resume) for ``queue`` to every running worker of the namespace."""
+        known = {row["name"] for row in await self.queues() if row["role"] == "consumer"}
+        if queue not in known:
+            raise NoSuchQueue(queue)
+        channel = await self._control_channel()
+        try:
+            await control.send_command(
+                channel,
+                control.Command(action, queue),
+                namespace=self.config.namespace,
+                exchange=self.config.exchange,
+                timeout=CONFIRM_TIMEOUT_S,
+            )
+        except Unroutable as exc:  # mandatory, and no worker's control queue is bound
+            raise NoWorker(queue) from exc
+        self.requested[queue] = action == "pause"
+
+    async def _control_channel(self) -> Channel:
+        async with self._command_lock:
+            channel = self._command_channel
+            if channel is None or channel.is_closed:
+                channel = await open_channel(await self._side_connection(), confirms=True)
+                await control.declare(channel, self.config.exchange)
+                self._command_channel = channel
+            return channel
+
+    async def _side_connection(self) -> Connection:
+        # One connection for commands and live queue counts, apart from the publisher's.
+        if self._commands is None or self._commands.is_closed:
+            self._commands = await self.connector(self.config.url, name="event serve (commands)")
+        return self._commands
+
+    async def _live_counts(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """Ready messages and consumers of ``names`` right now (passive declares), as far as reachable."""
+        found: dict[str, tuple[int, int]] = {}
+        try:
+            async with self._command_lock:
+                channel = self._inspect_channel
+                if channel is None or channel.is_closed:
+                    channel = self._inspect_channel = await open_channel(
+                        await self._side_connection(), confirms=False
+                    )
+            for name in names:
+                ok = await channel.queue_declare(name, passive=True)
+                found[name] = (ok.message_count or 0, ok.consumer_count or 0)
+        except (EventError, AMQPError, ConnectionError, RuntimeError) as exc:
+            # A queue deleted since the listing closes the channel; the broker may be gone. The
+            # management API's figures stand in for what could not be counted.
+            log.debug("live queue counts incomplete: %s", exc)
+        return found
+
+
+def parse_at(text: str) -> datetime:
+    """An ISO 8601 time with a time zone (``Z`` allowed); :class:`ValueError` saying what is wrong."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"at={text!r} is not an ISO 8601 time: {exc}") from exc
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"at={text!r} has no time zone: add one, e.g. {text}Z or {text}+00:00")
+    return when.astimezone(UTC)

@@ -1,0 +1,270 @@
+"""The gateway's OpenAPI 3.1 document, written out by hand: the contract clients and the fuzz test read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from event import __version__
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    reasons = {
+        400: "the request is wrong; `error` says how",
+        401: "no or a wrong bearer token (only when the gateway has a token)",
+        403: "a cross-site request, or a browser's change without the CSRF token",
+        404: "no such queue or message",
+        409: "no running worker received the command",
+        413: "the body is larger than 1 MiB",
+        503: "the broker (or its management API) is unreachable; nothing was done",
+    }
+    return {str(code): _json(_ERROR, reasons[code]) for code in (*codes, 401, 403)}
+
+
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+_QUEUE = {
+    "type": "object",
+    "required": ["name", "role", "messages", "unacked", "consumers", "paused"],
+    "properties": {
+        "name": {"type": "string"},
+        "role": {"type": "string", "enum": ["consumer", "delay", "dead"]},
+        "messages": {"type": "integer", "description": "ready in the queue"},
+        "unacked": {"type": "integer", "description": "delivered, not yet acknowledged"},
+        "consumers": {"type": "integer"},
+        "publish_rate": {"type": "number", "description": "messages in per second"},
+        "deliver_rate": {"type": "number", "description": "messages out per second"},
+        "ack_rate": {"type": "number"},
+        "paused": {"type": "boolean", "description": "paused through this gateway"},
+    },
+}
+
+_DEAD_MESSAGE = {
+    "type": "object",
+    "required": ["routing_key", "attempts", "body", "headers"],
+    "properties": {
+        "message_id": {"type": ["string", "null"]},
+        "routing_key": {"type": "string"},
+        "queue": {"type": ["string", "null"], "description": "the consumer queue it failed in"},
+        "error": {"type": ["string", "null"], "description": "the last error (header event-error)"},
+        "failed_at": {"type": ["string", "null"], "format": "date-time"},
+        "attempts": {"type": "integer"},
+        "body_preview": {"type": "string"},
+        "body": {"type": "string", "description": "the body as text (at most 4 KiB shown)"},
+        "headers": {"type": "object"},
+    },
+}
+
+_REQUEUED = {
+    "type": "object",
+    "required": ["requeued", "left"],
+    "properties": {
+        "requeued": {"type": "array", "items": {"type": ["string", "null"]}},
+        "left": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"message_id": {"type": ["string", "null"]}, "reason": {"type": "string"}},
+            },
+        },
+    },
+}
+
+_DELETED = {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "integer"}}}
+
+_COMMANDED = {
+    "type": "object",
+    "required": ["queue", "paused"],
+    "properties": {"queue": {"type": "string"}, "paused": {"type": "boolean"}},
+}
+
+_MESSAGE_ID = _query("message_id", {"type": "string", "minLength": 1}, "only the message with this id")
+_ALL = _query("all", {"type": "boolean"}, "every message (when no message_id is given)")
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document served at ``/openapi.json``."""
+    command = {
+        "parameters": [_path("queue", "the consumer queue's full name, e.g. myapp:send_email")],
+        "responses": {"202": _json(_COMMANDED, "sent to every running worker"), **_errors(404, 409, 503)},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "event serve",
+            "version": __version__,
+            "description": "Publish events over HTTP and look after a namespace's queues and dead letters.",
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": {
+            "/publish/{routing_key}": {
+                "post": {
+                    "summary": "Publish the JSON body with this routing key; 202 once the broker confirmed",
+                    "operationId": "publish",
+                    "parameters": [
+                        _path("routing_key", "e.g. app.send_email (no wildcards)")
+                        | {
+                            "schema": {
+                                "type": "string",
+                                "pattern": r"^[^\s.*#]+(\.[^\s.*#]+)*$",
+                                "maxLength": 255,
+                            }
+                        },
+                        _query(
+                            "in",
+                            {"type": "number", "minimum": 0, "maximum": 31622400},
+                            "deliver after this delay",
+                        ),
+                        _query(
+                            "at",
+                            {"type": "string", "format": "date-time"},
+                            "deliver at this time (not with in)",
+                        ),
+                    ],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+                    "responses": {
+                        "202": _json(
+                            {
+                                "type": "object",
+                                "required": ["message_id", "routing_key"],
+                                "properties": {
+                                    "message_id": {"type": "string"},
+                                    "routing_key": {"type": "string"},
+                                    "delay": {"type": ["number", "null"]},
+                                },
+                            },
+                            "confirmed by the broker",
+                        ),
+                        **_errors(400, 413, 503),
+                    },
+                }
+            },
+            "/api/queues": {
+                "get": {
+                    "summary": "The namespace's queues with depth, unacked, consumers and rates",
+                    "operationId": "queues",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["queues"],
+                                "properties": {"queues": {"type": "array", "items": _QUEUE}},
+                            },
+                            "the queues",
+                        ),
+                        **_errors(503),
+                    },
+                }
+            },
+            "/api/dead": {
+                "get": {
+                    "summary": "A page of the dead queue, with each message's error headers (messages stay)",
+                    "operationId": "dead",
+                    "parameters": [
+                        _query(
+                            "offset", {"type": "integer", "minimum": 0, "maximum": 10000}, "skip this many"
+                        ),
+                        _query(
+                            "limit", {"type": "integer", "minimum": 1, "maximum": 500}, "at most this many"
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["queue", "exists", "total", "messages"],
+                                "properties": {
+                                    "queue": {"type": "string"},
+                                    "exists": {"type": "boolean"},
+                                    "total": {"type": "integer"},
+                                    "offset": {"type": "integer"},
+                                    "messages": {"type": "array", "items": _DEAD_MESSAGE},
+                                },
+                            },
+                            "the page",
+                        ),
+                        **_errors(400, 503),
+                    },
+                },
+                "delete": {
+                    "summary": "Purge the dead queue (needs confirm=true)",
+                    "operationId": "purgeDead",
+                    "parameters": [_query("confirm", {"type": "boolean"}, "must be true", required=True)],
+                    "responses": {"200": _json(_DELETED, "purged"), **_errors(400, 404, 503)},
+                },
+            },
+            "/api/dead/requeue": {
+                "post": {
+                    "summary": "Send dead messages back to the queue each failed in: one by id, or all",
+                    "operationId": "requeueDead",
+                    "parameters": [_MESSAGE_ID, _ALL],
+                    "responses": {"200": _json(_REQUEUED, "what was requeued"), **_errors(400, 404, 503)},
+                }
+            },
+            "/api/dead/delete": {
+                "post": {
+                    "summary": "Delete dead messages: one by id, or all (all=true needs confirm=true)",
+                    "operationId": "deleteDead",
+                    "parameters": [
+                        _MESSAGE_ID,
+                        _ALL,
+                        _query("confirm", {"type": "boolean"}, "with all=true"),
+                    ],
+                    "responses": {"200": _json(_DELETED, "deleted"), **_errors(400, 404, 503)},
+                }
+            },
+            "/api/consumers/{queue}/pause": {
+                "post": {
+                    "summary": "Running workers stop taking messages from the queue",
+                    "operationId": "pause",
+                }
+                | command
+            },
+            "/api/consumers/{queue}/resume": {
+                "post": {
+                    "summary": "Running workers take messages from the queue again",
+                    "operationId": "resume",
+                }
+                | command
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "200 while the gateway runs",
+                    "operationId": "health",
+                    "responses": {
+                        "200": {
+                            "description": "ok",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+    }
