@@ -208,7 +208,15 @@ async def run_case(title: str, case: Case, cluster: Cluster, iso: Isolation) -> 
                 return True  # the pool died: nothing more will come; the row says what was lost
             return stream.confirmed <= {n for n, _ in stream.handlings}
 
-        await eventually(all_handled, timeout=120, interval=0.5)
+        try:
+            await eventually(all_handled, timeout=120, interval=0.5)
+        except AssertionError:
+            missing = sorted(stream.confirmed - {n for n, _ in stream.handlings})
+            retried = [n for n in missing if n in stream.retried]
+            raise AssertionError(
+                f"{len(missing)} confirmed messages not handled within 120 s (of them {len(retried)} "
+                f"had failed once): {missing[:20]}"
+            ) from None
         ended = stream.times[-1] if stream.times and not running.done() else time.monotonic()
         await asyncio.sleep(1)  # late duplicates would show up now
         died = running.done()
