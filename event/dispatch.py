@@ -263,18 +263,9 @@ class Dispatcher:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._replacing.add(done)
         try:
-            try:
-                await self.send_copy(route[0], route[1], delivered.body, props)
-            except Exception as exc:
-                log.error(
-                    "could not store %s of message %s in %s (%s); it stays in %s for redelivery",
-                    what, delivered.header.properties.message_id, route[1], exc, self.consumer.queue,
-                )  # fmt: skip
-                await asyncio.sleep(REQUEUE_PAUSE_S)
-                await acks.reject(tag)
-                return
-            self.stats.count(outcome, routing_key)
-            await acks.ack_now(tag)
+            await self._settle_with_copy(
+                delivered, tag, acks, route, props, what, outcome, routing_key, ack_at_once=True
+            )
         finally:
             self._replacing.discard(done)
             done.set_result(None)
@@ -488,10 +479,12 @@ class Dispatcher:
         what: str,
         outcome: str,
         routing_key: str,
+        *,
+        ack_at_once: bool = False,
     ) -> bool:
         """Ack the delivery once its copy is confirmed at ``route`` (exchange, key); else hand it back.
 
-        Returns whether the copy was stored."""
+        Returns whether the copy was stored. ``ack_at_once`` sends the ack alone, not in a batch."""
         exchange, queue = route
         try:
             await self.send_copy(exchange, queue, delivered.body, props)
@@ -508,5 +501,5 @@ class Dispatcher:
             await acks.reject(tag)
             return False
         self.stats.count(outcome, routing_key)
-        await acks.ack(tag)
+        await (acks.ack_now(tag) if ack_at_once else acks.ack(tag))
         return True

@@ -260,21 +260,27 @@ def _not_required_refused(queue: Queue, exc: EventError) -> None:
 async def bind_exchange(channel: Channel, exchange: Exchange) -> None:
     """The bindings that lead into ``exchange`` from other exchanges."""
     for binding in exchange.bindings:
-        try:
-            await channel.exchange_bind(
+        await _bind(
+            channel.exchange_bind(
                 destination=exchange.name,
                 source=binding.source,
                 routing_key=binding.key,
                 arguments=dict(binding.arguments) or None,
-            )
-        except amqp_errors.ChannelAccessRefused as exc:
-            raise ConfigurationError(
-                f"the broker refused to bind exchange {exchange.name!r} to {_shown(binding)}: {_reply(exc)}"
-            ) from exc
-        except _TRANSIENT as exc:
-            raise ConnectionFailed(
-                f"could not bind exchange {exchange.name!r} to {_shown(binding)}: {_reply(exc)}"
-            ) from exc
+            ),
+            f"exchange {exchange.name!r}",
+            binding,
+        )
+
+
+async def _bind(call: Awaitable[Any], what: str, binding: Binding) -> None:
+    try:
+        await call
+    except amqp_errors.ChannelAccessRefused as exc:
+        raise ConfigurationError(
+            f"the broker refused to bind {what} to {_shown(binding)}: {_reply(exc)}"
+        ) from exc
+    except _TRANSIENT as exc:
+        raise ConnectionFailed(f"could not bind {what} to {_shown(binding)}: {_reply(exc)}") from exc
 
 
 async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
@@ -325,21 +331,16 @@ async def declare_queue(channel: Channel, queue: Queue) -> None:
     except _TRANSIENT as exc:
         raise ConnectionFailed(f"could not declare {queue.role} {queue.name!r}: {_reply(exc)}") from exc
     for binding in queue.bindings:
-        try:
-            await channel.queue_bind(
+        await _bind(
+            channel.queue_bind(
                 queue=queue.name,
                 exchange=binding.source,
                 routing_key=binding.key,
                 arguments=dict(binding.arguments) or None,
-            )
-        except amqp_errors.ChannelAccessRefused as exc:
-            raise ConfigurationError(
-                f"the broker refused to bind {queue.role} {queue.name!r} to {_shown(binding)}: {_reply(exc)}"
-            ) from exc
-        except _TRANSIENT as exc:
-            raise ConnectionFailed(
-                f"could not bind {queue.role} {queue.name!r} to {_shown(binding)}: {_reply(exc)}"
-            ) from exc
+            ),
+            f"{queue.role} {queue.name!r}",
+            binding,
+        )
 
 
 # Arguments a broker reports that nobody declared: RabbitMQ 4.x lists the queue type it chose. At these values
