@@ -16,6 +16,7 @@ Everything a user imports is listed here::
 The errors the library raises are in :mod:`event.errors`, all derived from :class:`EventError`.
 """
 
+from event.contracts import Contract, Producer
 from event.errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -42,12 +43,14 @@ __all__ = [
     "ConfigurationError",
     "ConnectionFailed",
     "Context",
+    "Contract",
     "Dead",
     "DecodeError",
     "EventError",
     "Message",
     "Middleware",
     "PayloadError",
+    "Producer",
     "PublishError",
     "PublishNacked",
     "PublishTimeout",
