@@ -100,7 +100,7 @@ class Contract(Generic[P]):
         ok = isinstance(payload, Mapping) if is_typeddict(wanted) else isinstance(payload, wanted)
         if not ok:
             raise TypeError(
-                f"{self!r} takes a {getattr(wanted, '__name__', wanted)}, not {type(payload).__name__}"
+                f"{self!r} takes {getattr(wanted, '__name__', wanted)} payloads, not {type(payload).__name__}"
             )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 import pytest
@@ -53,9 +54,11 @@ async def test_contract_publishes_reach_their_typed_consumers(pool_kwargs: dict[
     async with pool.running(), Publisher(**pool_kwargs) as publisher:
         await publisher.to(SEND_EMAIL).publish(SendEmail("ada@example.com", "hi"), mandatory=True)
         await publisher.to(INVOICE).publish_in(0, {"number": 7, "total": 9.5})
-        await publisher.to(SIGNUP).publish(Signup(email="b@example.com"))
-        with pytest.raises(TypeError, match="takes a SendEmail, not dict"):
+        await publisher.to(SIGNUP).publish_at(datetime.now(UTC), Signup(email="b@example.com"))
+        with pytest.raises(TypeError, match="takes SendEmail payloads, not dict"):
             await publisher.to(SEND_EMAIL).publish({"to": "x", "subject": "untyped caller"})  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="takes Invoice payloads, not list"):
+            await publisher.to(INVOICE).publish([7, 9.5])  # type: ignore[arg-type]
         await eventually(lambda: len(emails) == len(invoices) == len(signups) == 1)
     assert emails == [("app.send_email", SendEmail("ada@example.com", "hi"))]
     assert invoices == [{"number": 7, "total": 9.5}]
