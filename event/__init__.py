@@ -13,9 +13,19 @@ Everything a user imports is listed here::
     async with Publisher(namespace="myapp") as publisher:
         await publisher.publish("app.send_email", {"to": "a@b.c"})
 
+A :class:`Contract` binds a routing key to a payload type once, for both sides (see docs/contracts.md)::
+
+    SEND_EMAIL = Contract("app.send_email", SendEmail)
+
+    @SEND_EMAIL.consumer(pool)
+    async def send(ctx: Context, msg: Message[SendEmail]) -> None: ...
+
+    await publisher.to(SEND_EMAIL).publish(SendEmail(to="a@b.c"))
+
 The errors the library raises are in :mod:`event.errors`, all derived from :class:`EventError`.
 """
 
+from event.contracts import Contract, Producer
 from event.errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -42,12 +52,14 @@ __all__ = [
     "ConfigurationError",
     "ConnectionFailed",
     "Context",
+    "Contract",
     "Dead",
     "DecodeError",
     "EventError",
     "Message",
     "Middleware",
     "PayloadError",
+    "Producer",
     "PublishError",
     "PublishNacked",
     "PublishTimeout",

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from event import cron, logs, topology, wire
+from event import asyncapi, cron, logs, topology, wire
 from event.bench import run_bench
 from event.config import check_count, check_seconds, redact_url, resolve_url
 from event.dead import DeadQueue
@@ -47,13 +47,7 @@ def load_pool(path: str) -> WorkerPool:
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
         raise ConfigurationError(f"pool path {path!r} must look like 'package.module:pool'")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like uvicorn: the app is usually in the current directory
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigurationError(f"cannot import module {module_name!r} for pool {path!r}: {exc}") from exc
-    found: object = module
+    found: object = _import(module_name, f"for pool {path!r}")
     for part in attribute.split("."):
         try:
             found = getattr(found, part)
@@ -62,6 +56,15 @@ def load_pool(path: str) -> WorkerPool:
     if not isinstance(found, WorkerPool):
         raise ConfigurationError(f"{path!r} is a {type(found).__name__}, not a WorkerPool")
     return found
+
+
+def _import(module_name: str, purpose: str) -> Any:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like uvicorn: the app is usually in the current directory
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(f"cannot import module {module_name!r} {purpose}: {exc}") from exc
 
 
 # --- worker ------------------------------------------------------------------------------------------------
@@ -244,6 +247,27 @@ async def _cron_list(args: argparse.Namespace) -> int:
         print(f"{row['name']}: {row['expression']} ({row['tz']}) publishes {row['routing_key']}")
         for tick in row["next"]:
             print(f"    {tick}")
+    return EXIT_OK
+
+
+# --- asyncapi ----------------------------------------------------------------------------------------------
+
+
+async def _asyncapi(args: argparse.Namespace) -> int:
+    module_name = args.target.partition(":")[0]
+    pool = load_pool(args.target) if ":" in args.target else None
+    module = _import(module_name, f"for {args.target!r}")
+    doc = asyncapi.document(pool, asyncapi.contracts_in(module), title=args.title, version=args.version)
+    if not doc["operations"]:
+        raise ConfigurationError(f"{args.target!r} has no consumers, schedules or contracts to describe")
+    if args.yaml:
+        try:
+            yaml = importlib.import_module("yaml")
+        except ImportError as exc:
+            raise ConfigurationError("--yaml needs PyYAML: pip install pyyaml") from exc
+        print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), end="")
+    else:
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     return EXIT_OK
 
 
@@ -509,6 +533,17 @@ def build_parser() -> argparse.ArgumentParser:
     cron_list.add_argument("--count", type=int, default=3, help="run times per schedule (default: 3)")
     cron_list.add_argument("--json", action="store_true", help="print one JSON array")
     cron_list.set_defaults(run=_cron_list)
+
+    asyncapi_cmd = commands.add_parser(
+        "asyncapi", help="the AsyncAPI 3.0 document of a pool and of the contracts its module holds"
+    )
+    asyncapi_cmd.add_argument("target", help="package.module:pool, or package.module for its contracts only")
+    output = asyncapi_cmd.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="JSON (the default)")
+    output.add_argument("--yaml", action="store_true", help="YAML (needs PyYAML)")
+    asyncapi_cmd.add_argument("--title", default="", help="info.title (default: '<namespace> events')")
+    asyncapi_cmd.add_argument("--version", default="1.0.0", help="info.version (default: 1.0.0)")
+    asyncapi_cmd.set_defaults(run=_asyncapi)
 
     topology_cmd = commands.add_parser(
         "topology", help="what a pool declares; --check compares with the broker"

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import orjson
 from aiormq import exceptions as amqp_errors
@@ -36,6 +36,7 @@ from event.connection import (
     connected_url,
     open_channel,
 )
+from event.contracts import Contract, Producer
 from event.errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -48,6 +49,8 @@ from event.errors import (
 from event.metrics import PublishStats
 
 log = logging.getLogger("event.publisher")
+
+P = TypeVar("P")
 
 NACK_PAUSES_S = (0.1, 0.5, 1.0, 2.0)  # before each re-send of a nacked publish on a fresh channel
 
@@ -339,6 +342,10 @@ class Publisher:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    def to(self, contract: Contract[P]) -> Producer[P]:
+        """A handle publishing only ``contract``'s payloads: ``publisher.to(SEND_EMAIL).publish(...)``."""
+        return Producer(self, contract)
 
     async def publish(
         self,

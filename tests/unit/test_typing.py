@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,33 @@ def test_mypy_rejects_a_wrong_use_of_the_payload(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "Incompatible types in assignment" in result.stdout
+
+
+CONTRACTS = APP.parent / "typed_contracts.py"
+WRONG = APP.parent / "typed_contracts_wrong.py"
+
+
+def _mypy(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes", str(path)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_mypy_accepts_typed_contracts() -> None:
+    result = _mypy(CONTRACTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_rejects_each_wrong_use_of_a_contract_with_its_error_code() -> None:
+    # Each line marked "# E: code" must be rejected with that code, and no other line at all.
+    expected = {
+        (number, line.rsplit("# E: ", 1)[1].strip())
+        for number, line in enumerate(WRONG.read_text().splitlines(), start=1)
+        if "  # E: " in line
+    }
+    result = _mypy(WRONG)
+    found = set(re.findall(r"typed_contracts_wrong\.py:(\d+): error: .*\[([a-z-]+)\]$", result.stdout, re.M))
+    assert {(int(n), code) for n, code in found} == expected, result.stdout
+    assert len(expected) >= 8  # wrong type, missing field (dataclass, TypedDict), another type, ...
