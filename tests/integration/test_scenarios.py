@@ -339,16 +339,16 @@ async def test_the_smaller_ttl_wins_and_expiry_is_from_the_head(harness: Harness
     async with harness.bare():
         channel = await harness.channel()
         dead = harness.queue("dead")
-        await channel.queue_declare(dead)
+        await channel.queue_declare(dead, durable=True)
         dlx = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead}
         short = harness.queue("short")
-        await channel.queue_declare(short, arguments={"x-message-ttl": 1000, **dlx})
+        await channel.queue_declare(short, durable=True, arguments={"x-message-ttl": 1000, **dlx})
         await channel.basic_publish(
             b"A", routing_key=short, properties=spec.Basic.Properties(expiration="60000")
         )
         await channel.basic_publish(b"B", routing_key=short)
         head = harness.queue("head")
-        await channel.queue_declare(head, arguments=dlx)
+        await channel.queue_declare(head, durable=True, arguments=dlx)
         await channel.basic_publish(
             b"C", routing_key=head, properties=spec.Basic.Properties(expiration="60000")
         )
@@ -370,10 +370,11 @@ async def test_dead_lettering_writes_the_brokers_x_death(harness: Harness) -> No
     async with harness.bare():
         channel = await harness.channel()
         dead = harness.queue("dead")
-        await channel.queue_declare(dead)
+        await channel.queue_declare(dead, durable=True)
         ttl = harness.queue("ttl")
         await channel.queue_declare(
             ttl,
+            durable=True,
             arguments={"x-message-ttl": 500, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead},
         )
         props = spec.Basic.Properties(expiration="60000", headers={"CC": ["elsewhere"], "k": "v"})
@@ -381,6 +382,11 @@ async def test_dead_lettering_writes_the_brokers_x_death(harness: Harness) -> No
         await harness.wait(1.5)
         [first] = await take_all(channel, dead)
         headers = first.header.properties.headers
+        if harness.kind != "memory" and "x-last-death-queue" in headers:
+            pytest.skip(
+                "TestBroker writes x-death as RabbitMQ 3.10 does; 4.x also adds x-last-death-* and keeps CC "
+                "when a dead-letter routing key is set (docs/testing.md)"
+            )
         [entry] = headers["x-death"]
         died_at = entry.pop("time")
         assert abs(died_at.timestamp() - harness.now()) < 3
@@ -544,7 +550,7 @@ async def test_a_loop_of_expiries_with_no_reject_is_dropped(harness: Harness) ->
         first, second = harness.queue("loop-a"), harness.queue("loop-b")
         for name, other in ((first, second), (second, first)):
             dlx = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": other}
-            await channel.queue_declare(name, arguments={"x-message-ttl": 300, **dlx})
+            await channel.queue_declare(name, durable=True, arguments={"x-message-ttl": 300, **dlx})
         await channel.basic_publish(b"round", routing_key=first)
         await harness.wait(0.5)
         assert (await depth(channel, first), await depth(channel, second)) == (0, 1)
