@@ -35,6 +35,7 @@ STREAM = 20_000  # messages per fault, as the issue asks
 REPORT = Path(os.environ.get("EVENT_CLUSTER_FAULT_REPORT", "/tmp/event-cluster-fault-report.md"))
 DOWN_FOR_S = 10.0  # how long a stopped or killed node stays down before it is started again
 EVERY_NTH = 20  # in the in-flight fault, 1 message in 20 fails once (a retry) and 1 in 20 is delayed
+DELAY_S = 5  # by this much
 
 
 @dataclass
@@ -50,11 +51,19 @@ class Stream:
     refused: Counter[str] = field(default_factory=Counter)  # publishes that raised, by error
     times: list[float] = field(default_factory=list)  # when each handling ended (monotonic)
     struck_at: float = 0.0
+    due: dict[int, float] = field(default_factory=dict)  # publish_in's: when its delay ended (monotonic)
 
     def longest_pause(self, until: float) -> float:
         """The longest time without a handling from the fault until ``until``: what users notice."""
         after = [self.struck_at, *(t for t in self.times if t >= self.struck_at), until]
         return max((b - a for a, b in itertools.pairwise(after)), default=0.0)
+
+    def latest_delayed(self) -> float:
+        """How long after its delay ended the latest ``publish_in`` was handled: parked copies held back."""
+        first: dict[int, float] = {}
+        for (n, _), at in zip(self.handlings, self.times, strict=True):
+            first.setdefault(n, at)
+        return max((first[n] - due for n, due in self.due.items() if n in first), default=0.0)
 
 
 Fault = Callable[[Cluster, int], Awaitable[None]]
@@ -150,7 +159,8 @@ async def publish_stream(
             delayed = case.in_flight and n % EVERY_NTH == 2
             try:
                 if delayed:
-                    await publisher.publish_in(5, "cluster.job", {"id": n}, message_id=f"m-{n}")
+                    await publisher.publish_in(DELAY_S, "cluster.job", {"id": n}, message_id=f"m-{n}")
+                    stream.due[n] = time.monotonic() + DELAY_S
                 else:
                     await publisher.publish("cluster.job", {"id": n}, message_id=f"m-{n}")
                 stream.confirmed.add(n)
@@ -232,6 +242,8 @@ async def run_case(title: str, case: Case, cluster: Cluster, iso: Isolation) -> 
             f"longest pause {stream.longest_pause(ended):.1f} s; "
             f"{pool.stats.reconnects} reconnect(s); {len(stream.retried)} retried"
         )
+        if stream.due:
+            note += f"; latest publish_in handled {stream.latest_delayed():.1f} s after its delay"
         twice = Counter(n for n, _ in stream.handlings)
         if retried_twice := sum(1 for n in stream.retried if twice[n] > 1):
             # Its retry copy was stored, then the original's ack was lost: the redelivered original
