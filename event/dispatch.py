@@ -326,9 +326,13 @@ class Dispatcher:
                 raise PayloadError(
                     f"body of {len(delivered.body)} bytes is over the limit of {self.max_body_bytes}"
                 )
-            body = decode(delivered.body, props.content_type)
-            if consumer.payload is not None:
-                body = consumer.payload.convert(body)
+            payload = consumer.payload
+            if payload is not None and payload.load is not None:  # it reads the bytes (event.protobuf)
+                body = payload.load(delivered.body, props.content_type)
+            else:
+                body = decode(delivered.body, props.content_type)
+                if payload is not None:
+                    body = payload.convert(body)
         except PayloadError as exc:
             await self._failed(delivered, tag, acks, routing_key, failures, exc)
             return
