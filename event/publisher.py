@@ -16,7 +16,7 @@ import orjson
 from aiormq import exceptions as amqp_errors
 from aiormq import spec
 
-from event import protobuf, topology, wire
+from event import protobuf, topology, tracing, wire
 from event.config import (
     DEFAULT_EXCHANGE,
     DEFAULT_PUBLISH_TIMEOUT_S,
@@ -149,6 +149,7 @@ def copy_properties(
     )
 
 
+@tracing.traced_send  # a producer span and trace context in the headers, when opentelemetry is installed
 async def send(
     channel: Channel,
     *,
