@@ -15,10 +15,21 @@ import orjson
 import pytest
 from protobuf_messages import Item, Order
 
-from event import ConfigurationError, Context, Contract, DecodeError, Message, ValidationError, asyncapi
+from event import (
+    ConfigurationError,
+    Context,
+    Contract,
+    DecodeError,
+    Message,
+    Publisher,
+    ValidationError,
+    WorkerPool,
+    asyncapi,
+)
 from event.payloads import converter, payload_spec
 from event.protobuf import is_message, is_message_type, json_schema, loader, to_json
 from event.publisher import encode_payload
+from event.testing import TestBroker
 
 SPEC = Path(__file__).resolve().parents[1] / "asyncapi_spec"
 ASYNCAPI = jsonschema.Draft7Validator(json.loads((SPEC / "asyncapi-3.0.0.schema.json").read_text()))
@@ -133,6 +144,24 @@ def test_the_asyncapi_document_gives_the_content_type_and_the_json_mapping_schem
     validator = jsonschema.Draft7Validator(schema)
     assert not list(validator.iter_errors(to_json(Order(total_cents=2**40, labels={"a": "b"}, status=2))))
     assert list(validator.iter_errors({"totalCents": 5}))  # the mapping writes 64-bit integers as strings
+
+
+async def test_the_in_memory_broker_carries_protobuf_messages_and_keeps_their_bodies_as_bytes() -> None:
+    url = "amqp://nobody:nothing@127.0.0.1:1/"
+    pool = WorkerPool(url, namespace="t")
+    got: list[Any] = []
+
+    @pool.consumer("shop.order")
+    async def order(ctx: Context, msg: Message[Order]) -> None:
+        got.append(msg.body)
+
+    publisher = Publisher(url, namespace="t")
+    async with TestBroker(pool, publisher) as broker:
+        await publisher.publish("shop.order", ORDER)
+        await publisher.publish_in(30, "shop.order", ORDER)
+        await broker.advance(30)
+    assert got == [ORDER, ORDER]
+    assert [Order.FromString(p) for p in broker.published("shop.order")] == [ORDER, ORDER]
 
 
 NO_PROTOBUF = textwrap.dedent(
