@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 from urllib.parse import unquote, urlsplit
 
-from event import wire
+from event import protobuf, wire
 from event.config import split_urls
 from event.consumer import Consumer
 from event.contracts import Contract
@@ -97,7 +97,7 @@ class _Builder:
 
     def send_contract(self, contract: Contract[Any]) -> None:
         channel = self._channel(contract.routing_key)
-        message = self._message(contract.type, channel)
+        message = self._message(contract.type, channel, contract.content_type)
         self._operation(
             f"send_{_ident(contract.routing_key)}",
             {
@@ -182,7 +182,7 @@ class _Builder:
         )
         return ident
 
-    def _message(self, payload_type: Any, channel: str) -> str:
+    def _message(self, payload_type: Any, channel: str, content_type: str = "") -> str:
         ident = self._message_ids.get(payload_type)
         if ident is None:
             base = ANY_JSON if payload_type is ANY_JSON else _ident(_type_name(payload_type))
@@ -195,7 +195,7 @@ class _Builder:
             self.messages[ident] = {
                 "name": ident,
                 "title": ident,
-                "contentType": wire.CONTENT_TYPE,
+                "contentType": content_type or _content_type(payload_type),
                 "summary": "Any JSON value (the consumer declares no payload type)."
                 if payload_type is ANY_JSON
                 else _summary(payload_type),
@@ -255,6 +255,9 @@ def json_schemas(types_by_name: dict[str, Any]) -> dict[str, Any]:
     """
     schemas: dict[str, Any] = {}
     for name, payload_type in types_by_name.items():
+        if protobuf.is_message_type(payload_type):  # its JSON mapping; the binary form has the same fields
+            schemas[name] = protobuf.json_schema(payload_type)
+            continue
         made = _pydantic_schema(payload_type)
         if made is None:
             schemas[name] = basic_schema(payload_type)
@@ -353,7 +356,14 @@ def _summary(payload_type: Any) -> str:
 
 
 def _type_name(payload_type: Any) -> str:
+    if protobuf.is_message_type(payload_type):
+        return protobuf.type_name(payload_type)
     return str(getattr(payload_type, "__name__", payload_type))
+
+
+def _content_type(payload_type: Any) -> str:
+    """The content type a payload type is published with by default."""
+    return protobuf.CONTENT_TYPE if protobuf.is_message_type(payload_type) else wire.CONTENT_TYPE
 
 
 def _ident(text: str) -> str:

@@ -12,7 +12,9 @@ not import each other)::
 
 The routing key is written once. mypy rejects a publish of another type or a payload missing a field,
 and a handler typed with another payload type. ``SendEmail`` is any payload type :mod:`event.payloads`
-accepts: a dataclass, a TypedDict or a pydantic model.
+accepts: a dataclass, a TypedDict, a pydantic model or a protobuf message class. A protobuf contract
+publishes the binary form unless declared with ``content_type="application/json"`` (see
+:mod:`event.protobuf`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, is_typeddict
 
-from event import wire
+from event import protobuf, wire
 from event.errors import ConfigurationError
 from event.message import Message
 from event.payloads import converter, payload_spec
@@ -48,17 +50,31 @@ class Contract(Generic[P]):
     """The routing key ``routing_key`` carries payloads of type ``type``; ``description`` documents it.
 
     ``routing_key`` is an exact key (no ``*`` or ``#``): a producer publishes with it. ``type`` is a
-    dataclass, a TypedDict or a pydantic model; anything else raises :class:`ConfigurationError` here,
-    at import, rather than at the first publish.
+    dataclass, a TypedDict, a pydantic model or a protobuf message class; anything else raises
+    :class:`ConfigurationError` here, at import, rather than at the first publish.
+
+    ``content_type`` is how the producer encodes the payloads: JSON (``application/json``) for every
+    type, and, for a protobuf message, its binary form (``application/x-protobuf``, the default for
+    one) or its JSON mapping. Consumers read either. Left out, it is the type's default.
     """
 
     routing_key: str
     type: type[P]
     description: str = ""
+    content_type: str = ""
 
     def __post_init__(self) -> None:
         wire.validate_routing_key(self.routing_key, pattern=False)
         converter(self.type, f"contract {self.routing_key!r}")  # raises for an unsupported type
+        is_protobuf = protobuf.is_message_type(self.type)
+        allowed = (protobuf.CONTENT_TYPE, wire.CONTENT_TYPE) if is_protobuf else (wire.CONTENT_TYPE,)
+        if not self.content_type:
+            object.__setattr__(self, "content_type", allowed[0])
+        elif self.content_type not in allowed:
+            raise ConfigurationError(
+                f"content_type {self.content_type!r} of contract {self.routing_key!r} is not one of "
+                f"{allowed}, the encodings of {getattr(self.type, '__name__', self.type)} payloads"
+            )
 
     def __repr__(self) -> str:
         return f"Contract({self.routing_key!r}, {getattr(self.type, '__name__', self.type)!s})"
@@ -119,6 +135,13 @@ class Producer(Generic[P]):
     def __repr__(self) -> str:
         return f"Producer({self.contract!r})"
 
+    def _payload(self, payload: P) -> Any:
+        """``payload`` checked, and as the contract's content type has it published."""
+        self.contract.check(payload)
+        if self.contract.content_type == wire.CONTENT_TYPE and protobuf.is_message(payload):
+            return protobuf.to_json(payload)  # type: ignore[arg-type]  # a protobuf message, checked
+        return payload
+
     async def publish(
         self,
         payload: P,
@@ -128,9 +151,12 @@ class Producer(Generic[P]):
         mandatory: bool = False,
     ) -> None:
         """Publish ``payload`` and wait for the broker's confirm (see :meth:`event.Publisher.publish`)."""
-        self.contract.check(payload)
         await self.publisher.publish(
-            self.contract.routing_key, payload, headers=headers, message_id=message_id, mandatory=mandatory
+            self.contract.routing_key,
+            self._payload(payload),
+            headers=headers,
+            message_id=message_id,
+            mandatory=mandatory,
         )
 
     async def publish_in(
@@ -142,9 +168,8 @@ class Producer(Generic[P]):
         message_id: str | None = None,
     ) -> None:
         """Publish ``payload`` for delivery after ``delay`` (see :meth:`event.Publisher.publish_in`)."""
-        self.contract.check(payload)
         await self.publisher.publish_in(
-            delay, self.contract.routing_key, payload, headers=headers, message_id=message_id
+            delay, self.contract.routing_key, self._payload(payload), headers=headers, message_id=message_id
         )
 
     async def publish_at(
@@ -156,7 +181,6 @@ class Producer(Generic[P]):
         message_id: str | None = None,
     ) -> None:
         """Publish ``payload`` for delivery at ``when`` (see :meth:`event.Publisher.publish_at`)."""
-        self.contract.check(payload)
         await self.publisher.publish_at(
-            when, self.contract.routing_key, payload, headers=headers, message_id=message_id
+            when, self.contract.routing_key, self._payload(payload), headers=headers, message_id=message_id
         )

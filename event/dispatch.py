@@ -7,6 +7,7 @@ running its handlers; the pool hands it a fresh :class:`AckTracker` whenever its
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,7 +19,7 @@ import orjson
 from aiormq import spec
 from aiormq.abc import DeliveredMessage
 
-from event import wire
+from event import tracing, wire
 from event.acks import AckTracker
 from event.consumer import Consumer
 from event.errors import DecodeError, PayloadError
@@ -96,7 +97,9 @@ def endpoint_for(consumer: Consumer, executor: Executor) -> Step:
         return handler  # type: ignore[return-value]
 
     async def in_thread(ctx: Any, msg: Message[Any]) -> None:
-        error = await asyncio.get_running_loop().run_in_executor(executor, _call_sync, handler, ctx, msg)
+        # In the caller's context (as asyncio.to_thread), so the handler's spans are the delivery's children.
+        run = contextvars.copy_context().run
+        error = await asyncio.get_running_loop().run_in_executor(executor, run, _call_sync, handler, ctx, msg)
         if error is None:
             return
         if isinstance(error, Exception):
@@ -196,6 +199,7 @@ class Dispatcher:
         finally:
             self._suspect_running = False
 
+    @tracing.traced_delivery  # a consumer span, when opentelemetry is installed
     async def _redelivered(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
         """A delivery whose previous one ended unsettled: replace it by a counted copy, or dead-queue it.
 
@@ -295,6 +299,7 @@ class Dispatcher:
             if slots is not None:
                 slots.release()
 
+    @tracing.traced_delivery  # a consumer span, when opentelemetry is installed
     async def _process(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
         consumer = self.consumer
         props = delivered.header.properties
@@ -326,9 +331,13 @@ class Dispatcher:
                 raise PayloadError(
                     f"body of {len(delivered.body)} bytes is over the limit of {self.max_body_bytes}"
                 )
-            body = decode(delivered.body, props.content_type)
-            if consumer.payload is not None:
-                body = consumer.payload.convert(body)
+            payload = consumer.payload
+            if payload is not None and payload.load is not None:  # it reads the bytes (event.protobuf)
+                body = payload.load(delivered.body, props.content_type)
+            else:
+                body = decode(delivered.body, props.content_type)
+                if payload is not None:
+                    body = payload.convert(body)
         except PayloadError as exc:
             await self._failed(delivered, tag, acks, routing_key, failures, exc)
             return
@@ -378,6 +387,7 @@ class Dispatcher:
         consumer = self.consumer
         props = delivered.header.properties
         self.stats.count("failed", routing_key)
+        tracing.failed(error)
         decision = decide(error, failures, consumer.retries, consumer.backoff)
         context = {
             "message_id": props.message_id,

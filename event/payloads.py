@@ -2,7 +2,8 @@
 
 A handler opts in with ``msg: Message[SendEmail]`` (``msg.body`` is then a ``SendEmail``) or with a third
 parameter ``payload: SendEmail``. ``SendEmail`` may be a dataclass, a ``TypedDict`` (the body stays a dict,
-checked), or a pydantic model when pydantic is installed. A body that does not fit raises
+checked), a pydantic model when pydantic is installed, or a protobuf message class (read from its binary
+form or from JSON, by content type: see :mod:`event.protobuf`). A body that does not fit raises
 :class:`ValidationError` naming each field at fault; the message goes to the dead queue at once, since
 retrying cannot fix it. Keys the type does not know are ignored, so publishers can add fields first.
 """
@@ -16,19 +17,26 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 
+from event import protobuf
 from event.errors import ConfigurationError, ValidationError
 from event.message import Message
 
 Convert = Callable[[Any], Any]
+Load = Callable[[bytes, str | None], Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class PayloadSpec:
-    """How a handler wants its payload: converted by ``convert``, and passed as a third argument or not."""
+    """How a handler wants its payload: converted by ``convert``, and passed as a third argument or not.
+
+    ``load``, when set, reads the raw body (bytes, content type) itself instead of the JSON path's
+    decode-then-``convert``: a protobuf message's body need not be JSON.
+    """
 
     type: Any
     convert: Convert
     as_argument: bool
+    load: Load | None = None
 
 
 def payload_spec(handler: Callable[..., Any]) -> PayloadSpec | None:
@@ -43,7 +51,8 @@ def payload_spec(handler: Callable[..., Any]) -> PayloadSpec | None:
         return None
     if wanted is Any or wanted is dict or wanted is object:
         return None if not as_argument else PayloadSpec(wanted, lambda body: body, True)
-    return PayloadSpec(wanted, converter(wanted, where), as_argument)
+    load = protobuf.loader(wanted) if protobuf.is_message_type(wanted) else None
+    return PayloadSpec(wanted, converter(wanted, where), as_argument, load)
 
 
 def _annotation(handler: Callable[..., Any], name: str, where: str) -> Any:
@@ -72,8 +81,11 @@ def converter(wanted: Any, where: str = "the handler") -> Convert:
     validate = getattr(wanted, "model_validate", None)
     if validate is not None:  # a pydantic model
         return lambda body: _pydantic(wanted, body)
+    if protobuf.is_message_type(wanted):
+        return protobuf.converter(wanted)
     raise ConfigurationError(
-        f"payload type {wanted!r} of {where} is not a dataclass, a TypedDict or a pydantic model"
+        f"payload type {wanted!r} of {where} is not a dataclass, a TypedDict, a pydantic model or a "
+        f"protobuf message"
     )
 
 
@@ -188,6 +200,11 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
         raise ValidationError(f"field {name!r}: expected {hint.__name__}, got {_kind(value)}")
     if getattr(hint, "model_validate", None) is not None:
         return _pydantic(hint, value)
+    if protobuf.is_message_type(hint):  # a protobuf message nested in a JSON payload: its JSON mapping
+        try:
+            return protobuf.converter(hint)(value)
+        except ValidationError as exc:
+            raise ValidationError(f"field {name!r}: {exc}") from exc
     return value  # a type we do not check: passed through as decoded
 
 

@@ -16,7 +16,7 @@ import orjson
 from aiormq import exceptions as amqp_errors
 from aiormq import spec
 
-from event import topology, wire
+from event import protobuf, topology, tracing, wire
 from event.config import (
     DEFAULT_EXCHANGE,
     DEFAULT_PUBLISH_TIMEOUT_S,
@@ -67,6 +67,14 @@ def encode(routing_key: str, payload: Any) -> bytes:
         raise TypeError(f"payload for {routing_key!r} cannot be serialised to JSON: {exc}") from exc
 
 
+def encode_payload(routing_key: str, payload: Any) -> tuple[bytes, str]:
+    """``payload``'s body and content type: a protobuf message in its binary form (see
+    :mod:`event.protobuf`), anything else as JSON (:func:`encode`)."""
+    if protobuf.is_message(payload):
+        return protobuf.encode(routing_key, payload), protobuf.CONTENT_TYPE
+    return encode(routing_key, payload), wire.CONTENT_TYPE
+
+
 def _model_dump(value: Any) -> Any:
     # orjson writes dataclasses and TypedDicts itself; pydantic models say how to dump themselves.
     dump = getattr(value, "model_dump", None)
@@ -105,11 +113,12 @@ def properties(
     headers: Mapping[str, Any] | None = None,
     expiration: str | None = None,
     now: float | None = None,
+    content_type: str = wire.CONTENT_TYPE,
 ) -> spec.Basic.Properties:
-    """Hutch's message properties (spec section 3): JSON, persistent, a UUID, a whole-second timestamp
-    (of ``now``, epoch seconds, if given: the publisher's clock)."""
+    """Hutch's message properties (spec section 3): JSON (or ``content_type``), persistent, a UUID, a
+    whole-second timestamp (of ``now``, epoch seconds, if given: the publisher's clock)."""
     return spec.Basic.Properties(
-        content_type=wire.CONTENT_TYPE,
+        content_type=content_type,
         delivery_mode=wire.PERSISTENT,
         message_id=message_id or str(uuid.uuid4()),
         timestamp=datetime.fromtimestamp(int(time.time() if now is None else now), tz=UTC),
@@ -140,6 +149,7 @@ def copy_properties(
     )
 
 
+@tracing.traced_send  # a producer span and trace context in the headers, when opentelemetry is installed
 async def send(
     channel: Channel,
     *,
@@ -356,17 +366,19 @@ class Publisher:
         message_id: str | None = None,
         mandatory: bool = False,
     ) -> None:
-        """Publish ``payload`` as JSON with ``routing_key`` and wait for the broker's confirm.
+        """Publish ``payload`` with ``routing_key`` and wait for the broker's confirm.
+
+        The body is JSON, or the binary form of a protobuf message (see :mod:`event.protobuf`).
 
         With ``mandatory=True`` a message that no queue is bound to receive raises :class:`Unroutable`
         instead of being dropped by the broker.
         """
         wire.validate_routing_key(routing_key, pattern=False)
-        body = encode(routing_key, payload)
+        body, content_type = encode_payload(routing_key, payload)
         await self.publish_raw(
             routing_key,
             body,
-            properties(message_id=message_id, headers=headers, now=self.clock()),
+            properties(message_id=message_id, headers=headers, now=self.clock(), content_type=content_type),
             mandatory=mandatory,
         )
 
@@ -414,7 +426,7 @@ class Publisher:
             await self.publish(routing_key, payload, headers=headers, message_id=message_id)
             return
         wire.validate_routing_key(routing_key, pattern=False)
-        body = encode(routing_key, payload)
+        body, content_type = encode_payload(routing_key, payload)
         level, planned_due_ms = wire.delay_plan(seconds, math.ceil(self.clock() * 1000))
         if planned_due_ms is None:
             due_at_ms = None  # a level covers it: no re-park needed
@@ -425,6 +437,7 @@ class Publisher:
             headers=wire.delayed_headers(headers, routing_key, due_at_ms=due_at_ms),
             expiration=str(level * 1000),
             now=self.clock(),
+            content_type=content_type,
         )
         # Straight into our own park queue (one copy, whatever other namespaces share the exchange),
         # through the delay exchange rather than the spec's default one: see wire.delay_exchange_name.

@@ -46,7 +46,7 @@ from pamqp import encode as amqp_encode
 from pamqp import frame as amqp_frame
 from pamqp.header import ContentHeader
 
-from event import wire
+from event import protobuf, wire
 from event.connection import Connection
 from event.pool import WorkerPool
 from event.publisher import Publisher
@@ -123,6 +123,7 @@ class Published:
     routing_key: str
     body: bytes
     headers: dict[str, Any]
+    content_type: str | None = None
 
     @property
     def event_routing_key(self) -> str:
@@ -144,7 +145,9 @@ class Published:
 
     @property
     def payload(self) -> Any:
-        """The body, decoded."""
+        """The body, decoded from JSON; a protobuf body stays bytes (``Order.FromString(p.payload)``)."""
+        if wire.media_type(self.content_type) in protobuf.BINARY_CONTENT_TYPES:
+            return self.body
         return orjson.loads(self.body)
 
 
@@ -328,7 +331,7 @@ class TestBroker:
     def dead(self) -> list[Published]:
         """What waits in the dead queues now."""
         return [
-            Published(m.exchange, m.routing_key, m.body, dict(m.props.headers or {}))
+            Published(m.exchange, m.routing_key, m.body, dict(m.props.headers or {}), m.props.content_type)
             for q in self.queues.values()
             if q.name.endswith("_dead_queue")
             for m in q.messages
@@ -372,7 +375,7 @@ class TestBroker:
         headers = dict(props.headers or {})
         targets = self.route(exchange, routing_key, headers)
         headers.pop("BCC", None)
-        self.log.append(Published(exchange, routing_key, body, headers))
+        self.log.append(Published(exchange, routing_key, body, headers, props.content_type))
         for name in targets:
             self._enqueue(
                 self.queues[name], _Message(body, _with(props, headers=headers), exchange, routing_key)

@@ -222,6 +222,11 @@ def dead_queue_arguments(
     return {"x-message-ttl": ttl_ms, "x-max-length": max_length}
 
 
+def media_type(content_type: str | None) -> str:
+    """The media type of a ``content_type`` property, lower-case, parameters dropped; "" for none."""
+    return content_type.split(";", 1)[0].strip().lower() if content_type else ""
+
+
 # --- routing keys ----------------------------------------------------------------------------------------
 
 

@@ -88,5 +88,7 @@ async def untyped_invoice(ctx: Context, msg: Message[Invoice]) -> None: ...
 def test_a_contract_refuses_a_pattern_or_an_unsupported_type() -> None:
     with pytest.raises(ConfigurationError):
         Contract("app.*", SendEmail)
-    with pytest.raises(ConfigurationError, match="not a dataclass, a TypedDict or a pydantic model"):
+    with pytest.raises(
+        ConfigurationError, match="not a dataclass, a TypedDict, a pydantic model or a protobuf message"
+    ):
         Contract("app.numbers", int)

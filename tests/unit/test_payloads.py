@@ -106,7 +106,9 @@ def test_payload_type_is_read_from_message_generic_or_payload_parameter() -> Non
 def test_an_unsupported_payload_type_is_a_configuration_error() -> None:
     async def handler(ctx: object, msg: Message[set[int]]) -> None: ...
 
-    with pytest.raises(ConfigurationError, match="not a dataclass, a TypedDict or a pydantic model"):
+    with pytest.raises(
+        ConfigurationError, match="not a dataclass, a TypedDict, a pydantic model or a protobuf message"
+    ):
         payload_spec(handler)
 
 

@@ -1,0 +1,160 @@
+"""Tracing without a broker: the destination names, the in-memory broker's traces, and no opentelemetry."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from otel_support import by_name, recording, traceparent
+
+from event import Context, Message, Publisher, Retry, WorkerPool, tracing
+from event.testing import TestBroker
+
+URL = "amqp://nobody:nothing@127.0.0.1:1/"  # never dialled: the broker is in memory
+FOREIGN = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"  # the W3C spec's example
+
+
+def test_destination_names_follow_the_rabbitmq_conventions() -> None:
+    assert tracing.producer_destination("hutch", "app.x") == "hutch:app.x"
+    assert tracing.producer_destination("", "myapp:hutch_dead_queue") == "myapp:hutch_dead_queue"
+    assert tracing.producer_destination("hutch", "") == "hutch"
+    assert tracing.producer_destination("", "") == "amq.default"
+    assert tracing.consumer_destination("hutch", "app.x", "myapp:x") == "hutch:app.x:myapp:x"
+    assert tracing.consumer_destination("", "myapp:x", "myapp:x") == "myapp:x"  # a copy sent to its queue
+
+
+async def test_one_trace_runs_from_the_callers_span_through_a_retry_and_into_a_sync_handlers_span() -> None:
+    pool = WorkerPool(URL, namespace="t")
+    inner: list[tuple[int, int | None]] = []  # (attempt, parent span id of the handler's own span)
+
+    @pool.consumer("app.job", retries=2)
+    def job(ctx: Context, msg: Message[Any]) -> None:  # a sync handler: it runs in a worker thread
+        assert threading.current_thread() is not threading.main_thread()
+        with trace.get_tracer("app").start_as_current_span("charge") as span:
+            parent = span.parent  # type: ignore[attr-defined]  # the SDK's span has one
+            inner.append((msg.attempt, parent.span_id if parent else None))
+        if msg.attempt == 1:
+            raise Retry("later", in_=30)
+
+    publisher = Publisher(URL, namespace="t")
+    with recording() as exporter:
+        async with TestBroker(pool, publisher) as broker:
+            with trace.get_tracer("app").start_as_current_span("checkout") as checkout:
+                await publisher.publish("app.job", {"n": 1}, message_id="job-1")
+            await broker.drain()
+            await broker.advance(30)
+        spans = exporter.get_finished_spans()
+
+    publish, retry = by_name(spans, "publish ")
+    first, second = by_name(spans, "process ")
+    assert {s.context.trace_id for s in spans} == {checkout.get_span_context().trace_id}
+    assert publish.parent is not None and publish.parent.span_id == checkout.get_span_context().span_id
+    assert [s.kind for s in (publish, first, retry, second)] == [
+        SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.PRODUCER, SpanKind.CONSUMER,
+    ]  # fmt: skip
+    chain = [publish, first, retry, second]
+    for parent, child in itertools.pairwise(chain):
+        assert child.parent is not None and child.parent.span_id == parent.context.span_id, child.name
+    assert [(a, p) for a, p in inner] == [(1, first.context.span_id), (2, second.context.span_id)]
+    assert first.attributes is not None and first.attributes["error.type"] == "Retry"
+    assert second.attributes is not None and "error.type" not in second.attributes
+    assert [first.attributes["event.attempt"], second.attributes["event.attempt"]] == [1, 2]
+    assert retry.attributes is not None
+    assert retry.attributes["messaging.destination.name"] == "hutch.delay:t:hutch_park_queue_30s"
+    assert [p.headers["traceparent"] for p in broker.log] == [traceparent(publish), traceparent(retry)]
+
+
+async def test_a_publish_outside_any_span_continues_the_trace_its_headers_carry() -> None:
+    pool = WorkerPool(URL, namespace="t")
+
+    @pool.consumer("app.job")
+    async def job(ctx: Context, msg: Message[Any]) -> None:
+        pass
+
+    publisher = Publisher(URL, namespace="t")
+    with recording() as exporter:
+        async with TestBroker(pool, publisher) as broker:
+            await publisher.publish("app.job", {}, headers={"traceparent": FOREIGN})  # a bridge, a requeue
+            raw = await (await broker.connect(URL, name="ruby")).channel()
+            # As another service sends it (a Ruby one, traced by its own OpenTelemetry): no span of ours.
+            await raw.basic_publish(
+                b"{}", exchange="hutch", routing_key="app.job", properties=_props({"traceparent": FOREIGN})
+            )
+            await broker.drain()
+        spans = exporter.get_finished_spans()
+
+    [publish] = by_name(spans, "publish ")
+    assert publish.parent is not None and f"{publish.parent.span_id:016x}" == FOREIGN.split("-")[2]
+    processed = by_name(spans, "process ")
+    parents = sorted(f"{s.parent.span_id:016x}" for s in processed if s.parent is not None)
+    assert parents == sorted([f"{publish.context.span_id:016x}", FOREIGN.split("-")[2]])
+    assert all(s.context.trace_id == int(FOREIGN.split("-")[1], 16) for s in spans)
+
+
+def _props(headers: dict[str, Any]) -> Any:
+    from aiormq import spec
+
+    return spec.Basic.Properties(content_type="application/json", headers=headers)
+
+
+NO_OPENTELEMETRY = textwrap.dedent(
+    """
+    import sys
+    sys.modules["opentelemetry"] = None  # as if not installed: any import of it fails
+    import asyncio, json
+    from event import Message, Publisher, WorkerPool, dispatch, publisher, tracing
+    from event.testing import TestBroker
+
+    URL = "amqp://nobody:nothing@127.0.0.1:1/"
+
+    async def main():
+        pool = WorkerPool(URL, namespace="t")
+        seen = []
+
+        @pool.consumer("app.x", retries=1)
+        def x(ctx, msg: Message) -> None:
+            seen.append(msg.attempt)
+            raise RuntimeError("boom")
+
+        sender = Publisher(URL, namespace="t")
+        async with TestBroker(pool, sender) as broker:
+            await sender.publish("app.x", {"a": 1})
+            await sender.publish_in(30, "app.x", {"a": 2})
+            await broker.drain()
+            await broker.advance(60)
+            dead = broker.dead()
+            headers = sorted({name for p in broker.log for name in p.headers})
+        print(json.dumps({
+            "enabled": tracing.ENABLED,
+            "send_wrapped": hasattr(publisher.send, "__wrapped__"),
+            "process_wrapped": hasattr(dispatch.Dispatcher._process, "__wrapped__"),
+            "seen": sorted(seen),
+            "dead": len(dead),
+            "headers": headers,
+            "imported": sorted(m for m in sys.modules if m.startswith("opentelemetry")),
+        }))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_without_opentelemetry_nothing_is_traced_and_nothing_fails() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", NO_OPENTELEMETRY], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["enabled"] is False
+    assert report["send_wrapped"] is False and report["process_wrapped"] is False  # the functions as written
+    assert report["seen"] == [1, 1, 2, 2]  # both messages ran, failed, were retried, and went dead
+    assert report["dead"] == 2
+    assert not [h for h in report["headers"] if h in ("traceparent", "tracestate", "baggage")]
+    assert report["imported"] == ["opentelemetry"]  # only the blocking entry itself
