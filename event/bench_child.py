@@ -1,9 +1,10 @@
 """One contestant of `event bench` in a fresh interpreter: ``python -m event.bench_child ...``.
 
 Each run measures one system (``event``, ``pika`` or ``aio-pika``) in one phase (``consume``,
-``publish``, or ``hold`` for memory) and prints one JSON line: ``seconds`` (the timed part), ``count``,
-``loop`` and ``peak_rss_mb``. The parent (:mod:`event.bench`) fills the queues before, checks them after,
-and passes the broker URL in ``$AMQP_URL`` (argv would show its password to every user of ``ps``).
+``publish``, or ``hold`` for memory) and prints one JSON line: ``seconds`` and ``cpu_seconds`` (wall
+clock and the process's CPU time over the timed part), ``count``, ``loop`` and ``peak_rss_mb``. The
+parent (:mod:`event.bench`) fills the queues before, checks them after, and passes the broker URL in
+``$AMQP_URL`` (argv would show its password to every user of ``ps``).
 
 What is timed:
 
@@ -65,6 +66,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class Span:
+    """The timed part of a phase: wall-clock seconds, and this process's CPU seconds, which a machine
+    busy with other work disturbs less (a client waiting on a slow broker spends no CPU)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    def start(self) -> None:
+        """Mark the start (once)."""
+        self.seconds = -time.perf_counter()
+        self.cpu_seconds = -_cpu_seconds()
+
+    def stop(self) -> Span:
+        """Mark the end; returns itself."""
+        self.seconds += time.perf_counter()
+        self.cpu_seconds += _cpu_seconds()
+        return self
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def _noop() -> None:
     return None
 
@@ -100,18 +126,18 @@ def event_pool(url: str, namespace: str, exchange: str, **options: Any) -> Worke
     return WorkerPool(url, namespace=namespace, exchange=exchange, name="event bench", **options)
 
 
-async def consume_event(url: str, namespace: str, exchange: str, keys: list[str], jobs: int) -> float:
+async def consume_event(url: str, namespace: str, exchange: str, keys: list[str], jobs: int) -> Span:
     """A WorkerPool with full dispatch: a context per message, a middleware, the pool's default
     concurrency limit, one consumer per key at prefetch 200, batched acks."""
     pool = event_pool(url, namespace, exchange)
     pool.middleware(_mark)
     count = 0
-    started = 0.0
+    span = Span()
 
     async def job(ctx: _JobContext, msg: Message[Any]) -> None:
-        nonlocal count, started
+        nonlocal count
         if not count:
-            started = time.perf_counter()
+            span.start()
         count += 1
         if count == jobs:
             pool.stop()
@@ -121,10 +147,10 @@ async def consume_event(url: str, namespace: str, exchange: str, keys: list[str]
     await pool.run(install_signal_handlers=False)  # returns once the acks are flushed and it closed
     if count != jobs:
         raise RuntimeError(f"the pool handled {count} of {jobs} jobs")
-    return time.perf_counter() - started
+    return span.stop()
 
 
-async def consume_pika(url: str, queues: list[str], jobs: int) -> float:
+async def consume_pika(url: str, queues: list[str], jobs: int) -> Span:
     """pika's AsyncioConnection: a channel per queue at prefetch 200, orjson decode and a no-op
     coroutine run to completion per message, a `multiple` ack every 50th message of a channel."""
     import pika
@@ -135,13 +161,13 @@ async def consume_pika(url: str, queues: list[str], jobs: int) -> float:
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[None] = loop.create_future()
     count = 0
-    started = 0.0
+    span = Span()
     unacked: dict[Channel, tuple[int, int]] = {}  # channel: (messages not yet acked, last delivery tag)
 
     def on_message(channel: Channel, deliver: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
-        nonlocal count, started
+        nonlocal count
         if not count:
-            started = time.perf_counter()
+            span.start()
         orjson.loads(body)
         _run_to_completion(_noop())
         count += 1
@@ -183,22 +209,22 @@ async def consume_pika(url: str, queues: list[str], jobs: int) -> float:
         pika.URLParameters(url), on_open, on_open_error, on_close, custom_ioloop=loop
     )
     await closed
-    return time.perf_counter() - started
+    return span.stop()
 
 
-async def consume_aio_pika(url: str, queues: list[str], jobs: int) -> float:
+async def consume_aio_pika(url: str, queues: list[str], jobs: int) -> Span:
     """Plain aio-pika: a channel per queue at prefetch 200, orjson decode, one ack per message."""
     import aio_pika
     from aio_pika.abc import AbstractIncomingMessage
 
     count = 0
-    started = 0.0
+    span = Span()
     done = asyncio.Event()
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        nonlocal count, started
+        nonlocal count
         if not count:
-            started = time.perf_counter()
+            span.start()
         orjson.loads(message.body)
         await message.ack()
         count += 1
@@ -215,13 +241,13 @@ async def consume_aio_pika(url: str, queues: list[str], jobs: int) -> float:
         await done.wait()
     finally:
         await connection.close()
-    return time.perf_counter() - started
+    return span.stop()
 
 
 # --- publish ----------------------------------------------------------------------------------------------
 
 
-async def _in_window(jobs: int, window: int, publish: Callable[[int], Awaitable[None]]) -> float:
+async def _in_window(jobs: int, window: int, publish: Callable[[int], Awaitable[None]]) -> Span:
     # `window` publishers draw from one sequence: exactly `window` publishes in flight until the end.
     numbers: Iterator[int] = iter(range(jobs))
 
@@ -229,20 +255,21 @@ async def _in_window(jobs: int, window: int, publish: Callable[[int], Awaitable[
         for n in numbers:
             await publish(n)
 
-    started = time.perf_counter()
+    span = Span()
+    span.start()
     await asyncio.gather(*(publisher() for _ in range(min(window, jobs))))
-    return time.perf_counter() - started
+    return span.stop()
 
 
 async def publish_event(
     url: str, namespace: str, exchange: str, keys: list[str], jobs: int, window: int
-) -> float:
+) -> Span:
     """Our Publisher, ``window`` publishes in flight, each returning once the broker confirmed it."""
     async with Publisher(url, namespace=namespace, exchange=exchange) as publisher:
         return await _in_window(jobs, window, lambda n: publisher.publish(keys[n % len(keys)], {"n": n}))
 
 
-async def publish_aio_pika(url: str, exchange: str, keys: list[str], jobs: int, window: int) -> float:
+async def publish_aio_pika(url: str, exchange: str, keys: list[str], jobs: int, window: int) -> Span:
     """aio-pika with publisher confirms, ``window`` publishes in flight."""
     import aio_pika
 
@@ -269,7 +296,7 @@ async def publish_aio_pika(url: str, exchange: str, keys: list[str], jobs: int, 
         await connection.close()
 
 
-async def publish_pika(url: str, exchange: str, route: Callable[[int], str], jobs: int, window: int) -> float:
+async def publish_pika(url: str, exchange: str, route: Callable[[int], str], jobs: int, window: int) -> Span:
     """pika's AsyncioConnection with confirm_delivery, ``window`` publishes in flight: each confirm
     (``multiple`` ones count every tag they cover) lets the next messages go. ``route(n)`` is the
     routing key of message ``n``. A nack raises: nothing unconfirmed counts as sent."""
@@ -280,13 +307,13 @@ async def publish_pika(url: str, exchange: str, route: Callable[[int], str], job
     from pika.spec import Basic
 
     loop = asyncio.get_running_loop()
-    finished: asyncio.Future[float] = loop.create_future()
+    finished: asyncio.Future[Span] = loop.create_future()
     closed: asyncio.Future[None] = loop.create_future()
     sent = 0
     confirmed = 0
     floor = 0  # every tag up to here is confirmed
     acked = bytearray(jobs + 1)  # by delivery tag, for single acks arriving ahead of the floor
-    started = 0.0
+    span = Span()
     channel: Channel | None = None
 
     def send_more() -> None:
@@ -320,13 +347,12 @@ async def publish_pika(url: str, exchange: str, route: Callable[[int], str], job
             floor += 1
         if confirmed == jobs:
             if not finished.done():
-                finished.set_result(time.perf_counter() - started)
+                finished.set_result(span.stop())
         else:
             send_more()
 
     def on_selected(_: Method[Any]) -> None:
-        nonlocal started
-        started = time.perf_counter()
+        span.start()
         send_more()
 
     def on_channel(opened: Channel) -> None:
@@ -412,7 +438,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _measure(args: argparse.Namespace, url: str) -> Figures:
     keys = [key for key in args.keys.split(",") if key]
     queues = [queue for queue in args.queues.split(",") if queue]
-    phases: dict[tuple[str, str], Callable[[], Awaitable[float]]] = {
+    phases: dict[tuple[str, str], Callable[[], Awaitable[Span]]] = {
         ("consume", "event"): lambda: consume_event(url, args.namespace, args.exchange, keys, args.jobs),
         ("consume", "pika"): lambda: consume_pika(url, queues, args.jobs),
         ("consume", "aio-pika"): lambda: consume_aio_pika(url, queues, args.jobs),
@@ -430,8 +456,14 @@ async def _measure(args: argparse.Namespace, url: str) -> Figures:
             raise SystemExit("the hold phase measures event only")
         rss = await hold_event(url, args.namespace, args.exchange, keys, args.jobs)
         return {"rss_mb": rss, "count": args.jobs, "loop": loop, "peak_rss_mb": peak_rss_mb()}
-    seconds = await phases[args.phase, args.system]()
-    return {"seconds": seconds, "count": args.jobs, "loop": loop, "peak_rss_mb": peak_rss_mb()}
+    span = await phases[args.phase, args.system]()
+    return {
+        "seconds": span.seconds,
+        "cpu_seconds": span.cpu_seconds,
+        "count": args.jobs,
+        "loop": loop,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -378,19 +378,19 @@ async def _bench(args: argparse.Namespace) -> int:
         print(orjson.dumps(r.as_dict()).decode())
         return EXIT_OK
     print(f"{r.jobs} jobs over {r.routing_keys} routing keys, each system in its own process, loop: {r.loop}")
-    print("  (ratio: event's rate over the anchor's; above 1, event is faster)")
     rows = [
-        ("consume", "event", r.consume_event_per_s, "jobs/s", None),
-        ("", "pika", r.consume_pika_per_s, "jobs/s", r.consume_ratio_pika),
-        ("", "aio-pika", r.consume_aio_pika_per_s, "jobs/s", r.consume_ratio_aio_pika),
-        ("publish", "event", r.publish_event_per_s, "msg/s ", None),
-        ("", "pika", r.publish_pika_per_s, "msg/s ", r.publish_ratio_pika),
-        ("", "aio-pika", r.publish_aio_pika_per_s, "msg/s ", r.publish_ratio_aio_pika),
+        ("consume", "event", r.consume_event_per_s, r.consume_event_cpu_us, None),
+        ("", "pika", r.consume_pika_per_s, r.consume_pika_cpu_us, r.consume_ratio_pika),
+        ("", "aio-pika", r.consume_aio_pika_per_s, r.consume_aio_pika_cpu_us, r.consume_ratio_aio_pika),
+        ("publish", "event", r.publish_event_per_s, r.publish_event_cpu_us, None),
+        ("", "pika", r.publish_pika_per_s, r.publish_pika_cpu_us, r.publish_ratio_pika),
+        ("", "aio-pika", r.publish_aio_pika_per_s, r.publish_aio_pika_cpu_us, r.publish_ratio_aio_pika),
     ]
-    for phase, system, rate, unit, ratio in rows:
-        tail = f"   ratio {ratio:.2f}" if ratio is not None else ""
-        print(f"  {phase:<8} {system:<9} {rate:10.0f} {unit}{tail}".rstrip())
-    print(f"  publishes with confirms, {r.window} in flight")
+    print(f"  {'':<8} {'':<9} {'msg/s':>10} {'CPU µs/msg':>11}   event's ratio")
+    for phase, system, rate, cpu_us, ratio in rows:
+        tail = f"   {ratio:.2f}" if ratio is not None else ""
+        print(f"  {phase:<8} {system:<9} {rate:10.0f} {cpu_us:11.1f}{tail}")
+    print(f"  (publish: with confirms, {r.window} in flight; ratio: event's rate over the anchor's)")
     print(f"  RSS      {r.hold_rss_mb:.0f} MB in a worker holding {r.held} messages in flight")
     print(f"           {r.peak_rss_mb:.0f} MB peak of the event consumer")
     return EXIT_OK
