@@ -1,10 +1,12 @@
-"""The throughput benchmark of issue 10 (the Go library's job benchmark), the same as `event bench`.
+"""The throughput benchmark of issue 16 (the seed benchmark), the same as `event bench`.
 
-    python benches/throughput.py [--jobs N] [--routing-keys K] [--processes N] [--json]
+    python benches/throughput.py [--jobs N] [--routing-keys K] [--window W] [--loop LOOP] [--json]
 
-It runs, in one process and against one broker (``$AMQP_URL`` or the local one): a WorkerPool, a plain
-aio-pika consumer (the baseline) and a bare batch-acking aiormq consumer (the ceiling), in rotating
-turns, and reports each rate with its ratio to ours. See docs/benchmarks.md for the figures.
+It runs, against one broker (``$AMQP_URL`` or the local one), each system in its own process and on
+messages published for it alone: a WorkerPool and our Publisher against a bare pika
+``AsyncioConnection`` client and plain aio-pika, consuming and publishing with confirms, in rotating
+turns, and reports each rate with event's ratio to it. Needs ``pip install -e '.[bench]'``. See
+docs/benchmarks.md for the figures.
 """
 
 from __future__ import annotations

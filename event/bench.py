@@ -1,461 +1,366 @@
-"""The throughput benchmark (`event bench`): the Go library's job benchmark, against baselines run
-in the same process and on the same broker, so the figures are ratios a noisy machine can't skew.
+"""The throughput benchmark (`event bench`): event against honest anchors, in one run, on one broker.
 
-Jobs are near no-ops spread over routing keys, each incrementing a counter. Measured, each on its own
-freshly published messages:
+Issue 16's seed benchmark: ``jobs`` near-no-op persistent JSON messages over ``routing_keys`` queues,
+prefetch 200. Three systems are measured, each in a fresh interpreter of its own
+(:mod:`event.bench_child`: no shared loop, heap or garbage collector), each on messages published for
+it alone just before it starts:
 
-- ``jobs_per_s``: a WorkerPool, from the start of ``run()`` to the last ack (the pool stopped); with
-  ``processes`` above 1, that many worker processes on the same queues, from the start of the first
-  one's ``run()`` to the return of the last one's, acks flushed (interpreter start-up and exit
-  excluded, as in one process);
-- ``baseline_jobs_per_s``: plain aio-pika, one queue per key, per-message ack, prefetch 200;
-- ``ceiling_jobs_per_s``: bare aiormq, prefetch 1000, orjson decode, an awaited no-op, a
-  ``multiple=True`` ack every 100th message;
-- ``publish_per_s``: our Publisher with confirms kept in flight, against ``baseline_publish_per_s``,
-  aio-pika publishing one message and awaiting its confirm each time.
+- consume: ``event``, a WorkerPool with full dispatch (a context per message, a middleware, the pool's
+  concurrency limit, batched acks); ``pika``, a bare ``AsyncioConnection`` consumer (orjson decode and
+  a no-op coroutine run to completion per message, a ``multiple`` ack every 50); ``aio-pika``, a plain
+  aio-pika consumer acking each message;
+- publish with confirms, ``window`` publishes in flight: our Publisher, pika's ``AsyncioConnection``
+  with ``confirm_delivery``, and aio-pika with publisher confirms.
+
+The machine may be shared, so each phase runs in ``ROUNDS`` turns of a third of the jobs, the systems
+in a rotating order, so that a slow spell falls on all of them rather than on one; a system's rate is
+its jobs over its summed time. Read the ratios, which one run keeps comparable, rather than the rates.
+Memory is read in a fresh worker holding up to 10,000 messages prefetched, each in a waiting handler.
+
+After each child the parent checks the broker: every consumed queue empty (everything acked), every
+published message in the sink (nothing unconfirmed counted as sent).
+
+The anchors need pika and aio-pika: ``pip install 'rabbit-event[bench]'``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import importlib
 import os
-import resource
-import signal
-import sys
+import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aio_pika
-import aiormq
 import orjson
 
-from event.message import Message
-from event.pool import WorkerPool
-from event.publisher import Publisher, properties
+from event import wire
+from event.bench_child import SYSTEMS, child_argv, event_pool, message_properties
+from event.config import check_count
+from event.errors import ConfigurationError
+from event.topology import Plan
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
 
 Progress = Callable[[str, int, int], None]
 
 HOLD = 10_000  # messages a worker holds prefetched and in flight while its memory is read
 ROUNDS = 3
+DEFAULT_WINDOW = 500
+LOOPS = ("auto", "asyncio", "uvloop")
+INSTALL_HINT = "pip install 'rabbit-event[bench]'"
 
 
 @dataclass
 class BenchResult:
-    """The figures of one benchmark run (see the module docstring for what each measures)."""
+    """The figures of one run: rates per second, and each ratio event/anchor (above 1: event is faster)."""
 
     jobs: int
     routing_keys: int
-    processes: int
-    jobs_per_s: float
-    baseline_jobs_per_s: float
-    ratio: float
-    ceiling_jobs_per_s: float
-    ceiling_ratio: float
-    publish_per_s: float
-    baseline_publish_per_s: float
-    publish_ratio: float
-    peak_rss_mb: float
-    hold_rss_mb: float
+    window: int
     loop: str
+    consume_event_per_s: float
+    consume_pika_per_s: float
+    consume_aio_pika_per_s: float
+    consume_ratio_pika: float
+    consume_ratio_aio_pika: float
+    publish_event_per_s: float
+    publish_pika_per_s: float
+    publish_aio_pika_per_s: float
+    publish_ratio_pika: float
+    publish_ratio_aio_pika: float
+    # CPU time of each contestant's process per message, in µs: less disturbed than the rates by other
+    # work on the machine (a client waiting for a busy broker spends none).
+    consume_event_cpu_us: float
+    consume_pika_cpu_us: float
+    consume_aio_pika_cpu_us: float
+    publish_event_cpu_us: float
+    publish_pika_cpu_us: float
+    publish_aio_pika_cpu_us: float
+    peak_rss_mb: float  # the event consumer's own peak
+    hold_rss_mb: float
+    held: int
 
     def as_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
-        return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 def _no_progress(phase: str, done: int, total: int) -> None:
     pass
 
 
-async def run_bench(
+def require_anchors() -> None:
+    """Raise :class:`ConfigurationError` naming the extra to install when pika or aio-pika is missing."""
+    for module, package in (("pika", "pika"), ("aio_pika", "aio-pika")):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"event bench measures against {package}, which is not installed: {INSTALL_HINT} ({exc})"
+            ) from exc
+
+
+def resolve_loop(loop: str) -> str:
+    """``auto`` is uvloop when it is installed, else asyncio; ``uvloop`` insists on it."""
+    if loop not in LOOPS:
+        raise ConfigurationError(f"--loop must be one of {', '.join(LOOPS)}, not {loop!r}")
+    if loop == "asyncio":
+        return loop
+    try:
+        importlib.import_module("uvloop")
+    except ImportError as exc:
+        if loop == "uvloop":
+            raise ConfigurationError(f"--loop uvloop needs uvloop: {INSTALL_HINT} ({exc})") from exc
+        return "asyncio"
+    return "uvloop"
+
+
+def run_bench(
     url: str,
     *,
     jobs: int = 100_000,
     routing_keys: int = 5,
-    processes: int = 1,
+    window: int = DEFAULT_WINDOW,
+    loop: str = "auto",
     progress: Progress = _no_progress,
 ) -> BenchResult:
-    """Run every phase once against the broker at ``url`` and return the figures; ``processes`` is
-    how many worker processes consume in our phase (the baselines are one process each)."""
-    if processes < 1:
-        raise ValueError(f"processes must be 1 or more, not {processes}")
-    namespace = f"bench{uuid.uuid4().hex[:8]}"
-    exchange = f"{namespace}-ex"
-    keys = [f"bench.job{k}" for k in range(routing_keys)]
-    connection = await aiormq.connect(url)
-    channel = await connection.channel()
-    queues: list[str] = []
-
-    async def fresh(prefix: str, phase: str, count: int = jobs) -> list[str]:
-        names = [f"{prefix}{k}" for k in range(routing_keys)]
-        queues.extend(name for name in names if name not in queues)
-        for name in names:
-            await channel.queue_declare(name, durable=True)
-        await _fill(channel, names, count, progress, phase)
-        return names
-
-    async def ours(n: int) -> float:
-        await fresh(f"{namespace}:job", "fill for event", n)
-        if processes == 1:
-            return await _pool_phase(url, namespace, exchange, keys, n, progress)
-        return await _pool_in_children(url, namespace, exchange, keys, n, processes, progress)
-
-    async def baseline(n: int) -> float:
-        return await _aio_pika_phase(
-            url, await fresh(f"{namespace}-base", "fill for aio-pika", n), n, progress
-        )
-
-    async def ceiling(n: int) -> float:
-        return await _aiormq_phase(url, await fresh(f"{namespace}-ceil", "fill for aiormq", n), n, progress)
-
-    contestants = [ours, baseline, ceiling]
-    seconds = [0.0, 0.0, 0.0]
-    try:
-        publish_rate = await _publish_phase(url, namespace, exchange, keys, jobs, queues, progress)
-        baseline_publish = await _baseline_publish_phase(url, namespace, jobs, queues, progress)
-        # The machine is shared: run the three consumers in turns, in a rotating order, so that a
-        # slow spell of the machine falls on all of them rather than on one.
-        shares = [jobs // ROUNDS + (1 if r < jobs % ROUNDS else 0) for r in range(ROUNDS)]
-        for r, share in enumerate(shares):
-            if not share:
-                continue
-            for k in range(3):
-                which = (r + k) % 3
-                seconds[which] += share / await contestants[which](share)
+    """Run every phase against the broker at ``url`` (blocking: it waits on child processes)."""
+    check_count("jobs", jobs, minimum=1)
+    check_count("routing_keys", routing_keys, minimum=1)
+    check_count("window", window, minimum=1)
+    require_anchors()
+    loop = resolve_loop(loop)
+    bench = _Bench(url, jobs, routing_keys, window, loop, progress)
+    with bench.broker():
+        consume, publish = bench.rounds()
         held = min(jobs, HOLD)
-        await fresh(f"{namespace}:hold", "fill for memory", held)
-        hold_rss = await _hold_in_child(url, namespace, exchange, held, routing_keys, progress)
-    finally:
-        for name in queues:
-            await channel.queue_delete(name)
-        plan = WorkerPool(namespace=namespace, exchange=exchange).topology()
-        for queue in plan.queues:
-            await channel.queue_delete(queue.name)
-        for declared in plan.exchanges:
-            await channel.exchange_delete(declared.name)
-        await connection.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        hold_rss = bench.hold(held)
+    cpu_us = {
+        f"{phase}_{system.replace('-', '_')}_cpu_us": spent.cpu[system] / jobs * 1e6
+        for phase, spent in (("consume", consume), ("publish", publish))
+        for system in SYSTEMS
+    }
     return BenchResult(
         jobs=jobs,
         routing_keys=routing_keys,
-        processes=processes,
-        jobs_per_s=jobs / seconds[0],
-        baseline_jobs_per_s=jobs / seconds[1],
-        ratio=seconds[1] / seconds[0],
-        ceiling_jobs_per_s=jobs / seconds[2],
-        ceiling_ratio=seconds[2] / seconds[0],
-        publish_per_s=publish_rate,
-        baseline_publish_per_s=baseline_publish,
-        publish_ratio=publish_rate / baseline_publish,
-        peak_rss_mb=peak,
+        window=window,
+        loop=loop,
+        consume_event_per_s=jobs / consume.wall["event"],
+        consume_pika_per_s=jobs / consume.wall["pika"],
+        consume_aio_pika_per_s=jobs / consume.wall["aio-pika"],
+        consume_ratio_pika=consume.wall["pika"] / consume.wall["event"],
+        consume_ratio_aio_pika=consume.wall["aio-pika"] / consume.wall["event"],
+        publish_event_per_s=jobs / publish.wall["event"],
+        publish_pika_per_s=jobs / publish.wall["pika"],
+        publish_aio_pika_per_s=jobs / publish.wall["aio-pika"],
+        publish_ratio_pika=publish.wall["pika"] / publish.wall["event"],
+        publish_ratio_aio_pika=publish.wall["aio-pika"] / publish.wall["event"],
+        **cpu_us,
+        peak_rss_mb=bench.peak_rss_mb,
         hold_rss_mb=hold_rss,
-        loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+        held=held,
     )
 
 
-async def _fill(
-    channel: aiormq.abc.AbstractChannel, queues: list[str], jobs: int, progress: Progress, phase: str
-) -> None:
-    """Put ``jobs`` messages round-robin into ``queues`` (default exchange, confirms, in windows)."""
-    window = 2000
-    for start in range(0, jobs, window):
-        await asyncio.gather(
-            *(
-                channel.basic_publish(
-                    orjson.dumps({"n": n}), routing_key=queues[n % len(queues)], properties=properties()
-                )
-                for n in range(start, min(start + window, jobs))
-            )
-        )
-        progress(phase, min(start + window, jobs), jobs)
+class _Spent:
+    """Wall-clock and CPU seconds of each system in one phase, summed over the rounds."""
+
+    def __init__(self) -> None:
+        self.wall = dict.fromkeys(SYSTEMS, 0.0)
+        self.cpu = dict.fromkeys(SYSTEMS, 0.0)
+
+    def add(self, system: str, figures: dict[str, Any]) -> None:
+        self.wall[system] += float(figures["seconds"])
+        self.cpu[system] += float(figures["cpu_seconds"])
 
 
-async def _publish_phase(
-    url: str, namespace: str, exchange: str, keys: list[str], jobs: int, queues: list[str], progress: Progress
-) -> float:
-    """Our Publisher, confirms kept in flight: ``publish`` calls gathered in windows."""
-    sink = f"{namespace}-sink"
-    queues.append(sink)
-    async with Publisher(url, namespace=namespace, exchange=exchange) as publisher:
-        assert publisher._channel is not None
-        await publisher._channel.queue_declare(sink, durable=True)
-        await publisher._channel.queue_bind(sink, exchange, routing_key="#")
-        window = 2000
-        started = time.perf_counter()
-        for start in range(0, jobs, window):
-            await asyncio.gather(
-                *(
-                    publisher.publish(keys[n % len(keys)], {"n": n})
-                    for n in range(start, min(start + window, jobs))
-                )
-            )
-            progress("publish (event)", min(start + window, jobs), jobs)
-        return jobs / (time.perf_counter() - started)
+class _Bench:
+    """One run's names, its admin connection, and the phases the parent drives."""
 
+    def __init__(
+        self, url: str, jobs: int, routing_keys: int, window: int, loop: str, progress: Progress
+    ) -> None:
+        self.url = url
+        self.jobs = jobs
+        self.window = window
+        self.loop = loop
+        self.progress = progress
+        self.namespace = f"bench{uuid.uuid4().hex[:8]}"
+        self.exchange = f"{self.namespace}-ex"
+        self.consume_keys = [f"bench.job{k}" for k in range(routing_keys)]
+        self.publish_keys = [f"bench.publish.{k}" for k in range(routing_keys)]
+        self.sink = f"{self.namespace}-sink"
+        self.plan = self._event_plan()
+        self.declared: list[str] = []  # queues to delete at the end
+        self.peak_rss_mb = 0.0
+        self._channel: BlockingChannel | None = None
 
-async def _baseline_publish_phase(
-    url: str, namespace: str, jobs: int, queues: list[str], progress: Progress
-) -> float:
-    """aio-pika, one message at a time, each confirm awaited (a tenth of the jobs: it is slow)."""
-    count = max(1, jobs // 10)
-    sink = f"{namespace}-base-sink"
-    queues.append(sink)
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel(publisher_confirms=True)
-        await channel.declare_queue(sink, durable=True)
-        started = time.perf_counter()
-        for n in range(count):
-            await channel.default_exchange.publish(
-                aio_pika.Message(orjson.dumps({"n": n}), content_type="application/json", delivery_mode=2),
-                routing_key=sink,
-            )
-            if n % 1000 == 0:
-                progress("publish (aio-pika)", n, count)
-        return count / (time.perf_counter() - started)
-    finally:
-        await connection.close()
+    def _event_plan(self) -> Plan:
+        # What the event children's pools declare, for their queues' exact arguments and the clean-up.
+        pool = event_pool(self.url, self.namespace, self.exchange)
+        for prefix in ("job", "hold"):
+            for k, key in enumerate(self.consume_keys):
+                pool.consumer(key, queue=f"{prefix}{k}")(_never_called)
+        return pool.topology()
 
+    @property
+    def channel(self) -> BlockingChannel:
+        assert self._channel is not None, "used outside broker()"
+        return self._channel
 
-async def _pool_phase(
-    url: str, namespace: str, exchange: str, keys: list[str], jobs: int, progress: Progress
-) -> float:
-    counter = 0
-    done = asyncio.Event()
+    @contextmanager
+    def broker(self) -> Iterator[None]:
+        """The admin connection for the run, and the deletion of everything the run declared."""
+        import pika
 
-    def on_job() -> None:
-        nonlocal counter
-        counter += 1
-        if counter >= jobs:
-            done.set()
-
-    pool = _job_pool(url, namespace, exchange, keys, on_job)
-    started = time.perf_counter()
-    runner = asyncio.create_task(pool.run(install_signal_handlers=False))
-    while not done.is_set():
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
         try:
-            await asyncio.wait_for(done.wait(), timeout=0.5)
-        except TimeoutError:
-            if runner.done():
-                runner.result()
-        progress("consume (event)", counter, jobs)
-    pool.stop()
-    await runner  # the last acks are flushed when run() returns
-    return jobs / (time.perf_counter() - started)
+            self._channel = connection.channel()
+            for exchange in self.plan.exchanges:
+                if exchange.name == self.exchange:
+                    self.channel.exchange_declare(exchange.name, exchange.kind, durable=True)
+            self._declare(self.sink)
+            for key in self.publish_keys:
+                self.channel.queue_bind(self.sink, self.exchange, routing_key=key)
+            yield
+        finally:
+            try:
+                if self._channel is not None and self._channel.is_open:
+                    for name in [*self.declared, *(queue.name for queue in self.plan.queues)]:
+                        self.channel.queue_delete(name)
+                    exchanges = [e.name for e in self.plan.exchanges]
+                    for name in [*exchanges, wire.control_exchange_name(self.exchange)]:
+                        self.channel.exchange_delete(name)
+            finally:
+                connection.close()
 
+    def _declare(self, name: str, arguments: dict[str, Any] | None = None) -> None:
+        self.channel.queue_declare(name, durable=True, arguments=arguments)
+        if name not in self.declared:
+            self.declared.append(name)
 
-async def _aio_pika_phase(url: str, queues: list[str], jobs: int, progress: Progress) -> float:
-    counter = 0
-    done = asyncio.Event()
+    def _depth(self, name: str) -> int:
+        ok = self.channel.queue_declare(name, durable=True, passive=True)
+        return int(ok.method.message_count or 0)
 
-    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        nonlocal counter
-        orjson.loads(message.body)
-        await message.ack()
-        counter += 1
-        if counter >= jobs:
-            done.set()
+    def _fill(self, queues: list[str], count: int, phase: str) -> None:
+        """``count`` messages round-robin into ``queues``, then wait until the broker holds them all.
 
-    started = time.perf_counter()
-    connection = await aio_pika.connect(url)
-    try:
+        Unconfirmed publishes, then the queues' depths read back: as sure as confirms, and several
+        times faster than a blocking client waiting for each confirm.
+        """
+        import pika
+
+        before = sum(self._depth(name) for name in queues)
+        for n in range(count):
+            self.channel.basic_publish(
+                "",
+                queues[n % len(queues)],
+                orjson.dumps({"n": n}),
+                pika.BasicProperties(**message_properties()),
+            )
+        deadline = time.monotonic() + 60
+        while (held := sum(self._depth(name) for name in queues) - before) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{phase}: the broker holds {held} of the {count} messages published")
+            time.sleep(0.02)
+
+    def _child(self, argv: list[str], what: str) -> dict[str, Any]:
+        # The URL goes by environment, not argv, where `ps` would show its password to every user.
+        timeout = 120 + self.jobs / 200  # a stuck child fails the run rather than hanging it
+        env = {**os.environ, "AMQP_URL": self.url}
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"{what} took over {timeout:.0f} s") from exc
+        if done.returncode != 0:
+            raise RuntimeError(f"{what} failed with exit code {done.returncode}:\n{done.stderr[-3000:]}")
+        figures: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
+        if figures["loop"] != self.loop:
+            raise RuntimeError(f"{what} ran on {figures['loop']}, not {self.loop}")
+        return figures
+
+    def rounds(self) -> tuple[_Spent, _Spent]:
+        """The time each system took to consume, then to publish, all the jobs in ``ROUNDS`` turns."""
+        consume, publish = _Spent(), _Spent()
+        shares = [self.jobs // ROUNDS + (1 if r < self.jobs % ROUNDS else 0) for r in range(ROUNDS)]
+        steps = 2 * len(SYSTEMS) * sum(1 for share in shares if share)
+        step = 0
+        for phase, spent in (("consume", consume), ("publish", publish)):
+            for r, share in enumerate(shares):
+                if not share:
+                    continue
+                for k in range(len(SYSTEMS)):
+                    system = SYSTEMS[(r + k) % len(SYSTEMS)]
+                    self.progress(f"{phase} ({system})", step, steps)
+                    measure = self._consume if phase == "consume" else self._publish
+                    spent.add(system, measure(system, share))
+                    step += 1
+        self.progress("done", steps, steps)
+        return consume, publish
+
+    def _consume(self, system: str, count: int) -> dict[str, Any]:
+        if system == "event":
+            queues = [wire.queue_name(self.namespace, f"job{k}") for k in range(len(self.consume_keys))]
+            arguments = {queue.name: queue.arguments for queue in self.plan.queues}
+            for name in queues:
+                self._declare(name, arguments[name] or None)
+            options: dict[str, Any] = {
+                "namespace": self.namespace, "exchange": self.exchange, "keys": self.consume_keys,
+            }  # fmt: skip
+        else:
+            queues = [f"{self.namespace}-{system}{k}" for k in range(len(self.consume_keys))]
+            for name in queues:
+                self._declare(name)
+            options = {"queues": queues}
+        self._fill(queues, count, f"fill for {system}")
+        figures = self._child(
+            child_argv("consume", system, self.loop, jobs=count, **options), f"consume ({system})"
+        )
+        left = sum(self._depth(name) for name in queues)
+        if left:
+            raise RuntimeError(f"consume ({system}) left {left} of {count} messages in its queues")
+        if system == "event":
+            self.peak_rss_mb = max(self.peak_rss_mb, float(figures["peak_rss_mb"]))
+        return figures
+
+    def _publish(self, system: str, count: int) -> dict[str, Any]:
+        figures = self._child(
+            child_argv(
+                "publish", system, self.loop, jobs=count, window=self.window,
+                namespace=self.namespace, exchange=self.exchange, keys=self.publish_keys,
+            ),
+            f"publish ({system})",
+        )  # fmt: skip
+        arrived = self._depth(self.sink)
+        if arrived != count:
+            raise RuntimeError(f"publish ({system}) reported {count} confirmed, the sink holds {arrived}")
+        self.channel.queue_purge(self.sink)
+        return figures
+
+    def hold(self, held: int) -> float:
+        """RSS of a fresh event worker holding ``held`` messages prefetched, each in a waiting handler."""
+        queues = [wire.queue_name(self.namespace, f"hold{k}") for k in range(len(self.consume_keys))]
+        arguments = {queue.name: queue.arguments for queue in self.plan.queues}
         for name in queues:
-            channel = await connection.channel()
-            await channel.set_qos(prefetch_count=200)
-            queue = await channel.declare_queue(name, durable=True, passive=True)
-            await queue.consume(on_message)
-        while not done.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout=0.5)
-            progress("consume (aio-pika)", counter, jobs)
-    finally:
-        await connection.close()
-    return jobs / (time.perf_counter() - started)
+            self._declare(name, arguments[name] or None)
+        self.progress("hold in memory", 0, held)
+        self._fill(queues, held, "fill for memory")
+        figures = self._child(
+            child_argv(
+                "hold", "event", self.loop, jobs=held, namespace=self.namespace, exchange=self.exchange,
+                keys=self.consume_keys,
+            ),
+            "hold in memory",
+        )  # fmt: skip
+        self.progress("hold in memory", held, held)
+        return float(figures["rss_mb"])
 
 
-async def _aiormq_phase(url: str, queues: list[str], jobs: int, progress: Progress) -> float:
-    counter = 0
-    done = asyncio.Event()
-
-    async def noop() -> None:
-        pass
-
-    started = time.perf_counter()
-    connection = await aiormq.connect(url)
-    try:
-        for name in queues:
-            channel = await connection.channel()
-            await channel.basic_qos(prefetch_count=1000)
-            seen = 0
-
-            async def on_message(
-                message: aiormq.abc.DeliveredMessage, channel: aiormq.abc.AbstractChannel = channel
-            ) -> None:
-                nonlocal counter, seen
-                orjson.loads(message.body)
-                await noop()
-                seen += 1
-                counter += 1
-                if seen % 100 == 0 or counter >= jobs:
-                    await channel.basic_ack(message.delivery.delivery_tag, multiple=True)  # type: ignore[union-attr,arg-type]
-                if counter >= jobs:
-                    done.set()
-
-            await channel.basic_consume(name, on_message)
-        while not done.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout=0.5)
-            progress("consume (aiormq)", counter, jobs)
-    finally:
-        await connection.close()
-    return jobs / (time.perf_counter() - started)
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-async def _hold_phase(
-    url: str, namespace: str, exchange: str, held: int, routing_keys: int, progress: Progress
-) -> float:
-    """RSS of a worker holding ``held`` messages prefetched, each with its handler waiting."""
-    pool = WorkerPool(url, namespace=namespace, exchange=exchange, concurrency=0)
-    release = asyncio.Event()
-    waiting = 0
-
-    async def hold(ctx: object, msg: Message[Any]) -> None:
-        nonlocal waiting
-        waiting += 1
-        await release.wait()
-
-    for k in range(routing_keys):
-        pool.consumer(f"bench.hold{k}", queue=f"hold{k}", prefetch=held, retries=0)(hold)
-    async with pool.running():
-        while waiting < held:
-            await asyncio.sleep(0.05)
-            progress("hold in memory", waiting, held)
-        rss = _rss_mb()
-        release.set()
-    return rss
-
-
-async def _hold_in_child(
-    url: str, namespace: str, exchange: str, held: int, routing_keys: int, progress: Progress
-) -> float:
-    """The hold phase in a fresh interpreter, so that the other phases' garbage does not count."""
-    progress("hold in memory", 0, held)
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "event.bench", "hold", namespace, exchange, str(held), str(routing_keys),
-        stdout=asyncio.subprocess.PIPE, env=_child_env(url),
-    )  # fmt: skip
-    out, _ = await child.communicate()
-    if child.returncode != 0:
-        raise RuntimeError(f"the memory phase failed with exit code {child.returncode}")
-    progress("hold in memory", held, held)
-    return float(out.decode().strip().splitlines()[-1])
-
-
-def _job_pool(
-    url: str, namespace: str, exchange: str, keys: list[str], on_job: Callable[[], None]
-) -> WorkerPool:
-    """The pool of the consume phases: one consumer per key, each job a counted no-op."""
-    pool = WorkerPool(url, namespace=namespace, exchange=exchange, concurrency=0)
-
-    async def job(ctx: object, msg: Message[Any]) -> None:
-        on_job()
-
-    for k, key in enumerate(keys):
-        pool.consumer(key, queue=f"job{k}", prefetch=1000, retries=0)(job)
-    return pool
-
-
-async def _pool_in_children(
-    url: str, namespace: str, exchange: str, keys: list[str], jobs: int, processes: int, progress: Progress
-) -> float:
-    """``processes`` workers (``python -m event.bench consume``) on the job queues; each prints when
-    its pool starts, its count as it goes, and, after SIGTERM, when its pool has drained and flushed
-    its acks."""
-    argv = [sys.executable, "-m", "event.bench", "consume", namespace, exchange, ",".join(keys)]
-    children = [
-        await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, env=_child_env(url))
-        for _ in range(processes)
-    ]
-    counts = [0] * processes
-    starts: list[float] = []  # wall-clock times, comparable across processes of one machine
-    ends: list[float] = []
-
-    async def follow(i: int, child: asyncio.subprocess.Process) -> None:
-        assert child.stdout is not None
-        async for line in child.stdout:
-            word, _, value = line.decode().partition(" ")
-            if word == "start":
-                starts.append(float(value))
-            elif word == "done":
-                ends.append(float(value))
-            else:
-                counts[i] = int(word)
-
-    followers = [asyncio.create_task(follow(i, child)) for i, child in enumerate(children)]
-    try:
-        while sum(counts) < jobs:
-            if any(child.returncode is not None for child in children):
-                raise RuntimeError("a worker of the consume phase exited before the jobs were done")
-            await asyncio.sleep(0.05)
-            progress(f"consume (event x{processes})", sum(counts), jobs)
-    finally:
-        for child in children:
-            if child.returncode is None:
-                child.send_signal(signal.SIGTERM)
-        codes = [await child.wait() for child in children]
-        await asyncio.gather(*followers)
-    if any(codes) or len(ends) != processes:
-        raise RuntimeError(f"the consume phase's workers exited with {codes}")
-    return jobs / (max(ends) - min(starts))
-
-
-async def _consume_in_child(url: str, namespace: str, exchange: str, keys: list[str]) -> None:
-    count = 0
-
-    def on_job() -> None:
-        nonlocal count
-        count += 1
-
-    pool = _job_pool(url, namespace, exchange, keys, on_job)
-
-    async def report() -> None:
-        reported = -1
-        while True:
-            if count != reported:
-                reported = count
-                print(count, flush=True)
-            await asyncio.sleep(0.05)
-
-    reporter = asyncio.create_task(report())
-    print("start", time.time(), flush=True)
-    await pool.run()  # until SIGTERM; returns once the acks are flushed
-    reporter.cancel()
-    print(count, flush=True)
-    print("done", time.time(), flush=True)
-
-
-def _child_env(url: str) -> dict[str, str]:
-    # The URL goes by environment, not argv, where `ps` would show its password to every user.
-    return {**os.environ, "AMQP_URL": url}
-
-
-if __name__ == "__main__":  # the children of the memory and multi-process phases, URL in $AMQP_URL
-    _url = os.environ["AMQP_URL"]
-    if sys.argv[1] == "hold":  # python -m event.bench hold NS EXCHANGE N KEYS
-        _namespace, _exchange, _held, _keys = sys.argv[2:]
-        print(asyncio.run(_hold_phase(_url, _namespace, _exchange, int(_held), int(_keys), _no_progress)))
-    else:  # python -m event.bench consume NS EXCHANGE KEY,KEY,...
-        _namespace, _exchange, _key_list = sys.argv[2:]
-        asyncio.run(_consume_in_child(_url, _namespace, _exchange, _key_list.split(",")))
+async def _never_called(ctx: object, msg: object) -> None:
+    raise AssertionError("the parent's pool only describes the topology")

@@ -1,0 +1,481 @@
+"""One contestant of `event bench` in a fresh interpreter: ``python -m event.bench_child ...``.
+
+Each run measures one system (``event``, ``pika`` or ``aio-pika``) in one phase (``consume``,
+``publish``, or ``hold`` for memory) and prints one JSON line: ``seconds`` and ``cpu_seconds`` (wall
+clock and the process's CPU time over the timed part), ``count``, ``loop`` and ``peak_rss_mb``. The
+parent (:mod:`event.bench`) fills the queues before, checks them after, and passes the broker URL in
+``$AMQP_URL`` (argv would show its password to every user of ``ps``).
+
+What is timed:
+
+- consume: from the first message handled to the connection closed with every message acked (the
+  connection set-up and the pool's declarations are left out, for every system alike);
+- publish: from the first publish to the last confirm, ``window`` publishes kept in flight.
+
+The event side uses only the public API (WorkerPool, Publisher); the anchors are a bare pika
+``AsyncioConnection`` and plain aio-pika, as issue 16 describes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import importlib
+import os
+import resource
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any
+
+import orjson
+
+from event import Message, Publisher, WorkerPool
+
+PREFETCH = 200  # the seed benchmark's, for every system
+ACK_EVERY = 50  # the pika anchor acks `multiple` every 50th message of a channel
+SYSTEMS = ("event", "pika", "aio-pika")
+
+Figures = dict[str, Any]
+
+
+def message_properties() -> dict[str, Any]:
+    """The properties of every benchmark message, Hutch's (JSON, persistent, an id, a timestamp): the
+    parent's fill and the anchors' publishes send the same as event's Publisher."""
+    return {
+        "content_type": "application/json",
+        "delivery_mode": 2,
+        "message_id": str(uuid.uuid4()),
+        "timestamp": int(time.time()),
+    }
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Span:
+    """The timed part of a phase: wall-clock seconds, and this process's CPU seconds, which a machine
+    busy with other work disturbs less (a client waiting on a slow broker spends no CPU)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    def start(self) -> None:
+        """Mark the start (once)."""
+        self.seconds = -time.perf_counter()
+        self.cpu_seconds = -_cpu_seconds()
+
+    def stop(self) -> Span:
+        """Mark the end; returns itself."""
+        self.seconds += time.perf_counter()
+        self.cpu_seconds += _cpu_seconds()
+        return self
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _noop() -> None:
+    return None
+
+
+def _run_to_completion(coro: Coroutine[Any, Any, None]) -> None:
+    # The anchor's per-message coroutine, run without a task, as eager dispatch runs a handler that
+    # does not suspend.
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("the no-op coroutine suspended")
+
+
+# --- consume ----------------------------------------------------------------------------------------------
+
+
+class _JobContext:
+    """The per-message context of the event consumer: built for every message, as an application's."""
+
+    def __init__(self) -> None:
+        self.seen_by_middleware = False
+
+
+async def _mark(ctx: _JobContext, msg: Message[Any], call_next: Callable[[], Awaitable[Any]]) -> Any:
+    ctx.seen_by_middleware = True
+    return await call_next()
+
+
+def event_pool(url: str, namespace: str, exchange: str, **options: Any) -> WorkerPool:
+    """The pool of the event children (the parent builds one too, to read its topology)."""
+    return WorkerPool(url, namespace=namespace, exchange=exchange, name="event bench", **options)
+
+
+async def consume_event(url: str, namespace: str, exchange: str, keys: list[str], jobs: int) -> Span:
+    """A WorkerPool with full dispatch: a context per message, a middleware, the pool's default
+    concurrency limit, one consumer per key at prefetch 200, batched acks."""
+    pool = event_pool(url, namespace, exchange)
+    pool.middleware(_mark)
+    count = 0
+    span = Span()
+
+    async def job(ctx: _JobContext, msg: Message[Any]) -> None:
+        nonlocal count
+        if not count:
+            span.start()
+        count += 1
+        if count == jobs:
+            pool.stop()
+
+    for k, key in enumerate(keys):
+        pool.consumer(key, queue=f"job{k}", context=_JobContext, prefetch=PREFETCH)(job)
+    await pool.run(install_signal_handlers=False)  # returns once the acks are flushed and it closed
+    if count != jobs:
+        raise RuntimeError(f"the pool handled {count} of {jobs} jobs")
+    return span.stop()
+
+
+async def consume_pika(url: str, queues: list[str], jobs: int) -> Span:
+    """pika's AsyncioConnection: a channel per queue at prefetch 200, orjson decode and a no-op
+    coroutine run to completion per message, a `multiple` ack every 50th message of a channel."""
+    import pika
+    from pika.adapters.asyncio_connection import AsyncioConnection
+    from pika.channel import Channel
+    from pika.spec import Basic, BasicProperties
+
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+    count = 0
+    span = Span()
+    unacked: dict[Channel, tuple[int, int]] = {}  # channel: (messages not yet acked, last delivery tag)
+
+    def on_message(channel: Channel, deliver: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
+        nonlocal count
+        if not count:
+            span.start()
+        orjson.loads(body)
+        _run_to_completion(_noop())
+        count += 1
+        waiting, _ = unacked.get(channel, (0, 0))
+        tag = deliver.delivery_tag
+        assert tag is not None
+        if waiting + 1 == ACK_EVERY:
+            channel.basic_ack(tag, multiple=True)
+            unacked[channel] = (0, tag)
+        else:
+            unacked[channel] = (waiting + 1, tag)
+        if count == jobs:
+            for each, (rest, last) in unacked.items():
+                if rest:
+                    each.basic_ack(last, multiple=True)
+            connection.close()
+
+    def on_channel(channel: Channel, queue: str) -> None:
+        channel.basic_qos(
+            prefetch_count=PREFETCH, callback=lambda _: channel.basic_consume(queue, on_message)
+        )
+
+    def on_open(connection: AsyncioConnection) -> None:
+        for queue in queues:
+            connection.channel(on_open_callback=functools.partial(on_channel, queue=queue))
+
+    def on_close(connection: AsyncioConnection, reason: BaseException) -> None:
+        if closed.done():
+            return
+        if count == jobs:
+            closed.set_result(None)
+        else:
+            closed.set_exception(reason)
+
+    def on_open_error(connection: AsyncioConnection, error: BaseException) -> None:
+        closed.set_exception(error)
+
+    connection = AsyncioConnection(
+        pika.URLParameters(url), on_open, on_open_error, on_close, custom_ioloop=loop
+    )
+    await closed
+    return span.stop()
+
+
+async def consume_aio_pika(url: str, queues: list[str], jobs: int) -> Span:
+    """Plain aio-pika: a channel per queue at prefetch 200, orjson decode, one ack per message."""
+    import aio_pika
+    from aio_pika.abc import AbstractIncomingMessage
+
+    count = 0
+    span = Span()
+    done = asyncio.Event()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        nonlocal count
+        if not count:
+            span.start()
+        orjson.loads(message.body)
+        await message.ack()
+        count += 1
+        if count == jobs:
+            done.set()
+
+    connection = await aio_pika.connect(url)
+    try:
+        for name in queues:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=PREFETCH)
+            queue = await channel.declare_queue(name, durable=True, passive=True)
+            await queue.consume(on_message)
+        await done.wait()
+    finally:
+        await connection.close()
+    return span.stop()
+
+
+# --- publish ----------------------------------------------------------------------------------------------
+
+
+async def _in_window(jobs: int, window: int, publish: Callable[[int], Awaitable[None]]) -> Span:
+    # `window` publishers draw from one sequence: exactly `window` publishes in flight until the end.
+    numbers: Iterator[int] = iter(range(jobs))
+
+    async def publisher() -> None:
+        for n in numbers:
+            await publish(n)
+
+    span = Span()
+    span.start()
+    await asyncio.gather(*(publisher() for _ in range(min(window, jobs))))
+    return span.stop()
+
+
+async def publish_event(
+    url: str, namespace: str, exchange: str, keys: list[str], jobs: int, window: int
+) -> Span:
+    """Our Publisher, ``window`` publishes in flight, each returning once the broker confirmed it."""
+    async with Publisher(url, namespace=namespace, exchange=exchange) as publisher:
+        return await _in_window(jobs, window, lambda n: publisher.publish(keys[n % len(keys)], {"n": n}))
+
+
+async def publish_aio_pika(url: str, exchange: str, keys: list[str], jobs: int, window: int) -> Span:
+    """aio-pika with publisher confirms, ``window`` publishes in flight."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        target = await channel.get_exchange(exchange, ensure=False)
+
+        async def publish(n: int) -> None:
+            props = message_properties()
+            await target.publish(
+                aio_pika.Message(
+                    orjson.dumps({"n": n}),
+                    content_type=props["content_type"],
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=props["message_id"],
+                    timestamp=props["timestamp"],
+                ),
+                routing_key=keys[n % len(keys)],
+            )
+
+        return await _in_window(jobs, window, publish)
+    finally:
+        await connection.close()
+
+
+async def publish_pika(url: str, exchange: str, route: Callable[[int], str], jobs: int, window: int) -> Span:
+    """pika's AsyncioConnection with confirm_delivery, ``window`` publishes in flight: each confirm
+    (``multiple`` ones count every tag they cover) lets the next messages go. ``route(n)`` is the
+    routing key of message ``n``. A nack raises: nothing unconfirmed counts as sent."""
+    import pika
+    from pika.adapters.asyncio_connection import AsyncioConnection
+    from pika.channel import Channel
+    from pika.frame import Method
+    from pika.spec import Basic
+
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[Span] = loop.create_future()
+    closed: asyncio.Future[None] = loop.create_future()
+    sent = 0
+    confirmed = 0
+    floor = 0  # every tag up to here is confirmed
+    acked = bytearray(jobs + 1)  # by delivery tag, for single acks arriving ahead of the floor
+    span = Span()
+    channel: Channel | None = None
+
+    def send_more() -> None:
+        nonlocal sent
+        assert channel is not None
+        while sent < jobs and sent - confirmed < window:
+            props = message_properties()
+            channel.basic_publish(
+                exchange,
+                route(sent),
+                orjson.dumps({"n": sent}),
+                pika.BasicProperties(**props),
+            )
+            sent += 1
+
+    def on_confirm(frame: Method[Any]) -> None:
+        nonlocal confirmed, floor
+        method = frame.method
+        if not isinstance(method, Basic.Ack):
+            if not finished.done():
+                finished.set_exception(RuntimeError(f"the broker answered {method} to a publish"))
+            return
+        tag = method.delivery_tag
+        assert tag is not None
+        first = floor + 1 if method.multiple else tag
+        for each in range(first, tag + 1):
+            if not acked[each]:
+                acked[each] = 1
+                confirmed += 1
+        while floor < jobs and acked[floor + 1]:
+            floor += 1
+        if confirmed == jobs:
+            if not finished.done():
+                finished.set_result(span.stop())
+        else:
+            send_more()
+
+    def on_selected(_: Method[Any]) -> None:
+        span.start()
+        send_more()
+
+    def on_channel(opened: Channel) -> None:
+        nonlocal channel
+        channel = opened
+        opened.confirm_delivery(on_confirm, callback=on_selected)
+
+    def on_open(connection: AsyncioConnection) -> None:
+        connection.channel(on_open_callback=on_channel)
+
+    def on_close(connection: AsyncioConnection, reason: BaseException) -> None:
+        if not finished.done():
+            finished.set_exception(reason)
+        if not closed.done():
+            closed.set_result(None)
+
+    def on_open_error(connection: AsyncioConnection, error: BaseException) -> None:
+        finished.set_exception(error)
+        closed.set_result(None)
+
+    connection = AsyncioConnection(
+        pika.URLParameters(url), on_open, on_open_error, on_close, custom_ioloop=loop
+    )
+    try:
+        return await finished
+    finally:
+        if not connection.is_closed and not connection.is_closing:
+            connection.close()
+        await closed
+
+
+# --- memory -----------------------------------------------------------------------------------------------
+
+
+async def hold_event(url: str, namespace: str, exchange: str, keys: list[str], held: int) -> float:
+    """RSS of a worker holding ``held`` messages prefetched, each inside a waiting handler."""
+    pool = event_pool(url, namespace, exchange, concurrency=0)
+    release = asyncio.Event()
+    all_waiting = asyncio.Event()
+    waiting = 0
+
+    async def hold(ctx: object, msg: Message[Any]) -> None:
+        nonlocal waiting
+        waiting += 1
+        if waiting == held:
+            all_waiting.set()
+        await release.wait()
+
+    for k, key in enumerate(keys):
+        pool.consumer(key, queue=f"hold{k}", prefetch=held, retries=0)(hold)
+    async with pool.running():
+        await all_waiting.wait()
+        rss = rss_mb()
+        release.set()
+    return rss
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+def child_argv(phase: str, system: str, loop: str, **options: Any) -> list[str]:
+    """The command line of one child (the parent's side of :func:`main`'s parser)."""
+    argv = [sys.executable, "-m", "event.bench_child", phase, system, "--loop", loop]
+    for name, value in options.items():
+        argv += [f"--{name.replace('_', '-')}", ",".join(value) if isinstance(value, list) else str(value)]
+    return argv
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m event.bench_child")
+    parser.add_argument("phase", choices=("consume", "publish", "hold"))
+    parser.add_argument("system", choices=SYSTEMS)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), required=True)
+    parser.add_argument("--jobs", type=int, required=True)
+    parser.add_argument("--window", type=int, default=1)
+    parser.add_argument("--namespace", default="")
+    parser.add_argument("--exchange", default="")
+    parser.add_argument("--keys", default="", help="routing keys, comma-separated")
+    parser.add_argument("--queues", default="", help="queues, comma-separated (the anchors' consume)")
+    return parser
+
+
+async def _measure(args: argparse.Namespace, url: str) -> Figures:
+    keys = [key for key in args.keys.split(",") if key]
+    queues = [queue for queue in args.queues.split(",") if queue]
+    phases: dict[tuple[str, str], Callable[[], Awaitable[Span]]] = {
+        ("consume", "event"): lambda: consume_event(url, args.namespace, args.exchange, keys, args.jobs),
+        ("consume", "pika"): lambda: consume_pika(url, queues, args.jobs),
+        ("consume", "aio-pika"): lambda: consume_aio_pika(url, queues, args.jobs),
+        ("publish", "event"): lambda: publish_event(
+            url, args.namespace, args.exchange, keys, args.jobs, args.window
+        ),
+        ("publish", "pika"): lambda: publish_pika(
+            url, args.exchange, lambda n: keys[n % len(keys)], args.jobs, args.window
+        ),
+        ("publish", "aio-pika"): lambda: publish_aio_pika(url, args.exchange, keys, args.jobs, args.window),
+    }
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    if args.phase == "hold":
+        if args.system != "event":
+            raise SystemExit("the hold phase measures event only")
+        rss = await hold_event(url, args.namespace, args.exchange, keys, args.jobs)
+        return {"rss_mb": rss, "count": args.jobs, "loop": loop, "peak_rss_mb": peak_rss_mb()}
+    span = await phases[args.phase, args.system]()
+    return {
+        "seconds": span.seconds,
+        "cpu_seconds": span.cpu_seconds,
+        "count": args.jobs,
+        "loop": loop,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one phase of one system and print its figures as one JSON line on stdout."""
+    args = _parser().parse_args(argv)
+    url = os.environ["AMQP_URL"]
+    if args.loop == "uvloop":
+        figures: Figures = importlib.import_module("uvloop").run(_measure(args, url))
+    else:
+        figures = asyncio.run(_measure(args, url))
+    print(orjson.dumps(figures).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
