@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiormq import spec
-from aiormq.abc import DeliveredMessage
 
 from event import wire
 from event.acks import AckTracker
 from event.consumer import Consumer
+from event.driver import Delivery, Properties
 from event.errors import DecodeError, PayloadError
 from event.message import Message
 from event.metrics import ConsumerStats
@@ -33,7 +32,7 @@ from event.signals import Dead, Retry
 log = logging.getLogger("event.dispatch")
 
 # Publishes a copy (exchange, routing key, body, properties) and waits for the broker's confirm.
-SendCopy = Callable[[str, str, bytes, spec.Basic.Properties], Awaitable[None]]
+SendCopy = Callable[[str, str, bytes, Properties], Awaitable[None]]
 
 REQUEUE_PAUSE_S = 1.0
 
@@ -151,28 +150,26 @@ class Dispatcher:
         """Use ``acks`` for the deliveries of a newly opened channel."""
         self.acks = acks
 
-    async def on_delivery(self, delivered: DeliveredMessage) -> None:
-        """aiormq's consumer callback.
+    def on_delivery(self, delivery: Delivery) -> None:
+        """The driver's consumer callback, called in its read loop once per delivery, in order.
 
-        aiormq runs it in a task that dies with the channel; the work moves to a task of ours so that a
-        handler running when the connection drops still finishes (its ack is dropped with the channel,
-        and the broker redelivers the message).
+        The work runs in a task of ours, not the driver's, so that a handler running when the connection
+        drops still finishes (its ack is dropped with the channel, and the broker redelivers the message).
         """
         acks = self.acks
         if acks is None:
             return
-        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
-        tag: int = deliver.delivery_tag  # type: ignore[assignment]
+        tag = delivery.delivery_tag
         acks.delivered(tag)
-        task = asyncio.get_running_loop().create_task(self._run(delivered, tag, acks))
+        task = asyncio.get_running_loop().create_task(self._run(delivery, tag, acks))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
-        if delivered.delivery.redelivered:  # type: ignore[union-attr]  # the hot path's only extra test
+    async def _run(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
+        if delivered.redelivered:  # the hot path's only extra test
             await self._redelivered(delivered, tag, acks)
             return
-        headers = delivered.header.properties.headers
+        headers = delivered.properties.headers
         if not headers or wire.H_DELIVERIES not in headers:
             await self._run_limited(delivered, tag, acks)
             return
@@ -182,7 +179,7 @@ class Dispatcher:
         if self._suspect_running:
             await self._replace(
                 delivered, tag, acks, ("", self.consumer.queue),
-                copy_properties(delivered.header.properties, headers, None),
+                copy_properties(delivered.properties, headers, None),
                 "a counted copy", "recounted", wire.logical_routing_key("", headers, self.exchange),
             )  # fmt: skip
             return
@@ -196,7 +193,7 @@ class Dispatcher:
         finally:
             self._suspect_running = False
 
-    async def _redelivered(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+    async def _redelivered(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
         """A delivery whose previous one ended unsettled: replace it by a counted copy, or dead-queue it.
 
         A handler that kills the worker never raises, so only the count carried in the message tells
@@ -204,13 +201,12 @@ class Dispatcher:
         tail of this queue, runs when it comes back (with ``Message.redelivered`` true).
         """
         consumer = self.consumer
-        props = delivered.header.properties
+        props = delivered.properties
         headers: dict[str, Any] = props.headers or {}
-        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
-        delivery_routing_key: str = deliver.routing_key or ""
+        delivery_routing_key = delivered.routing_key
         addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
         if addressed is not None and addressed != consumer.queue:
-            await acks.ack(tag)  # a retry meant for another queue, as in _process
+            acks.ack(tag)  # a retry meant for another queue, as in _process
             return
         routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
         deliveries = wire.unsettled_deliveries(headers, redelivered=True)
@@ -245,11 +241,11 @@ class Dispatcher:
 
     async def _replace(
         self,
-        delivered: DeliveredMessage,
+        delivered: Delivery,
         tag: int,
         acks: AckTracker,
         route: tuple[str, str],
-        props: spec.Basic.Properties,
+        props: Properties,
         what: str,
         outcome: str,
         routing_key: str,
@@ -270,7 +266,7 @@ class Dispatcher:
             self._replacing.discard(done)
             done.set_result(None)
 
-    async def _run_limited(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+    async def _run_limited(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
         # The consumer's own limit first, so that messages waiting for it never hold a pool-wide slot.
         if self.limiter is not None:
             await self.limiter.acquire()  # before any slot: a message waiting for its rate holds none
@@ -295,20 +291,19 @@ class Dispatcher:
             if slots is not None:
                 slots.release()
 
-    async def _process(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+    async def _process(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
         consumer = self.consumer
-        props = delivered.header.properties
+        props = delivered.properties
         headers: dict[str, Any] = props.headers or {}
-        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
-        delivery_routing_key: str = deliver.routing_key or ""
+        delivery_routing_key = delivered.routing_key
         if headers:
             addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
             if addressed is not None and addressed != consumer.queue:
-                await acks.ack(tag)  # an older retry meant for another queue, seen here through '#'
+                acks.ack(tag)  # an older retry meant for another queue, seen here through '#'
                 return
             if wire.is_foreign_schedule_copy(delivery_routing_key, headers, self.namespace, self.exchange):
                 self.stats.count("duplicate", delivery_routing_key)
-                await acks.ack(tag)  # this namespace's own schedule queue delivers the copy it takes
+                acks.ack(tag)  # this namespace's own schedule queue delivers the copy it takes
                 return
             routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
             due_in = wire.due_in_ms(headers, int(self.clock() * 1000))
@@ -340,10 +335,10 @@ class Dispatcher:
             message_id=props.message_id,
             timestamp=props.timestamp,
             attempt=failures + 1,
-            redelivered=bool(deliver.redelivered) or wire.H_DELIVERIES in headers,
+            redelivered=delivered.redelivered or wire.H_DELIVERIES in headers,
             queue=consumer.queue,
             delivery_routing_key=delivery_routing_key,
-            exchange=deliver.exchange or "",
+            exchange=delivered.exchange,
         )
         error: Exception | None = None
         started = time.perf_counter()
@@ -364,11 +359,11 @@ class Dispatcher:
             await self._failed(delivered, tag, acks, routing_key, failures, error)
             return
         stats.count("handled", routing_key)
-        await acks.ack(tag)
+        acks.ack(tag)
 
     async def _failed(
         self,
-        delivered: DeliveredMessage,
+        delivered: Delivery,
         tag: int,
         acks: AckTracker,
         routing_key: str,
@@ -376,7 +371,7 @@ class Dispatcher:
         error: BaseException,
     ) -> None:
         consumer = self.consumer
-        props = delivered.header.properties
+        props = delivered.properties
         self.stats.count("failed", routing_key)
         decision = decide(error, failures, consumer.retries, consumer.backoff)
         context = {
@@ -447,10 +442,10 @@ class Dispatcher:
                 log.exception("the on_dead callback failed for message %s", props.message_id)
 
     async def _park(
-        self, delivered: DeliveredMessage, tag: int, acks: AckTracker, routing_key: str, seconds: float
+        self, delivered: Delivery, tag: int, acks: AckTracker, routing_key: str, seconds: float
     ) -> None:
         # A long delay outlasts the longest level: wait one more level, addressed to this queue alone.
-        props = delivered.header.properties
+        props = delivered.properties
         level = wire.delay_level(seconds)
         headers = wire.repark_headers(props.headers or {}, queue=self.consumer.queue, routing_key=routing_key)
         await self._settle_with_copy(
@@ -471,11 +466,11 @@ class Dispatcher:
 
     async def _settle_with_copy(
         self,
-        delivered: DeliveredMessage,
+        delivered: Delivery,
         tag: int,
         acks: AckTracker,
         route: tuple[str, str],
-        props: spec.Basic.Properties,
+        props: Properties,
         what: str,
         outcome: str,
         routing_key: str,
@@ -492,14 +487,17 @@ class Dispatcher:
             log.error(
                 "could not store %s of message %s in %s (%s); it stays in %s for redelivery",
                 what,
-                delivered.header.properties.message_id,
+                delivered.properties.message_id,
                 queue,
                 exc,
                 self.consumer.queue,
             )
             await asyncio.sleep(REQUEUE_PAUSE_S)
-            await acks.reject(tag)
+            acks.reject(tag)
             return False
         self.stats.count(outcome, routing_key)
-        await (acks.ack_now(tag) if ack_at_once else acks.ack(tag))
+        if ack_at_once:
+            acks.ack_now(tag)
+        else:
+            acks.ack(tag)
         return True
