@@ -77,7 +77,7 @@ def broker_reason(exc: BaseException | None) -> str:
 
 
 async def _connect_one(url: str, *, name: str, timeout: float) -> Connection:
-    from event import amqp  # until the driver lands on this branch  # noqa: PLC0415
+    from event import amqp  # until the driver lands on this branch
 
     shown = redact_url(url)
     try:

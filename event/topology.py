@@ -327,7 +327,9 @@ async def declare_queue(channel: Channel, queue: Queue) -> None:
             f"the broker refused to declare {queue.role} {queue.name!r}: {broker_reason(exc)}"
         ) from exc
     except _TRANSIENT as exc:
-        raise ConnectionFailed(f"could not declare {queue.role} {queue.name!r}: {broker_reason(exc)}") from exc
+        raise ConnectionFailed(
+            f"could not declare {queue.role} {queue.name!r}: {broker_reason(exc)}"
+        ) from exc
     for binding in queue.bindings:
         await _bind(
             channel.queue_bind(
@@ -395,4 +397,3 @@ def _same_binding(binding: Binding, reported: dict[str, Any]) -> bool:
 def _shown(binding: Binding) -> str:
     arguments = f" and arguments {binding.arguments!r}" if binding.arguments else ""
     return f"{binding.source!r} with {binding.key!r}{arguments}"
-
