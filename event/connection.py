@@ -8,31 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import ssl
 from collections.abc import Awaitable
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
 
-from event import driver
-from event.config import redact_url, split_urls
+from event import amqp, driver
+from event.config import split_urls
 from event.driver import Channel, Connection
 from event.errors import ConnectionFailed
-
-# RabbitMQ's reply codes at connection open: a login it refused, a vhost it does not let the user into.
-ACCESS_REFUSED = 403
-NOT_ALLOWED = 530
 
 
 class Connector(Protocol):
     """How a pool, publisher or tool opens its connection (``connect`` below, or a test broker's)."""
 
     def __call__(self, url: str, *, name: str) -> Awaitable[Connection]: ...
-
-
-HOW_TO_GET_A_BROKER = (
-    "start one locally with `rabbitmq-server -detached` (Debian: `apt-get install rabbitmq-server`), "
-    "or point AMQP_URL at a running broker"
-)
 
 
 async def connect(url: str, *, name: str, timeout: float = 10.0, start: int | None = None) -> Connection:
@@ -77,49 +65,8 @@ def broker_reason(exc: BaseException | None) -> str:
 
 
 async def _connect_one(url: str, *, name: str, timeout: float) -> Connection:
-    from event import amqp  # until the driver lands on this branch
-
-    shown = redact_url(url)
-    try:
-        async with asyncio.timeout(timeout):
-            return await amqp.connect(url, name=name, timeout=timeout)
-    except driver.ConnectionClosed as exc:
-        if exc.reply_code == ACCESS_REFUSED:
-            raise ConnectionFailed(
-                f"RabbitMQ at {shown} refused the login ({exc.reply_text}): check the user and password "
-                "in the URL"
-            ) from exc
-        if exc.reply_code == NOT_ALLOWED:
-            vhost = unquote(urlsplit(url).path[1:]) or "/"
-            raise ConnectionFailed(
-                f"RabbitMQ at {shown} refused vhost {vhost!r} ({exc.reply_text}): it does not exist or the "
-                f"user may not use it. Create it with `rabbitmqctl add_vhost {vhost}` and grant access with "
-                f"`rabbitmqctl set_permissions -p {vhost} USER '.*' '.*' '.*'`, or fix the URL"
-            ) from exc
-        raise ConnectionFailed(
-            f"cannot reach RabbitMQ at {shown} ({broker_reason(exc)}); {HOW_TO_GET_A_BROKER}"
-        ) from exc
-    except TimeoutError as exc:
-        raise ConnectionFailed(
-            f"RabbitMQ at {shown} did not answer within {timeout:g} s; {HOW_TO_GET_A_BROKER}"
-        ) from exc
-    except (driver.AMQPError, OSError) as exc:
-        if _caused_by(exc, ssl.SSLError):
-            raise ConnectionFailed(
-                f"the TLS handshake with RabbitMQ at {shown} failed ({exc}): check that the port "
-                "is the broker's TLS listener (5671 by default) and the cafile, certfile and keyfile "
-                "options of the URL"
-            ) from exc
-        raise ConnectionFailed(f"cannot reach RabbitMQ at {shown} ({exc}); {HOW_TO_GET_A_BROKER}") from exc
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    # The driver's ConnectionFailed already says what went wrong and how to fix it (event.amqp.reasons).
+    return await amqp.connect(url, name=name, timeout=timeout)
 
 
 async def open_channel(connection: Connection, *, confirms: bool, prefetch: int | None = None) -> Channel:
