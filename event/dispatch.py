@@ -2,6 +2,7 @@
 
 One :class:`Dispatcher` serves one consumer. It owns the consumer's concurrency limit and the tasks
 running its handlers; the pool hands it a fresh :class:`AckTracker` whenever its channel is (re)opened.
+Deliveries run eagerly (:mod:`event.eager`): a handler that finishes without suspending costs no task.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from event import wire
 from event.acks import AckTracker
 from event.consumer import Consumer
 from event.driver import Delivery, Properties
+from event.eager import EagerRunner
 from event.errors import DecodeError, PayloadError
 from event.message import Message
 from event.metrics import ConsumerStats
@@ -138,7 +140,7 @@ class Dispatcher:
         self.send_copy = send_copy
         self.acks: AckTracker | None = None
         self.accepting = True
-        self.tasks: set[asyncio.Task[None]] = set()
+        self._runner: EagerRunner[tuple[Delivery, AckTracker]] = EagerRunner(self._start)
         self.running = 0  # handlers running now (for tests and metrics)
         self.stats = stats or ConsumerStats(consumer.queue, consumer.max_concurrency)
         self.stats.in_flight = lambda: self.running
@@ -150,20 +152,32 @@ class Dispatcher:
         """Use ``acks`` for the deliveries of a newly opened channel."""
         self.acks = acks
 
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        """The tasks running this consumer's deliveries now (a shutdown waits for them, or cancels them)."""
+        return self._runner.tasks
+
+    @property
+    def in_hand(self) -> int:
+        """Deliveries taken and not yet settled: waiting to start, for a slot or a rate, or running."""
+        return self._runner.in_hand
+
     def on_delivery(self, delivery: Delivery) -> None:
         """The driver's consumer callback, called in its read loop once per delivery, in order.
 
-        The work runs in a task of ours, not the driver's, so that a handler running when the connection
-        drops still finishes (its ack is dropped with the channel, and the broker redelivers the message).
+        The work runs in tasks of ours, not in the driver's callback, so that a handler running when the
+        connection drops still finishes (its ack is dropped with the channel, and the broker redelivers
+        the message).
         """
         acks = self.acks
         if acks is None:
             return
-        tag = delivery.delivery_tag
-        acks.delivered(tag)
-        task = asyncio.get_running_loop().create_task(self._run(delivery, tag, acks))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        acks.delivered(delivery.delivery_tag)
+        self._runner.submit((delivery, acks))
+
+    def _start(self, item: tuple[Delivery, AckTracker]) -> Coroutine[Any, Any, None]:
+        delivery, acks = item
+        return self._run(delivery, delivery.delivery_tag, acks)
 
     async def _run(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
         if delivered.redelivered:  # the hot path's only extra test

@@ -541,7 +541,7 @@ class WorkerPool:
     def deliveries_in_hand(self) -> int:
         """Deliveries taken and not yet settled, across all consumers: waiting for a slot or a rate
         limit, running, or storing a retry or dead copy (event.testing waits on it)."""
-        return sum(len(d.tasks) for d in self._dispatchers)
+        return sum(d.in_hand for d in self._dispatchers)
 
     # --- pausing (event.pausing keeps the state; event.control carries operators' commands) ------------
 
