@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 log = logging.getLogger("event.acks")
 
-SendAck = Callable[[int, bool], Awaitable[None]]
-SendReject = Callable[[int], Awaitable[None]]
+SendAck = Callable[[int, bool], None]  # (delivery tag, multiple): a channel's basic_ack
+SendReject = Callable[[int], None]  # a channel's basic_reject with requeue
 
 
 class AckLedger:
@@ -85,9 +85,13 @@ class AckLedger:
 
 
 class AckTracker:
-    """Sends the acks of one channel in batches; forgets everything once its channel is gone."""
+    """Sends the acks of one channel in batches; forgets everything once its channel is gone.
 
-    __slots__ = ("_flushing", "_reject", "_send", "_timer", "alive", "batch", "interval", "ledger")
+    Settling is a plain call, not a coroutine: the driver writes an ack with the next batch of outgoing
+    frames and the broker sends no answer, so nothing here ever waits (and the hot path never suspends
+    for an ack)."""
+
+    __slots__ = ("_reject", "_send", "_timer", "alive", "batch", "interval", "ledger")
 
     def __init__(self, send: SendAck, reject: SendReject, *, batch: int, interval: float) -> None:
         self._send = send
@@ -96,58 +100,57 @@ class AckTracker:
         self.interval = interval
         self.ledger = AckLedger()
         self._timer: asyncio.TimerHandle | None = None
-        self._flushing: asyncio.Task[None] | None = None  # held so the timer's flush is not collected
         self.alive = True
 
     def delivered(self, tag: int) -> None:
         """Record a delivery (call it in delivery order, before any await)."""
         self.ledger.delivered(tag)
 
-    async def ack(self, tag: int) -> None:
+    def ack(self, tag: int) -> None:
         """Mark ``tag`` handled; the ack goes out with the batch, at the latest after ``interval``."""
         if self.alive:
-            await self._settled(tag)
+            self._settled(tag)
 
-    async def ack_now(self, tag: int) -> None:
+    def ack_now(self, tag: int) -> None:
         """Ack ``tag`` alone and at once, not with the batch: for a delivery just replaced by a copy
         that may come back (and kill the worker) before the batch would have gone out."""
         if not self.alive:
             return
         try:
-            await self._send(tag, False)
+            self._send(tag, False)
         except Exception as exc:
             log.debug("ack of tag %d not sent: %s", tag, exc)
             self.abandon()
             return
-        await self._settled(tag, alone=True)
+        self._settled(tag, alone=True)
 
-    async def _settled(self, tag: int, *, alone: bool = False) -> None:
+    def _settled(self, tag: int, *, alone: bool = False) -> None:
         ledger = self.ledger
         ledger.finish(tag, alone=alone)
         if ledger.ready >= self.batch:
-            await self.flush()
+            self.flush()
         elif ledger.ready and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.interval, self._on_timer)
 
-    async def reject(self, tag: int) -> None:
+    def reject(self, tag: int) -> None:
         """Hand ``tag`` back to the broker for redelivery (sent at once, before the prefix moves past it)."""
         if not self.alive:
             return
         try:
-            await self._reject(tag)
+            self._reject(tag)
         except Exception as exc:
             log.debug("reject of tag %d not sent: %s", tag, exc)
             self.abandon()
             return
         # Settled now: a later multiple-ack may cover it (the broker skips settled tags), not name it.
-        await self._settled(tag, alone=True)
+        self._settled(tag, alone=True)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.alive:
-            self._flushing = asyncio.get_running_loop().create_task(self.flush())
+            self.flush()
 
-    async def flush(self) -> None:
+    def flush(self) -> None:
         """Send the multiple-ack for everything finished in order so far."""
         if self._timer is not None:
             self._timer.cancel()
@@ -156,19 +159,19 @@ class AckTracker:
         if upto is None or not self.alive:
             return
         try:
-            await self._send(upto, True)
+            self._send(upto, True)
         except Exception as exc:  # the channel died: its tags died with it, the broker redelivers
             log.debug("ack of tags up to %d not sent: %s", upto, exc)
             self.abandon()
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Final flush at shutdown: the batch, then every finished tag stuck behind an unfinished one."""
-        await self.flush()
+        self.flush()
         for tag in self.ledger.stragglers():
             if not self.alive:
                 return
             try:
-                await self._send(tag, False)
+                self._send(tag, False)
             except Exception as exc:
                 log.debug("ack of tag %d not sent: %s", tag, exc)
                 self.abandon()

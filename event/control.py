@@ -9,16 +9,17 @@ worker that starts later does not learn of an earlier pause.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
-from aiormq.abc import DeliveredMessage
 
 from event import wire
 from event.config import DEFAULT_PUBLISH_TIMEOUT_S
 from event.connection import Channel, Connection, close_quietly, open_channel
+from event.driver import Delivery
 from event.publisher import properties, send
 
 log = logging.getLogger("event.control")
@@ -73,29 +74,35 @@ async def listen(
 ) -> Channel:
     """Receive the namespace's commands on a channel of ``connection``; returns that channel.
 
-    ``on_command`` runs for each command in a task of its own (aiormq's way with consumer callbacks),
-    started in arrival order: to apply commands in that order it must take a lock before its first
-    ``await``. An error in it is logged and the next command still arrives.
+    ``on_command`` runs for each command in a task of its own, started in arrival order: to apply
+    commands in that order it must take a lock before its first ``await``. An error in it is logged
+    and the next command still arrives.
     """
     channel = await open_channel(connection, confirms=False)
+    running: set[asyncio.Task[None]] = set()  # held until done: the loop keeps only weak references
+
+    async def apply(command: Command) -> None:
+        try:
+            await on_command(command)
+        except Exception:
+            log.exception("control command %s %s failed", command.action, command.queue)
+
+    def on_message(delivery: Delivery) -> None:
+        command = decode(delivery.body)
+        if command is None:
+            log.warning("ignored a control message that is not a command: %r", delivery.body[:200])
+            return
+        task = asyncio.get_running_loop().create_task(apply(command))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
     try:
         await declare(channel, exchange)
-        ok = await channel.queue_declare("", exclusive=True, auto_delete=True, durable=False)
-        queue: str = ok.queue  # type: ignore[assignment]
+        declared = await channel.queue_declare("", exclusive=True, auto_delete=True, durable=False)
+        queue = declared.queue
         await channel.queue_bind(
             queue, wire.control_exchange_name(exchange), routing_key=wire.control_routing_key(namespace)
         )
-
-        async def on_message(delivered: DeliveredMessage) -> None:
-            command = decode(delivered.body)
-            if command is None:
-                log.warning("ignored a control message that is not a command: %r", delivered.body[:200])
-                return
-            try:
-                await on_command(command)
-            except Exception:
-                log.exception("control command %s %s failed", command.action, command.queue)
-
         await channel.basic_consume(queue, on_message, no_ack=True)
     except BaseException:
         await close_quietly(channel)

@@ -21,11 +21,9 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from aiormq import exceptions as amqp_errors
-from aiormq import spec
 from croniter import croniter
 
-from event import wire
+from event import driver, wire
 from event.connection import Channel, Connection, close_quietly, open_channel
 from event.errors import ConfigurationError
 
@@ -175,7 +173,7 @@ class CronRunner:
                 await channel.queue_declare(
                     leader_queue_name(self.namespace, self.exchange), exclusive=True, auto_delete=True
                 )
-            except amqp_errors.ChannelLockedResource:
+            except driver.ResourceLocked:
                 await asyncio.sleep(CANDIDATE_RETRY_S)  # another worker leads; its channel is closed now
                 continue
             try:
@@ -251,7 +249,7 @@ class CronRunner:
         self._fired[schedule.name] = tick
         body = orjson.dumps({"schedule": schedule.name, "tick": tick.astimezone(UTC).isoformat()})
         await channel.basic_publish(
-            body, routing_key=state, properties=spec.Basic.Properties(delivery_mode=2)
+            body, routing_key=state, properties=driver.Properties(delivery_mode=wire.PERSISTENT)
         )
 
 
@@ -262,9 +260,9 @@ def _latest(*ticks: datetime | None) -> datetime | None:
 
 async def _read_state(channel: Channel, queue: str) -> datetime | None:
     got = await channel.basic_get(queue, no_ack=False)
-    if isinstance(got.delivery, spec.Basic.GetEmpty):
+    if got is None:
         return None
-    await channel.basic_nack(got.delivery.delivery_tag, requeue=True)  # type: ignore[union-attr,arg-type]
+    channel.basic_nack(got.delivery_tag, requeue=True)
     with contextlib.suppress(ValueError, KeyError, TypeError):
         return datetime.fromisoformat(orjson.loads(got.body)["tick"])
     return None

@@ -11,11 +11,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-from aiormq import exceptions as amqp_errors
-from aiormq import spec
-from aiormq.abc import DeliveredMessage
-
-from event import wire
+from event import driver, wire
 from event.config import DEFAULT_EXCHANGE, DEFAULT_PUBLISH_TIMEOUT_S, redact_url, resolve_url
 from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.errors import ConfigurationError, EventError
@@ -56,9 +52,9 @@ class DeadMessage:
         }
 
     @classmethod
-    def from_delivery(cls, delivered: DeliveredMessage) -> DeadMessage:
+    def from_delivery(cls, delivered: driver.Delivery) -> DeadMessage:
         """Read what the dispatcher wrote into the dead copy's headers."""
-        props = delivered.header.properties
+        props = delivered.properties
         headers: dict[str, Any] = dict(props.headers or {})
         failed_at_ms = headers.get(wire.H_FAILED_AT)
         retries = headers.get(wire.H_RETRIES)
@@ -137,16 +133,15 @@ class DeadQueue:
         """How many messages wait in the dead queue."""
         channel = await self._channel(confirms=False)
         try:
-            ok = await channel.queue_declare(self.name, passive=True)
-        except amqp_errors.ChannelNotFoundEntity as exc:
+            declared = await channel.queue_declare(self.name, passive=True)
+        except driver.NotFound as exc:
             raise ConfigurationError(
                 f"there is no dead queue {self.name!r} at {redact_url(self.url)}: check --namespace and "
                 f"--exchange (a pool declares it when it starts)"
             ) from exc
         finally:
             await close_quietly(channel)
-        count: int = ok.message_count or 0
-        return count
+        return declared.message_count
 
     async def list(self, limit: int = 20) -> list[DeadMessage]:
         """Up to ``limit`` messages from the head of the dead queue, which stay in it."""
@@ -156,12 +151,12 @@ class DeadQueue:
             last_tag = 0
             for _ in range(limit):
                 got = await channel.basic_get(self.name, no_ack=False)
-                if isinstance(got.delivery, spec.Basic.GetEmpty):
+                if got is None:
                     break
-                last_tag = got.delivery.delivery_tag or last_tag  # type: ignore[union-attr]
+                last_tag = got.delivery_tag
                 found.append(DeadMessage.from_delivery(got))
             if last_tag:
-                await channel.basic_nack(last_tag, multiple=True, requeue=True)
+                channel.basic_nack(last_tag, multiple=True, requeue=True)
         finally:
             await close_quietly(channel)  # anything still unacked goes back to the queue
         return found
@@ -189,9 +184,9 @@ class DeadQueue:
             # Read at most what was there at the start: messages put back below must not be read again.
             for _ in range(total):
                 got = await reader.basic_get(self.name, no_ack=False)
-                if isinstance(got.delivery, spec.Basic.GetEmpty):
+                if got is None:
                     break
-                tag: int = got.delivery.delivery_tag  # type: ignore[union-attr,assignment]
+                tag = got.delivery_tag
                 dead = DeadMessage.from_delivery(got)
                 if not _selected(dead, routing_key, message_id, everything):
                     kept.append(tag)
@@ -207,9 +202,7 @@ class DeadQueue:
                         routing_key=dead.queue,
                         body=dead.body,
                         props=copy_properties(
-                            got.header.properties,
-                            wire.requeue_headers(got.header.properties.headers or {}),
-                            None,
+                            got.properties, wire.requeue_headers(got.properties.headers or {}), None
                         ),
                         mandatory=True,
                         timeout=DEFAULT_PUBLISH_TIMEOUT_S,
@@ -220,10 +213,10 @@ class DeadQueue:
                     if writer.is_closed:
                         writer = await self._channel(confirms=True)
                     continue
-                await reader.basic_ack(tag)
+                reader.basic_ack(tag)
                 report.requeued.append(dead.message_id)
             for tag in kept:
-                await reader.basic_nack(tag, requeue=True)
+                reader.basic_nack(tag, requeue=True)
         finally:
             await close_quietly(writer)
             await close_quietly(reader)
@@ -238,16 +231,15 @@ class DeadQueue:
         try:
             for _ in range(total):  # at most what was there: those put back must not be read again
                 got = await channel.basic_get(self.name, no_ack=False)
-                if isinstance(got.delivery, spec.Basic.GetEmpty):
+                if got is None:
                     break
-                tag: int = got.delivery.delivery_tag  # type: ignore[union-attr,assignment]
-                if got.header.properties.message_id == message_id:
-                    await channel.basic_ack(tag)
+                if got.properties.message_id == message_id:
+                    channel.basic_ack(got.delivery_tag)
                     deleted += 1
                 else:
-                    kept.append(tag)
+                    kept.append(got.delivery_tag)
             for tag in kept:
-                await channel.basic_nack(tag, requeue=True)
+                channel.basic_nack(tag, requeue=True)
         finally:
             await close_quietly(channel)  # anything still unacked goes back to the queue
         return deleted
@@ -256,11 +248,9 @@ class DeadQueue:
         """Delete every message of the dead queue; returns how many there were."""
         channel = await self._channel(confirms=False)
         try:
-            ok = await channel.queue_purge(self.name)
+            return await channel.queue_purge(self.name)
         finally:
             await close_quietly(channel)
-        purged: int = ok.message_count or 0
-        return purged
 
 
 def _selected(dead: DeadMessage, routing_key: str | None, message_id: str | None, everything: bool) -> bool:

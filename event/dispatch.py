@@ -2,6 +2,7 @@
 
 One :class:`Dispatcher` serves one consumer. It owns the consumer's concurrency limit and the tasks
 running its handlers; the pool hands it a fresh :class:`AckTracker` whenever its channel is (re)opened.
+Deliveries run eagerly (:mod:`event.eager`): a handler that finishes without suspending costs no task.
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiormq import spec
-from aiormq.abc import DeliveredMessage
 
 from event import tracing, wire
 from event.acks import AckTracker
 from event.consumer import Consumer
+from event.driver import Delivery, Properties
+from event.eager import EagerRunner
 from event.errors import DecodeError, PayloadError
 from event.message import Message
 from event.metrics import ConsumerStats
@@ -34,7 +35,7 @@ from event.signals import Dead, Retry
 log = logging.getLogger("event.dispatch")
 
 # Publishes a copy (exchange, routing key, body, properties) and waits for the broker's confirm.
-SendCopy = Callable[[str, str, bytes, spec.Basic.Properties], Awaitable[None]]
+SendCopy = Callable[[str, str, bytes, Properties], Awaitable[None]]
 
 REQUEUE_PAUSE_S = 1.0
 
@@ -142,7 +143,7 @@ class Dispatcher:
         self.send_copy = send_copy
         self.acks: AckTracker | None = None
         self.accepting = True
-        self.tasks: set[asyncio.Task[None]] = set()
+        self._runner: EagerRunner[tuple[Delivery, AckTracker]] = EagerRunner(self._start)
         self.running = 0  # handlers running now (for tests and metrics)
         self.stats = stats or ConsumerStats(consumer.queue, consumer.max_concurrency)
         self.stats.in_flight = lambda: self.running
@@ -154,28 +155,38 @@ class Dispatcher:
         """Use ``acks`` for the deliveries of a newly opened channel."""
         self.acks = acks
 
-    async def on_delivery(self, delivered: DeliveredMessage) -> None:
-        """aiormq's consumer callback.
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        """The tasks running this consumer's deliveries now (a shutdown waits for them, or cancels them)."""
+        return self._runner.tasks
 
-        aiormq runs it in a task that dies with the channel; the work moves to a task of ours so that a
-        handler running when the connection drops still finishes (its ack is dropped with the channel,
-        and the broker redelivers the message).
+    @property
+    def in_hand(self) -> int:
+        """Deliveries taken and not yet settled: waiting to start, for a slot or a rate, or running."""
+        return self._runner.in_hand
+
+    def on_delivery(self, delivery: Delivery) -> None:
+        """The driver's consumer callback, called in its read loop once per delivery, in order.
+
+        The work runs in tasks of ours, not in the driver's callback, so that a handler running when the
+        connection drops still finishes (its ack is dropped with the channel, and the broker redelivers
+        the message).
         """
         acks = self.acks
         if acks is None:
             return
-        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
-        tag: int = deliver.delivery_tag  # type: ignore[assignment]
-        acks.delivered(tag)
-        task = asyncio.get_running_loop().create_task(self._run(delivered, tag, acks))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        acks.delivered(delivery.delivery_tag)
+        self._runner.submit((delivery, acks))
 
-    async def _run(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
-        if delivered.delivery.redelivered:  # type: ignore[union-attr]  # the hot path's only extra test
+    def _start(self, item: tuple[Delivery, AckTracker]) -> Coroutine[Any, Any, None]:
+        delivery, acks = item
+        return self._run(delivery, delivery.delivery_tag, acks)
+
+    async def _run(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
+        if delivered.redelivered:  # the hot path's only extra test
             await self._redelivered(delivered, tag, acks)
             return
-        headers = delivered.header.properties.headers
+        headers = delivered.properties.headers
         if not headers or wire.H_DELIVERIES not in headers:
             await self._run_limited(delivered, tag, acks)
             return
@@ -185,7 +196,7 @@ class Dispatcher:
         if self._suspect_running:
             await self._replace(
                 delivered, tag, acks, ("", self.consumer.queue),
-                copy_properties(delivered.header.properties, headers, None),
+                copy_properties(delivered.properties, headers, None),
                 "a counted copy", "recounted", wire.logical_routing_key("", headers, self.exchange),
             )  # fmt: skip
             return
@@ -200,7 +211,7 @@ class Dispatcher:
             self._suspect_running = False
 
     @tracing.traced_delivery  # a consumer span, when opentelemetry is installed
-    async def _redelivered(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+    async def _redelivered(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
         """A delivery whose previous one ended unsettled: replace it by a counted copy, or dead-queue it.
 
         A handler that kills the worker never raises, so only the count carried in the message tells
@@ -208,13 +219,12 @@ class Dispatcher:
         tail of this queue, runs when it comes back (with ``Message.redelivered`` true).
         """
         consumer = self.consumer
-        props = delivered.header.properties
+        props = delivered.properties
         headers: dict[str, Any] = props.headers or {}
-        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
-        delivery_routing_key: str = deliver.routing_key or ""
+        delivery_routing_key = delivered.routing_key
         addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
         if addressed is not None and addressed != consumer.queue:
-            await acks.ack(tag)  # a retry meant for another queue, as in _process
+            acks.ack(tag)  # a retry meant for another queue, as in _process
             return
         routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
         deliveries = wire.unsettled_deliveries(headers, redelivered=True)
@@ -249,11 +259,11 @@ class Dispatcher:
 
     async def _replace(
         self,
-        delivered: DeliveredMessage,
+        delivered: Delivery,
         tag: int,
         acks: AckTracker,
         route: tuple[str, str],
-        props: spec.Basic.Properties,
+        props: Properties,
         what: str,
         outcome: str,
         routing_key: str,
@@ -274,7 +284,7 @@ class Dispatcher:
             self._replacing.discard(done)
             done.set_result(None)
 
-    async def _run_limited(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+    async def _run_limited(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
         # The consumer's own limit first, so that messages waiting for it never hold a pool-wide slot.
         if self.limiter is not None:
             await self.limiter.acquire()  # before any slot: a message waiting for its rate holds none
@@ -300,20 +310,19 @@ class Dispatcher:
                 slots.release()
 
     @tracing.traced_delivery  # a consumer span, when opentelemetry is installed
-    async def _process(self, delivered: DeliveredMessage, tag: int, acks: AckTracker) -> None:
+    async def _process(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
         consumer = self.consumer
-        props = delivered.header.properties
+        props = delivered.properties
         headers: dict[str, Any] = props.headers or {}
-        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
-        delivery_routing_key: str = deliver.routing_key or ""
+        delivery_routing_key = delivered.routing_key
         if headers:
             addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
             if addressed is not None and addressed != consumer.queue:
-                await acks.ack(tag)  # an older retry meant for another queue, seen here through '#'
+                acks.ack(tag)  # an older retry meant for another queue, seen here through '#'
                 return
             if wire.is_foreign_schedule_copy(delivery_routing_key, headers, self.namespace, self.exchange):
                 self.stats.count("duplicate", delivery_routing_key)
-                await acks.ack(tag)  # this namespace's own schedule queue delivers the copy it takes
+                acks.ack(tag)  # this namespace's own schedule queue delivers the copy it takes
                 return
             routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
             due_in = wire.due_in_ms(headers, int(self.clock() * 1000))
@@ -349,10 +358,10 @@ class Dispatcher:
             message_id=props.message_id,
             timestamp=props.timestamp,
             attempt=failures + 1,
-            redelivered=bool(deliver.redelivered) or wire.H_DELIVERIES in headers,
+            redelivered=delivered.redelivered or wire.H_DELIVERIES in headers,
             queue=consumer.queue,
             delivery_routing_key=delivery_routing_key,
-            exchange=deliver.exchange or "",
+            exchange=delivered.exchange,
         )
         error: Exception | None = None
         started = time.perf_counter()
@@ -373,11 +382,11 @@ class Dispatcher:
             await self._failed(delivered, tag, acks, routing_key, failures, error)
             return
         stats.count("handled", routing_key)
-        await acks.ack(tag)
+        acks.ack(tag)
 
     async def _failed(
         self,
-        delivered: DeliveredMessage,
+        delivered: Delivery,
         tag: int,
         acks: AckTracker,
         routing_key: str,
@@ -385,7 +394,7 @@ class Dispatcher:
         error: BaseException,
     ) -> None:
         consumer = self.consumer
-        props = delivered.header.properties
+        props = delivered.properties
         self.stats.count("failed", routing_key)
         tracing.failed(error)
         decision = decide(error, failures, consumer.retries, consumer.backoff)
@@ -457,10 +466,10 @@ class Dispatcher:
                 log.exception("the on_dead callback failed for message %s", props.message_id)
 
     async def _park(
-        self, delivered: DeliveredMessage, tag: int, acks: AckTracker, routing_key: str, seconds: float
+        self, delivered: Delivery, tag: int, acks: AckTracker, routing_key: str, seconds: float
     ) -> None:
         # A long delay outlasts the longest level: wait one more level, addressed to this queue alone.
-        props = delivered.header.properties
+        props = delivered.properties
         level = wire.delay_level(seconds)
         headers = wire.repark_headers(props.headers or {}, queue=self.consumer.queue, routing_key=routing_key)
         await self._settle_with_copy(
@@ -481,11 +490,11 @@ class Dispatcher:
 
     async def _settle_with_copy(
         self,
-        delivered: DeliveredMessage,
+        delivered: Delivery,
         tag: int,
         acks: AckTracker,
         route: tuple[str, str],
-        props: spec.Basic.Properties,
+        props: Properties,
         what: str,
         outcome: str,
         routing_key: str,
@@ -502,14 +511,17 @@ class Dispatcher:
             log.error(
                 "could not store %s of message %s in %s (%s); it stays in %s for redelivery",
                 what,
-                delivered.header.properties.message_id,
+                delivered.properties.message_id,
                 queue,
                 exc,
                 self.consumer.queue,
             )
             await asyncio.sleep(REQUEUE_PAUSE_S)
-            await acks.reject(tag)
+            acks.reject(tag)
             return False
         self.stats.count(outcome, routing_key)
-        await (acks.ack_now(tag) if ack_at_once else acks.ack(tag))
+        if ack_at_once:
+            acks.ack_now(tag)
+        else:
+            acks.ack(tag)
         return True

@@ -11,26 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
-
-from aiormq.abc import DeliveredMessage
 
 from event.connection import Channel
 from event.control import Command
+from event.driver import OnCancel, OnDelivery
 from event.errors import ConfigurationError
 
 log = logging.getLogger("event.pool")
-
-Callback = Callable[[DeliveredMessage], Coroutine[Any, Any, Any]]
 
 
 @dataclass
 class _Consumer:
     channel: Channel
     tag: str
-    callback: Callback
+    on_delivery: OnDelivery
+    on_cancel: OnCancel
     consuming: bool = False
 
 
@@ -53,17 +50,24 @@ class PauseSwitch:
         """Whether ``queue`` is paused."""
         return queue in self._paused
 
-    async def consume(self, channel: Channel, queue: str, callback: Callback) -> str:
+    async def consume(
+        self, channel: Channel, queue: str, on_delivery: OnDelivery, on_cancel: OnCancel
+    ) -> str:
         """Start consuming ``queue`` on ``channel`` (unless it is paused); returns the consumer tag."""
         self._closed = False
         tag = f"event.{uuid.uuid4().hex}"  # not the queue's name: a tag is at most 255 bytes too
         async with self._lock:
-            consumer = _Consumer(channel, tag, callback)
+            consumer = _Consumer(channel, tag, on_delivery, on_cancel)
             self._live[queue] = consumer
             if queue not in self._paused:
-                await channel.basic_consume(queue, callback, consumer_tag=tag)
-                consumer.consuming = True
+                await self._consume(queue, consumer)
         return tag
+
+    async def _consume(self, queue: str, consumer: _Consumer) -> None:
+        await consumer.channel.basic_consume(
+            queue, consumer.on_delivery, consumer_tag=consumer.tag, on_cancel=consumer.on_cancel
+        )
+        consumer.consuming = True
 
     def close(self) -> None:
         """No more consuming (the pool shuts down): a resume now only records the state."""
@@ -105,8 +109,7 @@ class PauseSwitch:
                 and not self._closed
                 and not consumer.channel.is_closed
             ):
-                await consumer.channel.basic_consume(queue, consumer.callback, consumer_tag=consumer.tag)
-                consumer.consuming = True
+                await self._consume(queue, consumer)
         log.info("resumed the consumer of %s", queue)
 
     def _check(self, queue: str) -> None:

@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from aiormq import spec
 
 from event import control, topology, wire
 from event.config import (
@@ -35,6 +34,7 @@ from event.connection import (
     Channel,
     Connection,
     Connector,
+    broker_reason,
     close_quietly,
     connect,
     connected_url,
@@ -43,6 +43,7 @@ from event.connection import (
 from event.consumer import Consumer, Handler, define_consumer
 from event.cron import CronRunner, Schedule, define_schedule
 from event.dispatch import Dispatcher, OnDead
+from event.driver import Properties
 from event.errors import ConfigurationError, ConnectionFailed, EventError, Unroutable
 from event.message import Context
 from event.metrics import ConsumerStats, PoolStats, registry_for
@@ -52,7 +53,7 @@ from event.publisher import properties, send
 from event.retry import DEFAULT_RETRIES, Backoff
 from event.runners.command import CommandRunner
 from event.runners.counts import OutcomeCounts
-from event.supervise import ConsumerSupervisor, backoff, broker_reason
+from event.supervise import ConsumerSupervisor, backoff
 from event.topology import Plan
 
 if TYPE_CHECKING:
@@ -406,7 +407,8 @@ class WorkerPool:
                 assert connection is not None
                 stop_wait = asyncio.ensure_future(self._stop_requested.wait())
                 closing = connection.closing
-                await asyncio.wait({stop_wait, closing}, return_when=asyncio.FIRST_COMPLETED)
+                waits: set[asyncio.Future[Any]] = {stop_wait, closing}
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 stop_wait.cancel()
                 if self._stop_requested.is_set():
                     break
@@ -539,7 +541,7 @@ class WorkerPool:
     def deliveries_in_hand(self) -> int:
         """Deliveries taken and not yet settled, across all consumers: waiting for a slot or a rate
         limit, running, or storing a retry or dead copy (event.testing waits on it)."""
-        return sum(len(d.tasks) for d in self._dispatchers)
+        return sum(d.in_hand for d in self._dispatchers)
 
     # --- pausing (event.pausing keeps the state; event.control carries operators' commands) ------------
 
@@ -669,7 +671,7 @@ class WorkerPool:
         channel.closing.add_done_callback(closed)
         return channel
 
-    async def _send_copy(self, exchange: str, queue: str, body: bytes, props: spec.Basic.Properties) -> None:
+    async def _send_copy(self, exchange: str, queue: str, body: bytes, props: Properties) -> None:
         channel = self._publish_channel
         if channel is None or channel.is_closed:
             channel = await self._reopen_publish_channel(queue)

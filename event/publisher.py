@@ -13,10 +13,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import orjson
-from aiormq import exceptions as amqp_errors
-from aiormq import spec
 
-from event import protobuf, topology, tracing, wire
+from event import driver, protobuf, topology, tracing, wire
 from event.config import (
     DEFAULT_EXCHANGE,
     DEFAULT_PUBLISH_TIMEOUT_S,
@@ -31,6 +29,7 @@ from event.connection import (
     Channel,
     Connection,
     Connector,
+    broker_reason,
     close_quietly,
     connect,
     connected_url,
@@ -114,10 +113,10 @@ def properties(
     expiration: str | None = None,
     now: float | None = None,
     content_type: str = wire.CONTENT_TYPE,
-) -> spec.Basic.Properties:
+) -> driver.Properties:
     """Hutch's message properties (spec section 3): JSON (or ``content_type``), persistent, a UUID, a
     whole-second timestamp (of ``now``, epoch seconds, if given: the publisher's clock)."""
-    return spec.Basic.Properties(
+    return driver.Properties(
         content_type=content_type,
         delivery_mode=wire.PERSISTENT,
         message_id=message_id or str(uuid.uuid4()),
@@ -128,13 +127,13 @@ def properties(
 
 
 def copy_properties(
-    props: spec.Basic.Properties, headers: dict[str, Any], level: int | None
-) -> spec.Basic.Properties:
+    props: driver.Properties, headers: dict[str, Any], level: int | None
+) -> driver.Properties:
     """The properties of a copy (retry, re-park, dead, requeue): the original's, persistent, new headers.
 
     ``level`` sets the per-message TTL of a delay queue; a dead copy has none, so it never expires early.
     """
-    return spec.Basic.Properties(
+    return driver.Properties(
         content_type=props.content_type,
         content_encoding=props.content_encoding,
         delivery_mode=wire.PERSISTENT,
@@ -156,7 +155,7 @@ async def send(
     exchange: str,
     routing_key: str,
     body: bytes,
-    props: spec.Basic.Properties,
+    props: driver.Properties,
     mandatory: bool = False,
     timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
     stats: PublishStats | None = None,
@@ -178,37 +177,26 @@ async def _send(
     exchange: str,
     routing_key: str,
     body: bytes,
-    props: spec.Basic.Properties,
+    props: driver.Properties,
     mandatory: bool,
     timeout: float,
 ) -> None:
     where = f"exchange {exchange!r}, routing key {routing_key!r}"
     try:
-        result = await channel.basic_publish(
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            properties=props,
-            mandatory=mandatory,
-            timeout=timeout,
-        )
-    except amqp_errors.PublishError as exc:
+        async with asyncio.timeout(timeout):
+            await channel.basic_publish(
+                body, exchange=exchange, routing_key=routing_key, properties=props, mandatory=mandatory
+            )
+    except driver.Returned as exc:
         raise Unroutable(f"message to {where} matched no queue and was returned (mandatory=True)") from exc
-    except amqp_errors.DeliveryError as exc:
+    except driver.Nacked as exc:
         raise PublishNacked(f"the broker nacked the message to {where}: it was not stored") from exc
     except TimeoutError as exc:
         raise PublishTimeout(f"no confirm for the message to {where} within {timeout:g} s") from exc
-    except (
-        amqp_errors.AMQPError,
-        amqp_errors.ChannelInvalidStateError,
-        ConnectionError,
-        RuntimeError,
-    ) as exc:
+    except (driver.AMQPError, ConnectionError) as exc:
         raise ConnectionFailed(
-            f"could not publish to {where}: the connection or channel is closed ({exc})"
+            f"could not publish to {where}: the connection or channel is closed ({broker_reason(exc)})"
         ) from exc
-    if result is not None and not isinstance(result, spec.Basic.Ack):
-        raise PublishNacked(f"the broker answered {type(result).__name__} for the message to {where}")
 
 
 class Publisher:
@@ -454,13 +442,13 @@ class Publisher:
         )
 
     async def publish_raw(
-        self, routing_key: str, body: bytes, props: spec.Basic.Properties, *, mandatory: bool = False
+        self, routing_key: str, body: bytes, props: driver.Properties, *, mandatory: bool = False
     ) -> None:
         """Publish bytes with ready-made properties to the main exchange (for tools and bridges)."""
         await self._send(self.exchange, routing_key, body, props, mandatory=mandatory)
 
     async def _send(
-        self, exchange: str, routing_key: str, body: bytes, props: spec.Basic.Properties, *, mandatory: bool
+        self, exchange: str, routing_key: str, body: bytes, props: driver.Properties, *, mandatory: bool
     ) -> None:
         if self.max_body_bytes and len(body) > self.max_body_bytes:
             raise PublishError(

@@ -2,9 +2,9 @@
 
 The broker can end a consumer while the connection lives on: with a ``Basic.Cancel`` (its queue was
 deleted, a quorum queue's leader moved, RabbitMQ 4.x's delivery timeout) or by closing its channel
-(``PRECONDITION_FAILED`` when a handler outlives ``consumer_timeout``, ``NOT_FOUND``). aiormq reports
-the first to the channel's ``on_consumer_cancel_callbacks`` and the second through the channel's
-``closing`` future; a :class:`ConsumerSupervisor` listens to both. It then abandons the channel's
+(``PRECONDITION_FAILED`` when a handler outlives ``consumer_timeout``, ``NOT_FOUND``). The driver
+reports the first to the consume's ``on_cancel`` and the second through the channel's ``closing``
+future; a :class:`ConsumerSupervisor` listens to both. It then abandons the channel's
 delivery tags (they die with it: the broker redelivers those messages), says why in one error line,
 re-declares the consumer's queue and bindings and consumes again on a fresh channel, with back-off,
 never touching the pool's other consumers. While it is not consuming the pool is not ready.
@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiormq import exceptions as amqp_errors
-from aiormq import spec
-from aiormq.abc import DeliveredMessage
-
-from event import topology
+from event import driver, topology
 from event.acks import AckTracker
-from event.connection import Channel, Connection, close_quietly, connected_url, open_channel
+from event.connection import (
+    Channel,
+    Connection,
+    broker_reason,
+    close_quietly,
+    connected_url,
+    open_channel,
+)
 from event.dispatch import Dispatcher
 from event.errors import ConnectionFailed, EventError
 
@@ -39,25 +42,14 @@ def backoff(attempt: int, delays: Sequence[float]) -> float:
     return delays[min(attempt, len(delays) - 1)]
 
 
-def broker_reason(exc: BaseException | None) -> str:
-    """The broker's own words in an aiormq close error (``NOT_FOUND - no queue ...``), else the error."""
-    if exc is None:
-        return "the channel was closed"
-    for arg in exc.args:
-        text = getattr(arg, "reply_text", None)
-        if isinstance(text, str):
-            return text
-    return str(exc) or type(exc).__name__
+# Starts consuming a queue on a channel with a delivery and a cancel callback; returns the consumer tag.
+Consume = Callable[[Channel, str, driver.OnDelivery, driver.OnCancel], Awaitable[str]]
 
 
-# Starts consuming a queue on a channel with a delivery callback; returns the consumer tag.
-OnDelivery = Callable[[DeliveredMessage], Coroutine[Any, Any, Any]]
-Consume = Callable[[Channel, str, OnDelivery], Awaitable[str]]
-
-
-async def _basic_consume(channel: Channel, queue: str, callback: OnDelivery) -> str:
-    ok = await channel.basic_consume(queue, callback)
-    return str(ok.consumer_tag)
+async def _basic_consume(
+    channel: Channel, queue: str, on_delivery: driver.OnDelivery, on_cancel: driver.OnCancel
+) -> str:
+    return await channel.basic_consume(queue, on_delivery, on_cancel=on_cancel)
 
 
 class ConsumerSupervisor:
@@ -109,31 +101,30 @@ class ConsumerSupervisor:
         try:
             await topology.declare(channel, self.plan)
 
-            async def send_ack(tag: int, multiple: bool) -> None:
-                await channel.basic_ack(tag, multiple=multiple)
+            def send_ack(tag: int, multiple: bool) -> None:
+                channel.basic_ack(tag, multiple=multiple)
 
-            async def send_reject(tag: int) -> None:
-                await channel.basic_reject(tag, requeue=True)
+            def send_reject(tag: int) -> None:
+                channel.basic_reject(tag, requeue=True)
 
             acks = AckTracker(
                 send_ack, send_reject, batch=max(1, consumer.prefetch // 4), interval=self.ack_interval
             )
 
-            def cancelled(frame: spec.Basic.Cancel) -> None:
+            def cancelled(consumer_tag: str) -> None:
                 if not lost.done():
                     lost.set_result(
-                        f"the broker cancelled consumer {frame.consumer_tag} (Basic.Cancel: the queue was "
+                        f"the broker cancelled consumer {consumer_tag} (Basic.Cancel: the queue was "
                         "deleted, its node or quorum leader went away, or a delivery timed out)"
                     )
 
-            channel.on_consumer_cancel_callbacks.add(cancelled)
             channel.closing.add_done_callback(lambda done: _closed(done, lost))
             self.dispatcher.attach(acks)
-            tag = await self.consume(channel, consumer.queue, self.dispatcher.on_delivery)
+            tag = await self.consume(channel, consumer.queue, self.dispatcher.on_delivery, cancelled)
         except EventError:
             await close_quietly(channel)
             raise
-        except (amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, ConnectionError) as exc:
+        except (driver.AMQPError, ConnectionError) as exc:
             await close_quietly(channel)
             raise ConnectionFailed(
                 f"could not consume from queue {self.queue!r}: {broker_reason(exc)}"
@@ -246,7 +237,7 @@ class ConsumerSupervisor:
         """At shutdown, after the drain: send the last acks and close the channel."""
         acks, channel = self._acks, self._channel
         if acks is not None:
-            await acks.close()
+            acks.close()
         self._acks = self._channel = None
         self._consumer_tag = None
         if self._lost is not None and not self._lost.done():

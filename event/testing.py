@@ -30,24 +30,21 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
-from aiormq import exceptions as amqp_errors
-from aiormq import spec
-from aiormq.abc import DeliveredMessage
 from pamqp import decode as amqp_decode
 from pamqp import encode as amqp_encode
 from pamqp import frame as amqp_frame
 from pamqp.header import ContentHeader
 
-from event import protobuf, wire
-from event.connection import Connection
+from event import driver, protobuf, wire
+from event.config import redact_url
+from event.driver import Arguments, Delivery, OnCancel, OnDelivery, Properties, QueueInfo
 from event.pool import WorkerPool
 from event.publisher import Publisher
 
@@ -55,7 +52,7 @@ from event.publisher import Publisher
 @dataclass
 class _Message:
     body: bytes
-    props: spec.Basic.Properties
+    props: Properties
     exchange: str
     routing_key: str
     expires_at: float | None = None
@@ -109,10 +106,17 @@ class _Queue:
     arguments: dict[str, Any]
     auto_delete: bool = False
     messages: deque[_Message] = field(default_factory=deque)
-    consumers: list[tuple[_Channel, str, Callable[[DeliveredMessage], Awaitable[Any]]]] = field(
-        default_factory=list
-    )
+    consumers: list[_Consumer] = field(default_factory=list)
     turn: int = 0
+
+
+@dataclass
+class _Consumer:
+    channel: _Channel
+    tag: str
+    on_delivery: OnDelivery
+    on_cancel: OnCancel | None
+    no_ack: bool
 
 
 @dataclass
@@ -224,7 +228,7 @@ class TestBroker:
         self.log: list[Published] = []
         self._saved: list[tuple[Any, Any, Any]] = []
         self._running: list[AsyncExitStack] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handing = 0  # deliveries on their way to a consumer's callback (see _deliver)
 
     # --- the user's side ----------------------------------------------------------------------------------
 
@@ -283,18 +287,18 @@ class TestBroker:
                     await asyncio.sleep(0)
                 await asyncio.sleep(0.001)
                 deliverable = any(
-                    q.messages and any(ch.has_room() for ch, _, _ in q.consumers)
+                    q.messages and any(c.channel.has_room() for c in q.consumers)
                     for q in self.queues.values()
                 )
                 sleepers = self.clock.sleepers
                 in_hand = sum(c.deliveries_in_hand for c in self.clients if isinstance(c, WorkerPool))
-                if not deliverable and in_hand <= sleepers and not self._tasks:
+                if not deliverable and in_hand <= sleepers and not self._handing:
                     await asyncio.sleep(0.01)  # acks flush on a short timer
                     if self._unacked() <= self.clock.sleepers:
                         return
 
     def _unacked(self) -> int:
-        channels = {id(ch): ch for q in self.queues.values() for ch, _, _ in q.consumers}
+        channels = {id(c.channel): c.channel for q in self.queues.values() for c in q.consumers}
         return sum(len(ch.unacked) for ch in channels.values())
 
     async def advance(self, seconds: float) -> None:
@@ -339,9 +343,9 @@ class TestBroker:
 
     # --- the broker's side ---------------------------------------------------------------------------------
 
-    async def connect(self, url: str, *, name: str) -> Connection:
-        """What a client's ``connector`` calls."""
-        return _Connection(self, name)  # type: ignore[return-value]
+    async def connect(self, url: str, *, name: str) -> _Connection:
+        """What a client's ``connector`` calls: a connection of the driver seam (:mod:`event.driver`)."""
+        return _Connection(self, url, name)
 
     def route(
         self, exchange: str, routing_key: str, headers: dict[str, Any], seen: frozenset[str] = frozenset()
@@ -366,12 +370,10 @@ class TestBroker:
                 found.update(dict.fromkeys(self.route(target, routing_key, headers, seen | {exchange})))
         return list(found)
 
-    def publish(
-        self, exchange: str, routing_key: str, body: bytes, props: spec.Basic.Properties
-    ) -> list[str]:
+    def publish(self, exchange: str, routing_key: str, body: bytes, props: Properties) -> list[str]:
         """Route a message as RabbitMQ does; the queues it reached (none: dropped, as RabbitMQ drops it)."""
         if exchange not in self.exchanges:
-            raise amqp_errors.ChannelNotFoundEntity(f"NOT_FOUND - no exchange '{exchange}'")
+            raise driver.NotFound(404, f"NOT_FOUND - no exchange '{exchange}' in vhost '/'")
         headers = dict(props.headers or {})
         targets = self.route(exchange, routing_key, headers)
         headers.pop("BCC", None)
@@ -436,26 +438,34 @@ class TestBroker:
             self._expire_head(queue)  # an expired head is dead-lettered, never delivered
             if not queue.messages:
                 return
-            ready = [c for c in queue.consumers if c[0].has_room()]
+            ready = [c for c in queue.consumers if c.channel.has_room()]
             if not ready:
                 return
-            channel, tag, callback = ready[queue.turn % len(ready)]
+            consumer = ready[queue.turn % len(ready)]
             queue.turn += 1
             message = queue.messages.popleft()
+            channel = consumer.channel
             delivery_tag = channel.take(queue, message)
-            if tag in channel.no_ack_tags:
+            if consumer.no_ack:
                 channel.unacked.pop(delivery_tag)  # settled on delivery, as no_ack asks
-            delivered = DeliveredMessage(
-                delivery=spec.Basic.Deliver(
-                    tag, delivery_tag, message.redelivered, message.exchange, message.routing_key
-                ),
-                header=ContentHeader(properties=message.props, body_size=len(message.body)),
-                body=message.body,
-                channel=channel,  # type: ignore[arg-type]
+            delivery = Delivery(
+                delivery_tag,
+                message.redelivered,
+                message.exchange,
+                message.routing_key,
+                message.props,
+                message.body,
+                consumer.tag,
             )
-            task = asyncio.ensure_future(callback(delivered))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # Handed over on a later turn of the loop, as a real connection's read loop does: never from
+            # inside the call (an ack, a publish) that made the message deliverable.
+            self._handing += 1
+            asyncio.get_running_loop().call_soon(self._hand, consumer, delivery)
+
+    def _hand(self, consumer: _Consumer, delivery: Delivery) -> None:
+        self._handing -= 1
+        if not consumer.channel.is_closed:  # else its unacked messages went back to the queue
+            consumer.on_delivery(delivery)
 
 
 def _key_matches(kind: str, pattern: str, keys: list[str]) -> bool:
@@ -525,7 +535,7 @@ def _is_cycle(queue: str, headers: dict[str, Any]) -> bool:
     return False
 
 
-def _over_the_wire(props: spec.Basic.Properties, body_size: int) -> spec.Basic.Properties:
+def _over_the_wire(props: Properties, body_size: int) -> Properties:
     """``props`` as the receiving client decodes them, after pamqp encoded them for the wire.
 
     The same encoder as a real connection's: what AMQP cannot carry (a tuple, ``bytes``, a set, an
@@ -538,11 +548,11 @@ def _over_the_wire(props: spec.Basic.Properties, body_size: int) -> spec.Basic.P
     return header.properties
 
 
-def _arguments_over_the_wire(arguments: dict[str, Any] | None) -> dict[str, Any]:
+def _arguments_over_the_wire(arguments: Arguments | None) -> dict[str, Any]:
     """A declare's arguments as RabbitMQ receives them (pamqp's field-table encoding)."""
     if not arguments:
         return {}
-    _, decoded = amqp_decode.field_table(amqp_encode.field_table(arguments))
+    _, decoded = amqp_decode.field_table(amqp_encode.field_table(dict(arguments)))
     return decoded
 
 
@@ -575,64 +585,88 @@ def _strings(value: Any) -> list[str]:
     )
 
 
-def _with(props: spec.Basic.Properties, **changes: Any) -> spec.Basic.Properties:
+def _with(props: Properties, **changes: Any) -> Properties:
     fields = {name: getattr(props, name) for name in (
         "content_type", "content_encoding", "headers", "delivery_mode", "priority", "correlation_id",
         "reply_to", "expiration", "message_id", "timestamp", "message_type", "user_id", "app_id",
     )}  # fmt: skip
     fields.update(changes)
-    return spec.Basic.Properties(**fields)
+    return Properties(**fields)
 
 
 class _Connection:
-    """The part of aiormq's Connection that `event` uses."""
+    """A connection to the in-memory broker: :class:`event.driver.Connection`, as event.amqp's is."""
 
     _numbers = itertools.count(1)
 
-    def __init__(self, broker: TestBroker, name: str) -> None:
+    def __init__(self, broker: TestBroker, url: str, name: str) -> None:
         self.broker = broker
         self.name = name
-        self.closing: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._node = redact_url(url)
+        self._closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.channels: list[_Channel] = []
 
     @property
     def is_closed(self) -> bool:
-        return self.closing.done()
+        return self._closing.done()
 
-    async def channel(self, publisher_confirms: bool = True, **_: Any) -> _Channel:
+    @property
+    def closing(self) -> asyncio.Future[None]:
+        return self._closing
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    @property
+    def blocked(self) -> str | None:
+        return None  # no memory alarms here
+
+    async def channel(self, *, confirms: bool = False) -> _Channel:
+        if self.is_closed:
+            raise driver.ChannelInvalidState(f"connection {self.name!r} is closed")
         channel = _Channel(self, next(self._numbers))
         self.channels.append(channel)
         return channel
 
-    async def close(self, *_: Any, **__: Any) -> None:
+    async def close(self) -> None:
         for channel in list(self.channels):
             await channel.close()
         for queue in [q for q in self.broker.queues.values() if q.exclusive_owner is self]:
             del self.broker.queues[queue.name]
-        if not self.closing.done():
-            self.closing.set_result(None)
+        if not self._closing.done():
+            self._closing.set_result(None)
 
 
 class _Channel:
-    """The part of aiormq's Channel that `event` uses."""
+    """A channel of the in-memory broker: :class:`event.driver.Channel`, as event.amqp's is.
+
+    Publisher confirms are always positive here (no nacks are emulated), so a channel in confirm mode
+    behaves as one without."""
 
     def __init__(self, connection: _Connection, number: int) -> None:
         self.connection = connection
         self.broker = connection.broker
-        self.number = number
+        self._number = number
         self.prefetch = 0
         self.unacked: dict[int, tuple[_Queue, _Message]] = {}
-        self.no_ack_tags: set[str] = set()
         self.next_tag = 1
         self.closed = False
-        # As aiormq's channel: resolved when it closes, and the broker-cancel callbacks (never called here).
-        self.closing: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.on_consumer_cancel_callbacks: set[Any] = set()
-        self.closing.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Nobody may be watching a channel's end: retrieve its exception so asyncio does not warn.
+        self._closing.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    @property
+    def number(self) -> int:
+        return self._number
 
     @property
     def is_closed(self) -> bool:
         return self.closed or self.connection.is_closed
+
+    @property
+    def closing(self) -> asyncio.Future[None]:
+        return self._closing
 
     def has_room(self) -> bool:
         return not self.is_closed and (self.prefetch == 0 or len(self.unacked) < self.prefetch)
@@ -642,18 +676,21 @@ class _Channel:
         self.unacked[tag] = (queue, message)
         return tag
 
-    def _fail(self, exc: amqp_errors.ChannelClosed) -> None:
+    def _broken(self, reply_code: int, reply_text: str) -> driver.ChannelClosed:
+        """The broker closes the channel for an error: what it says, set on :attr:`closing`."""
+        exc = driver.channel_closed(reply_code, reply_text)
         self.closed = True
         self._requeue_all()
-        if not self.closing.done():
-            self.closing.set_exception(exc)
-        raise exc
+        if not self._closing.done():
+            self._closing.set_exception(exc)
+        return exc
 
     def _open(self) -> None:
         if self.is_closed:
-            raise amqp_errors.ChannelInvalidStateError(f"channel {self.number} is closed")
+            raise driver.ChannelInvalidState(f"channel {self._number} is closed")
 
-    async def basic_qos(self, prefetch_count: int = 0, **_: Any) -> None:
+    async def basic_qos(self, prefetch_count: int) -> None:
+        self._open()
         self.prefetch = prefetch_count
 
     async def exchange_declare(
@@ -661,13 +698,19 @@ class _Channel:
         exchange: str,
         exchange_type: str = "direct",
         *,
+        passive: bool = False,
         durable: bool = False,
-        arguments: dict[str, Any] | None = None,
-        **_: Any,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Arguments | None = None,
     ) -> None:
         self._open()
         received = _arguments_over_the_wire(arguments)
         existing = self.broker.exchanges.get(exchange)
+        if passive:
+            if existing is None:
+                raise self._broken(404, f"NOT_FOUND - no exchange '{exchange}' in vhost '/'")
+            return
         if existing is not None:
             # RabbitMQ compares the type, durability and alternate exchange; other arguments it ignores.
             differs = _inequivalent(
@@ -676,12 +719,12 @@ class _Channel:
                 ("type", "durable"),
             ) or _inequivalent(existing.arguments, received, ("alternate-exchange",))
             if differs is not None:
-                self._fail(amqp_errors.ChannelPreconditionFailed(
-                    f"PRECONDITION_FAILED - {differs} for exchange '{exchange}'"))  # fmt: skip
+                raise self._broken(406, f"PRECONDITION_FAILED - {differs} for exchange '{exchange}'")
             return
         self.broker.exchanges[exchange] = _Exchange(exchange_type, durable, received)
 
-    async def exchange_delete(self, exchange: str, **_: Any) -> None:
+    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
+        self._open()
         self.broker.exchanges.pop(exchange, None)
         self.broker.bindings.pop(exchange, None)
         self.broker.header_bindings.pop(exchange, None)
@@ -689,29 +732,25 @@ class _Channel:
 
     async def queue_declare(
         self,
-        queue: str,
+        queue: str = "",
         *,
         passive: bool = False,
         durable: bool = False,
         exclusive: bool = False,
         auto_delete: bool = False,
-        arguments: dict[str, Any] | None = None,
-        **_: Any,
-    ) -> spec.Queue.DeclareOk:
+        arguments: Arguments | None = None,
+    ) -> QueueInfo:
         self._open()
         queue = queue or f"amq.gen-{uuid.uuid4().hex}"  # a server-named queue, as RabbitMQ names them
         received = _arguments_over_the_wire(arguments)
         existing = self.broker.queues.get(queue)
         if passive:
             if existing is None:
-                self._fail(amqp_errors.ChannelNotFoundEntity(f"NOT_FOUND - no queue '{queue}'"))
-            assert existing is not None
-            return spec.Queue.DeclareOk(queue, len(existing.messages), len(existing.consumers))
+                raise self._broken(404, f"NOT_FOUND - no queue '{queue}' in vhost '/'")
+            return QueueInfo(queue, len(existing.messages), len(existing.consumers))
         if existing is not None:
             if existing.exclusive_owner is not None and existing.exclusive_owner is not self.connection:
-                self._fail(
-                    amqp_errors.ChannelLockedResource(f"RESOURCE_LOCKED - queue '{queue}' is exclusive")
-                )
+                raise self._broken(405, f"RESOURCE_LOCKED - queue '{queue}' is exclusive")
             flags = ("durable", "auto_delete")
             differs = _inequivalent(
                 {"durable": existing.durable, "auto_delete": existing.auto_delete},
@@ -719,44 +758,30 @@ class _Channel:
                 flags,
             ) or _inequivalent(existing.arguments, received, _COMPARED_QUEUE_ARGUMENTS)
             if differs is not None:
-                self._fail(amqp_errors.ChannelPreconditionFailed(
-                    f"PRECONDITION_FAILED - {differs} for queue '{queue}'"))  # fmt: skip
-            return spec.Queue.DeclareOk(queue, len(existing.messages), len(existing.consumers))
+                raise self._broken(406, f"PRECONDITION_FAILED - {differs} for queue '{queue}'")
+            return QueueInfo(queue, len(existing.messages), len(existing.consumers))
         owner = self.connection if exclusive else None
         _warn_not_emulated(queue, received)
         self.broker.queues[queue] = _Queue(queue, durable, owner, received, auto_delete)
-        return spec.Queue.DeclareOk(queue, 0, 0)
+        return QueueInfo(queue, 0, 0)
 
     async def exchange_bind(
-        self,
-        destination: str,
-        source: str,
-        routing_key: str = "",
-        arguments: dict[str, Any] | None = None,
-        **_: Any,
+        self, destination: str, source: str, routing_key: str = "", arguments: Arguments | None = None
     ) -> None:
         self._open()
         if destination not in self.broker.exchanges or source not in self.broker.exchanges:
-            self._fail(amqp_errors.ChannelNotFoundEntity(
-                f"NOT_FOUND - no exchange '{source}' or '{destination}'"))  # fmt: skip
+            raise self._broken(404, f"NOT_FOUND - no exchange '{source}' or '{destination}'")
         binding = (destination, routing_key, dict(arguments or {}))
         bound = self.broker.exchange_bindings.setdefault(source, [])
         if binding not in bound:
             bound.append(binding)
 
     async def queue_bind(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: dict[str, Any] | None = None,
-        **_: Any,
+        self, queue: str, exchange: str, routing_key: str = "", arguments: Arguments | None = None
     ) -> None:
         self._open()
         if exchange not in self.broker.exchanges or queue not in self.broker.queues:
-            self._fail(
-                amqp_errors.ChannelNotFoundEntity(f"NOT_FOUND - no exchange '{exchange}' or queue '{queue}'")
-            )
+            raise self._broken(404, f"NOT_FOUND - no exchange '{exchange}' or queue '{queue}'")
         if self.broker.exchanges[exchange].kind == "headers":
             with_arguments = (queue, dict(arguments or {}))
             headed = self.broker.header_bindings.setdefault(exchange, [])
@@ -768,85 +793,100 @@ class _Channel:
         if binding not in bound:
             bound.append(binding)
 
-    async def queue_unbind(self, queue: str, exchange: str, routing_key: str = "", **_: Any) -> None:
+    async def queue_unbind(
+        self, queue: str, exchange: str, routing_key: str = "", arguments: Arguments | None = None
+    ) -> None:
+        self._open()
         bound = self.broker.bindings.get(exchange, [])
         if (queue, routing_key) in bound:
             bound.remove((queue, routing_key))
 
-    async def queue_delete(self, queue: str, **_: Any) -> None:
-        self.broker.queues.pop(queue, None)
+    async def queue_delete(self, queue: str, *, if_unused: bool = False, if_empty: bool = False) -> int:
+        self._open()
+        found = self.broker.queues.pop(queue, None)
+        loop = asyncio.get_running_loop()
+        for consumer in found.consumers if found is not None else ():
+            if consumer.on_cancel is not None:  # RabbitMQ tells a deleted queue's consumers (Basic.Cancel)
+                loop.call_soon(consumer.on_cancel, consumer.tag)
         for bound in self.broker.bindings.values():
             bound[:] = [b for b in bound if b[0] != queue]
         for headed in self.broker.header_bindings.values():
             headed[:] = [b for b in headed if b[0] != queue]
+        return 0 if found is None else len(found.messages)
 
-    async def queue_purge(self, queue: str, **_: Any) -> spec.Queue.PurgeOk:
-        found = self.broker.queues[queue]
+    async def queue_purge(self, queue: str) -> int:
+        self._open()
+        found = self.broker.queues.get(queue)
+        if found is None:
+            raise self._broken(404, f"NOT_FOUND - no queue '{queue}' in vhost '/'")
         count = len(found.messages)
         found.messages.clear()
-        return spec.Queue.PurgeOk(count)
+        return count
 
     async def basic_consume(
         self,
         queue: str,
-        consumer_callback: Callable[[DeliveredMessage], Awaitable[Any]],
+        on_delivery: OnDelivery,
         *,
-        consumer_tag: str | None = None,
+        consumer_tag: str = "",
         no_ack: bool = False,
-        **_: Any,
-    ) -> spec.Basic.ConsumeOk:
+        exclusive: bool = False,
+        arguments: Arguments | None = None,
+        on_cancel: OnCancel | None = None,
+    ) -> str:
         self._open()
         found = self.broker.queues.get(queue)
         if found is None:
-            self._fail(amqp_errors.ChannelNotFoundEntity(f"NOT_FOUND - no queue '{queue}'"))
-        assert found is not None
-        tag = consumer_tag or f"ctag{self.number}.{len(found.consumers)}"
-        if no_ack:
-            self.no_ack_tags.add(tag)
-        found.consumers.append((self, tag, consumer_callback))
+            raise self._broken(404, f"NOT_FOUND - no queue '{queue}' in vhost '/'")
+        tag = consumer_tag or f"ctag{self._number}.{len(found.consumers)}"
+        found.consumers.append(_Consumer(self, tag, on_delivery, on_cancel, no_ack))
         self.broker._deliver(found)
-        return spec.Basic.ConsumeOk(tag)
+        return tag
 
-    async def basic_cancel(self, consumer_tag: str, **_: Any) -> None:
+    async def basic_cancel(self, consumer_tag: str) -> None:
+        self._open()
         for queue in self.broker.queues.values():
-            queue.consumers = [c for c in queue.consumers if c[1] != consumer_tag]
+            queue.consumers = [c for c in queue.consumers if c.tag != consumer_tag]
 
-    async def basic_get(self, queue: str, no_ack: bool = False, **_: Any) -> DeliveredMessage:
-        found = self.broker.queues[queue]
+    async def basic_get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
+        self._open()
+        found = self.broker.queues.get(queue)
+        if found is None:
+            raise self._broken(404, f"NOT_FOUND - no queue '{queue}' in vhost '/'")
         self.broker._expire_head(found)
         if not found.messages:
-            return DeliveredMessage(spec.Basic.GetEmpty(), ContentHeader(), b"", self)  # type: ignore[arg-type]
+            return None
         message = found.messages.popleft()
         tag = 0 if no_ack else self.take(found, message)
-        return DeliveredMessage(
-            spec.Basic.GetOk(
-                tag, message.redelivered, message.exchange, message.routing_key, len(found.messages)
-            ),
-            ContentHeader(properties=message.props, body_size=len(message.body)),
+        return Delivery(
+            tag,
+            message.redelivered,
+            message.exchange,
+            message.routing_key,
+            message.props,
             message.body,
-            self,  # type: ignore[arg-type]
+            message_count=len(found.messages),
         )
 
     def _settle(self, tag: int, multiple: bool) -> list[tuple[_Queue, _Message]]:
         self._open()
-        tags = [t for t in self.unacked if t <= tag] if multiple else [tag]
         if not multiple and tag not in self.unacked:
-            self._fail(
-                amqp_errors.ChannelPreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {tag}")
-            )
+            # As RabbitMQ does: the channel is closed (no answer to the settle itself, the close comes
+            # through ``closing``), and its other unacked messages go back to their queues.
+            self._broken(406, f"PRECONDITION_FAILED - unknown delivery tag {tag}")
+            return []
+        tags = [t for t in self.unacked if t <= tag] if multiple else [tag]
         return [self.unacked.pop(t) for t in tags]
 
-    async def basic_ack(self, delivery_tag: int, multiple: bool = False, **_: Any) -> None:
+    def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
         queues = {q.name: q for q, _ in self._settle(delivery_tag, multiple)}
         for queue in queues.values():
             self.broker._deliver(queue)
 
-    async def basic_reject(self, delivery_tag: int, *, requeue: bool = True, **_: Any) -> None:
-        await self.basic_nack(delivery_tag, requeue=requeue)
+    def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
+        self.basic_nack(delivery_tag, requeue=requeue)
 
-    async def basic_nack(
-        self, delivery_tag: int, multiple: bool = False, requeue: bool = True, **_: Any
-    ) -> None:
+    def basic_nack(self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True) -> None:
         settled = self._settle(delivery_tag, multiple)
         for queue, message in reversed(settled):
             if requeue:
@@ -864,38 +904,30 @@ class _Channel:
         *,
         exchange: str = "",
         routing_key: str = "",
-        properties: spec.Basic.Properties | None = None,
+        properties: Properties | None = None,
         mandatory: bool = False,
-        **_: Any,
-    ) -> spec.Basic.Ack:
+    ) -> None:
         self._open()
         # Encoded and decoded as on a real connection: what the client cannot encode raises here, on
         # an open channel, and nothing is published.
-        props = _over_the_wire(properties or spec.Basic.Properties(), len(body))
+        props = _over_the_wire(properties or Properties(), len(body))
         try:
             targets = self.broker.publish(exchange, routing_key, body, props)
-        except amqp_errors.ChannelNotFoundEntity as exc:
-            self._fail(exc)
+        except driver.ChannelClosed as exc:
+            raise self._broken(exc.reply_code, exc.reply_text) from None
         if mandatory and not targets:
-            returned = DeliveredMessage(
-                spec.Basic.Return(312, "NO_ROUTE", exchange, routing_key),
-                ContentHeader(properties=props, body_size=len(body)),
-                body,
-                self,  # type: ignore[arg-type]
-            )
-            raise amqp_errors.PublishError(returned, returned.delivery)
-        return spec.Basic.Ack()
+            raise driver.Returned(driver.ReturnedMessage(312, "NO_ROUTE", exchange, routing_key, props, body))
 
-    async def close(self, *_: Any, **__: Any) -> None:
+    async def close(self) -> None:
         if not self.closed:
             self.closed = True
             self._requeue_all()
-        if not self.closing.done():
-            self.closing.set_result(None)
+        if not self._closing.done():
+            self._closing.set_result(None)
 
     def _requeue_all(self) -> None:
         for queue in self.broker.queues.values():
-            queue.consumers = [c for c in queue.consumers if c[0] is not self]
+            queue.consumers = [c for c in queue.consumers if c.channel is not self]
         for queue, message in reversed(list(self.unacked.values())):  # back at the head, in their order
             message.redelivered = True
             queue.messages.appendleft(message)
@@ -903,6 +935,11 @@ class _Channel:
         self.unacked.clear()
         for queue in touched.values():
             self.broker._deliver(queue)
+
+
+if TYPE_CHECKING:  # both play the driver seam's part, checked here rather than by a type: ignore
+    _connection_is_one: type[driver.Connection] = _Connection
+    _channel_is_one: type[driver.Channel] = _Channel
 
 
 __all__ = ["NotEmulatedWarning", "Published", "TestBroker", "VirtualClock"]

@@ -15,10 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiormq import exceptions as amqp_errors
-
-from event import wire
-from event.connection import Channel
+from event import driver, wire
+from event.connection import Channel, broker_reason
 from event.errors import ConfigurationError, ConnectionFailed, EventError, TopologyMismatch
 from event.management import ManagementApi
 
@@ -26,7 +24,7 @@ log = logging.getLogger("event.topology")
 
 # What the broker (or the client, about a closed channel or connection) raises when a declare cannot be
 # carried out now; not a statement about our configuration.
-_TRANSIENT = (amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, ConnectionError, RuntimeError)
+_TRANSIENT = (driver.AMQPError, ConnectionError)
 
 
 @dataclass(frozen=True)
@@ -275,12 +273,12 @@ async def bind_exchange(channel: Channel, exchange: Exchange) -> None:
 async def _bind(call: Awaitable[Any], what: str, binding: Binding) -> None:
     try:
         await call
-    except amqp_errors.ChannelAccessRefused as exc:
+    except driver.AccessRefused as exc:
         raise ConfigurationError(
-            f"the broker refused to bind {what} to {_shown(binding)}: {_reply(exc)}"
+            f"the broker refused to bind {what} to {_shown(binding)}: {broker_reason(exc)}"
         ) from exc
     except _TRANSIENT as exc:
-        raise ConnectionFailed(f"could not bind {what} to {_shown(binding)}: {_reply(exc)}") from exc
+        raise ConnectionFailed(f"could not bind {what} to {_shown(binding)}: {broker_reason(exc)}") from exc
 
 
 async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
@@ -293,18 +291,18 @@ async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
             auto_delete=False,
             arguments=dict(exchange.arguments) or None,
         )
-    except amqp_errors.ChannelPreconditionFailed as exc:
+    except driver.PreconditionFailed as exc:
         raise TopologyMismatch(
             f"exchange {exchange.name!r} already exists with other properties than ours "
-            f"(type {exchange.kind}, durable, no arguments); the broker says: {_reply(exc)}. "
+            f"(type {exchange.kind}, durable, no arguments); the broker says: {broker_reason(exc)}. "
             f"Use another exchange name or delete the old exchange."
         ) from exc
-    except amqp_errors.ChannelAccessRefused as exc:
+    except driver.AccessRefused as exc:
         raise ConfigurationError(
-            f"the broker refused to declare exchange {exchange.name!r}: {_reply(exc)}"
+            f"the broker refused to declare exchange {exchange.name!r}: {broker_reason(exc)}"
         ) from exc
     except _TRANSIENT as exc:
-        raise ConnectionFailed(f"could not declare exchange {exchange.name!r}: {_reply(exc)}") from exc
+        raise ConnectionFailed(f"could not declare exchange {exchange.name!r}: {broker_reason(exc)}") from exc
 
 
 async def declare_queue(channel: Channel, queue: Queue) -> None:
@@ -317,19 +315,21 @@ async def declare_queue(channel: Channel, queue: Queue) -> None:
             auto_delete=False,
             arguments=dict(queue.arguments),
         )
-    except amqp_errors.ChannelPreconditionFailed as exc:
+    except driver.PreconditionFailed as exc:
         raise TopologyMismatch(
             f"{queue.role} {queue.name!r} already exists with other arguments than ours "
-            f"({queue.arguments!r}); the broker says: {_reply(exc)}. Change the options to match"
+            f"({queue.arguments!r}); the broker says: {broker_reason(exc)}. Change the options to match"
             f"{_PARK_HINT if queue.role == 'park queue' else ''}, or delete the queue "
             f"(`rabbitmqctl delete_queue {queue.name}`) once it is drained."
         ) from exc
-    except amqp_errors.ChannelAccessRefused as exc:
+    except driver.AccessRefused as exc:
         raise ConfigurationError(
-            f"the broker refused to declare {queue.role} {queue.name!r}: {_reply(exc)}"
+            f"the broker refused to declare {queue.role} {queue.name!r}: {broker_reason(exc)}"
         ) from exc
     except _TRANSIENT as exc:
-        raise ConnectionFailed(f"could not declare {queue.role} {queue.name!r}: {_reply(exc)}") from exc
+        raise ConnectionFailed(
+            f"could not declare {queue.role} {queue.name!r}: {broker_reason(exc)}"
+        ) from exc
     for binding in queue.bindings:
         await _bind(
             channel.queue_bind(
@@ -397,11 +397,3 @@ def _same_binding(binding: Binding, reported: dict[str, Any]) -> bool:
 def _shown(binding: Binding) -> str:
     arguments = f" and arguments {binding.arguments!r}" if binding.arguments else ""
     return f"{binding.source!r} with {binding.key!r}{arguments}"
-
-
-def _reply(exc: BaseException) -> str:
-    for arg in exc.args:
-        text = getattr(arg, "reply_text", None)
-        if isinstance(text, str):
-            return text
-    return str(exc)

@@ -41,10 +41,8 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from aiormq import spec
-from aiormq.abc import DeliveredMessage
-
 from event import wire
+from event.driver import Delivery, Properties
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -133,7 +131,7 @@ class _Otel:
 
     @contextmanager
     def producer(
-        self, exchange: str, routing_key: str, props: spec.Basic.Properties, size: int
+        self, exchange: str, routing_key: str, props: Properties, size: int
     ) -> Iterator[None]:
         trace = self.trace
         headers = props.headers
@@ -168,13 +166,12 @@ class _Otel:
             span.end()
 
     @contextmanager
-    def consumer(self, dispatcher: Dispatching, delivered: DeliveredMessage) -> Iterator[None]:
+    def consumer(self, dispatcher: Dispatching, delivered: Delivery) -> Iterator[None]:
         trace = self.trace
-        props = delivered.header.properties
+        props = delivered.properties
         headers: Mapping[str, Any] = props.headers or {}
-        deliver: spec.Basic.Deliver = delivered.delivery  # type: ignore[assignment]
-        exchange: str = deliver.exchange or ""
-        routing_key: str = deliver.routing_key or ""
+        exchange = delivered.exchange
+        routing_key = delivered.routing_key
         consumer = dispatcher.consumer
         destination = consumer_destination(exchange, routing_key, consumer.queue)
         attributes: dict[str, Any] = {
@@ -182,7 +179,7 @@ class _Otel:
             "messaging.operation.name": "process",
             "messaging.operation.type": "process",
             "messaging.destination.name": destination,
-            "messaging.rabbitmq.message.delivery_tag": deliver.delivery_tag,
+            "messaging.rabbitmq.message.delivery_tag": delivered.delivery_tag,
             "messaging.message.body.size": len(delivered.body),
             "event.attempt": 1
             + wire.failures(headers, consumer.routing_keys, consumer.queue, dispatcher.exchange),
@@ -219,7 +216,7 @@ class _Otel:
         span.set_status(self.trace.Status(self.trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
-def _message_attributes(attributes: dict[str, Any], props: spec.Basic.Properties, logical: str) -> None:
+def _message_attributes(attributes: dict[str, Any], props: Properties, logical: str) -> None:
     if props.message_id:
         attributes["messaging.message.id"] = props.message_id
     if props.correlation_id:
@@ -259,7 +256,7 @@ def traced_send(send: Send) -> Send:
         exchange: str,
         routing_key: str,
         body: bytes,
-        props: spec.Basic.Properties,
+        props: Properties,
         **rest: Any,
     ) -> None:
         otel = _otel()
@@ -279,7 +276,7 @@ def traced_delivery(handle: Handle) -> Handle:
         return handle
 
     @functools.wraps(handle)
-    async def traced(dispatcher: Dispatching, delivered: DeliveredMessage, *rest: Any) -> None:
+    async def traced(dispatcher: Dispatching, delivered: Delivery, *rest: Any) -> None:
         otel = _otel()
         if otel is None:
             await handle(dispatcher, delivered, *rest)

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiormq.exceptions import AMQPError
-
-from event import control, wire
+from event import control, driver, wire
 from event.config import DEFAULT_EXCHANGE, redact_url, resolve_url
 from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.dead import DeadMessage, DeadQueue, RequeueReport
@@ -293,9 +291,9 @@ class Backend:
                         await self._side_connection(), confirms=False
                     )
             for name in names:
-                ok = await channel.queue_declare(name, passive=True)
-                found[name] = (ok.message_count or 0, ok.consumer_count or 0)
-        except (EventError, AMQPError, ConnectionError, RuntimeError) as exc:
+                declared = await channel.queue_declare(name, passive=True)
+                found[name] = (declared.message_count, declared.consumer_count)
+        except (EventError, driver.AMQPError, ConnectionError) as exc:
             # A queue deleted since the listing closes the channel; the broker may be gone. The
             # management API's figures stand in for what could not be counted.
             log.debug("live queue counts incomplete: %s", exc)

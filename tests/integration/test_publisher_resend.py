@@ -11,7 +11,8 @@ from support import Isolation, Management, eventually
 
 from event import Publisher
 
-N = 2_000
+BEFORE = AFTER = 1_000  # published before the close is asked for, and after it was carried out
+WINDOW = 100
 
 
 async def test_publishes_in_flight_when_the_connection_is_closed_all_arrive(
@@ -33,34 +34,45 @@ async def test_publishes_in_flight_when_the_connection_is_closed_all_arrive(
 
         await eventually(listed, timeout=15, interval=0.2)
 
+        window = asyncio.Semaphore(WINDOW)
+        closing = asyncio.Event()
+
         async def feed() -> None:
-            # A steady stream rather than one burst, so that confirms are outstanding when the close lands.
-            for n in range(N):
-                tasks.append(asyncio.create_task(publisher.publish("app.n", {"n": n})))
-                if n % 10 == 9:
-                    await asyncio.sleep(0.005)
+            # A steady stream with WINDOW publishes always unconfirmed, so that confirms are outstanding
+            # whenever the close lands (a stream with pauses can be all confirmed by then). It goes on
+            # until the close has been carried out, and AFTER more, however long the close took.
+            after = 0
+            while after < AFTER:
+                await window.acquire()
+                task = asyncio.create_task(publisher.publish("app.n", {"n": len(tasks)}))
+                task.add_done_callback(lambda _: window.release())
+                tasks.append(task)
+                after += closing.is_set()
 
         feeding = asyncio.create_task(feed())
-        await eventually(lambda: sum(publisher.stats.published.values()) >= N // 5, interval=0.005)
+        await eventually(lambda: sum(publisher.stats.published.values()) >= BEFORE, interval=0.005)
         closed = await asyncio.to_thread(management.close_connections, name)
+        closing.set()
         await feeding
         results = await asyncio.gather(*tasks, return_exceptions=True)
     assert closed == 1
     assert [r for r in results if r is not None] == []  # every caller saw a confirm
 
+    sent = len(tasks)
+
     def all_there() -> Any:
         async def check() -> bool:
-            return bool(await probe.depth(queue) >= N)
+            return bool(await probe.depth(queue) >= sent)
 
         return check()
 
     await eventually(all_there, timeout=10)
     arrived = Counter(orjson.loads(m.body)["n"] for m in await probe.take_all(queue))
-    duplicates = sum(arrived.values()) - N
+    duplicates = sum(arrived.values()) - sent
     print(
-        f"\n{N} published, connection closed mid-way: "
+        f"\n{sent} published, connection closed mid-way: "
         f"{publisher.stats.resent} re-sent, {duplicates} duplicates"
     )
-    assert set(arrived) == set(range(N))  # none lost
+    assert set(arrived) == set(range(sent))  # none lost
     assert publisher.stats.resent > 0  # the close did interrupt publishes
     assert duplicates <= publisher.stats.resent  # a duplicate only ever comes from a re-send

@@ -19,14 +19,13 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiormq
 import pytest
-from aiormq import exceptions as amqp_errors
-from aiormq import spec
 from support import DEFAULT_URL, eventually
 
 from event import Message, Publisher, WorkerPool
+from event.connection import connect
 from event.dead import DeadQueue
+from event.driver import Channel, Connection, Delivery, PreconditionFailed, Properties
 from event.testing import TestBroker
 
 
@@ -35,7 +34,7 @@ class Harness:
         self.kind = kind
         self.kwargs = pool_kwargs
         self.broker: TestBroker | None = None
-        self._connections: list[Any] = []
+        self._connections: list[Connection] = []
 
     @contextlib.asynccontextmanager
     async def run(self, pool: WorkerPool) -> AsyncIterator[Publisher]:
@@ -66,12 +65,13 @@ class Harness:
             await connection.close()
         self._connections.clear()
 
-    async def channel(self) -> Any:
-        """A raw AMQP channel on a connection of its own (closed with ``bare``)."""
+    async def channel(self) -> Channel:
+        """A raw AMQP channel of the driver seam on a connection of its own (closed with ``bare``): the
+        in-memory broker's, or event.amqp's on RabbitMQ; the scenarios speak the same protocol to both."""
         if self.broker is not None:
-            connection: Any = await self.broker.connect(self.kwargs["url"], name="scenario")
+            connection: Connection = await self.broker.connect(self.kwargs["url"], name="scenario")
         else:
-            connection = await aiormq.connect(self.kwargs["url"])
+            connection = await connect(self.kwargs["url"], name="scenario")
         self._connections.append(connection)
         return await connection.channel()
 
@@ -114,19 +114,17 @@ def harness(request: pytest.FixtureRequest) -> Harness:
     return Harness("rabbitmq", request.getfixturevalue("pool_kwargs"))
 
 
-async def take_all(channel: Any, queue: str) -> list[Any]:
+async def take_all(channel: Channel, queue: str) -> list[Delivery]:
     taken = []
     while True:
         got = await channel.basic_get(queue, no_ack=True)
-        if isinstance(got.delivery, spec.Basic.GetEmpty):
+        if got is None:
             return taken
         taken.append(got)
 
 
-async def depth(channel: Any, queue: str) -> int:
-    ok = await channel.queue_declare(queue, passive=True)
-    count: int = ok.message_count
-    return count
+async def depth(channel: Channel, queue: str) -> int:
+    return (await channel.queue_declare(queue, passive=True)).message_count
 
 
 async def test_topic_routing(harness: Harness) -> None:
@@ -328,7 +326,7 @@ async def test_x_death_from_another_client_counts_as_earlier_attempts(harness: H
             b"{}",
             exchange=harness.kwargs["exchange"],
             routing_key="app.legacy",
-            properties=spec.Basic.Properties(content_type="application/json", headers={"x-death": x_death}),
+            properties=Properties(content_type="application/json", headers={"x-death": x_death}),
         )
         await harness.settle(lambda: attempts == [3])
         await harness.wait(0.3)
@@ -343,23 +341,17 @@ async def test_the_smaller_ttl_wins_and_expiry_is_from_the_head(harness: Harness
         dlx = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead}
         short = harness.queue("short")
         await channel.queue_declare(short, durable=True, arguments={"x-message-ttl": 1000, **dlx})
-        await channel.basic_publish(
-            b"A", routing_key=short, properties=spec.Basic.Properties(expiration="60000")
-        )
+        await channel.basic_publish(b"A", routing_key=short, properties=Properties(expiration="60000"))
         await channel.basic_publish(b"B", routing_key=short)
         head = harness.queue("head")
         await channel.queue_declare(head, durable=True, arguments=dlx)
-        await channel.basic_publish(
-            b"C", routing_key=head, properties=spec.Basic.Properties(expiration="60000")
-        )
-        await channel.basic_publish(
-            b"D", routing_key=head, properties=spec.Basic.Properties(expiration="500")
-        )
+        await channel.basic_publish(b"C", routing_key=head, properties=Properties(expiration="60000"))
+        await channel.basic_publish(b"D", routing_key=head, properties=Properties(expiration="500"))
         await harness.wait(2.5)
         assert await depth(channel, short) == 0  # both expired after 1 s, the queue's TTL
         assert await depth(channel, head) == 2  # D expired, but waits behind C, which has not
         got = await channel.basic_get(head, no_ack=True)
-        assert got.body == b"C"
+        assert got is not None and got.body == b"C"
         await harness.wait(0.3)
         assert await depth(channel, head) == 0  # D, now at the head, is dead-lettered, not delivered
         bodies = [m.body for m in await take_all(channel, dead)]
@@ -377,11 +369,11 @@ async def test_dead_lettering_writes_the_brokers_x_death(harness: Harness) -> No
             durable=True,
             arguments={"x-message-ttl": 500, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead},
         )
-        props = spec.Basic.Properties(expiration="60000", headers={"CC": ["elsewhere"], "k": "v"})
+        props = Properties(expiration="60000", headers={"CC": ["elsewhere"], "k": "v"})
         await channel.basic_publish(b"first", routing_key=ttl, properties=props)
         await harness.wait(1.5)
         [first] = await take_all(channel, dead)
-        headers = first.header.properties.headers
+        headers = first.properties.headers
         if harness.kind != "memory" and "x-last-death-queue" in headers:
             pytest.skip(
                 "TestBroker writes x-death as RabbitMQ 3.10 does; 4.x also adds x-last-death-* and keeps CC "
@@ -400,17 +392,17 @@ async def test_dead_lettering_writes_the_brokers_x_death(harness: Harness) -> No
         }
         assert list(headers) == sorted(headers)  # the table written back in key order
         assert list(entry) == ["count", "reason", "queue", "exchange", "routing-keys", "original-expiration"]
-        assert first.header.properties.expiration is None
+        assert first.properties.expiration is None
 
         # A message that arrives with an x-death (here, another client's) gets no x-first-death-*.
         other = [
             {"count": 3, "reason": "expired", "queue": "elsewhere", "exchange": "", "routing-keys": ["x"]}
         ]
-        await channel.basic_publish(b"second", routing_key=ttl, properties=spec.Basic.Properties(
+        await channel.basic_publish(b"second", routing_key=ttl, properties=Properties(
             headers={"x-death": other}))  # fmt: skip
         await harness.wait(1.5)
         [second] = await take_all(channel, dead)
-        headers = second.header.properties.headers
+        headers = second.properties.headers
         assert sorted(headers) == ["x-death"]
         mine, theirs = headers["x-death"]
         assert list(mine) == sorted(mine) and list(theirs) == sorted(theirs)  # RabbitMQ sorts the keys
@@ -426,20 +418,20 @@ async def test_dead_lettering_writes_the_brokers_x_death(harness: Harness) -> No
         }
 
         # Dead again in the same queue for the same reason: that entry's count goes up, its time stays.
-        await channel.basic_publish(b"third", routing_key=ttl, properties=spec.Basic.Properties(
+        await channel.basic_publish(b"third", routing_key=ttl, properties=Properties(
             headers=headers, expiration="200"))  # fmt: skip
         await harness.wait(1.5)
         [third] = await take_all(channel, dead)
-        again, theirs_again = third.header.properties.headers["x-death"]
+        again, theirs_again = third.properties.headers["x-death"]
         assert again == {**mine, "count": 2}  # no original-expiration added, the time kept
         assert theirs_again == theirs
 
         # An x-death that is not a list is replaced, and still no x-first-death-*.
-        await channel.basic_publish(b"odd", routing_key=ttl, properties=spec.Basic.Properties(
+        await channel.basic_publish(b"odd", routing_key=ttl, properties=Properties(
             headers={"x-death": "not a list"}))  # fmt: skip
         await harness.wait(1.5)
         [odd] = await take_all(channel, dead)
-        headers = odd.header.properties.headers
+        headers = odd.properties.headers
         assert sorted(headers) == ["x-death"]
         [(odd_entry)] = headers["x-death"]
         assert (odd_entry["count"], odd_entry["queue"], odd_entry["reason"]) == (1, ttl, "expired")
@@ -447,10 +439,11 @@ async def test_dead_lettering_writes_the_brokers_x_death(harness: Harness) -> No
         # Rejected without requeue: reason "rejected".
         await channel.basic_publish(b"fourth", routing_key=ttl)
         got = await channel.basic_get(ttl)
-        await channel.basic_reject(got.delivery.delivery_tag, requeue=False)
+        assert got is not None
+        channel.basic_reject(got.delivery_tag, requeue=False)
         await harness.wait(0.3)
         [fourth] = await take_all(channel, dead)
-        assert fourth.header.properties.headers["x-first-death-reason"] == "rejected"
+        assert fourth.properties.headers["x-first-death-reason"] == "rejected"
 
 
 async def test_redeclaring_compares_only_some_arguments(harness: Harness) -> None:
@@ -472,7 +465,7 @@ async def test_redeclaring_compares_only_some_arguments(harness: Harness) -> Non
             dict(durable=True, arguments={"x-message-ttl": "1000"}),
             dict(durable=False, arguments=first),
         ):
-            with pytest.raises(amqp_errors.ChannelPreconditionFailed):
+            with pytest.raises(PreconditionFailed):
                 await channel.queue_declare(name, **refused)
             channel = await harness.channel()
         await channel.queue_delete(name)

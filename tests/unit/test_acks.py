@@ -46,14 +46,14 @@ def test_every_tag_is_acked_exactly_once_and_only_after_it_finished(
         sent: list[tuple[int, bool]] = []
         finished: set[int] = set()
 
-        async def send(tag: int, multiple: bool) -> None:
+        def send(tag: int, multiple: bool) -> None:
             # at the moment an ack leaves, everything it settles must have finished
             for t in tags:
                 if (t <= tag) if multiple else (t == tag):
                     assert t in finished or any(s[0] >= t and s[1] for s in sent), t
             sent.append((tag, multiple))
 
-        async def reject(tag: int) -> None:
+        def reject(tag: int) -> None:
             raise AssertionError("no rejects in this scenario")
 
         tracker = AckTracker(send, reject, batch=batch, interval=0.001)
@@ -61,7 +61,7 @@ def test_every_tag_is_acked_exactly_once_and_only_after_it_finished(
             tracker.delivered(tag)
         for tag in order:
             finished.add(tag)
-            await tracker.ack(tag)
+            tracker.ack(tag)
         await asyncio.sleep(0.01)  # the flush interval passes
         settled = covered(sent, tags)
         assert sorted(settled) == tags  # all of them, each once
@@ -73,36 +73,36 @@ def test_every_tag_is_acked_exactly_once_and_only_after_it_finished(
 async def test_a_finished_tag_behind_a_slow_one_waits_then_goes_at_shutdown() -> None:
     sent: list[tuple[int, bool]] = []
 
-    async def send(tag: int, multiple: bool) -> None:
+    def send(tag: int, multiple: bool) -> None:
         sent.append((tag, multiple))
 
-    async def reject(tag: int) -> None:
+    def reject(tag: int) -> None:
         sent.append((-tag, False))
 
     tracker = AckTracker(send, reject, batch=1, interval=0.001)
     for tag in (1, 2, 3):
         tracker.delivered(tag)
-    await tracker.ack(1)
-    await tracker.ack(3)
+    tracker.ack(1)
+    tracker.ack(3)
     await asyncio.sleep(0.01)
     assert sent == [(1, True)]  # 3 may not be covered while 2 runs
-    await tracker.close()  # 2 never finished (handed back); 3 goes alone
+    tracker.close()  # 2 never finished (handed back); 3 goes alone
     assert sent == [(1, True), (3, False)]
 
 
 async def test_the_timer_flushes_a_partial_batch() -> None:
     sent: list[tuple[int, bool]] = []
 
-    async def send(tag: int, multiple: bool) -> None:
+    def send(tag: int, multiple: bool) -> None:
         sent.append((tag, multiple))
 
-    async def reject(tag: int) -> None: ...
+    def reject(tag: int) -> None: ...
 
     tracker = AckTracker(send, reject, batch=100, interval=0.02)
     for tag in (1, 2):
         tracker.delivered(tag)
-    await tracker.ack(1)
-    await tracker.ack(2)
+    tracker.ack(1)
+    tracker.ack(2)
     assert sent == []
     await asyncio.sleep(0.06)
     assert sent == [(2, True)]
@@ -111,48 +111,48 @@ async def test_the_timer_flushes_a_partial_batch() -> None:
 async def test_reject_goes_out_at_once_and_lets_the_prefix_move_on() -> None:
     sent: list[tuple[str, int, bool]] = []
 
-    async def send(tag: int, multiple: bool) -> None:
+    def send(tag: int, multiple: bool) -> None:
         sent.append(("ack", tag, multiple))
 
-    async def reject(tag: int) -> None:
+    def reject(tag: int) -> None:
         sent.append(("reject", tag, False))
 
     tracker = AckTracker(send, reject, batch=3, interval=1)
     for tag in (1, 2, 3):
         tracker.delivered(tag)
-    await tracker.ack(1)
-    await tracker.reject(2)
-    await tracker.ack(3)
+    tracker.ack(1)
+    tracker.reject(2)
+    tracker.ack(3)
     assert sent == [("reject", 2, False), ("ack", 3, True)]
 
 
 async def test_an_abandoned_tracker_sends_nothing() -> None:
     sent: list[int] = []
 
-    async def send(tag: int, multiple: bool) -> None:
+    def send(tag: int, multiple: bool) -> None:
         sent.append(tag)
 
-    async def reject(tag: int) -> None:
+    def reject(tag: int) -> None:
         sent.append(-tag)
 
     tracker = AckTracker(send, reject, batch=1, interval=0.001)
     tracker.delivered(1)
     tracker.abandon()
-    await tracker.ack(1)
-    await tracker.reject(1)
-    await tracker.close()
+    tracker.ack(1)
+    tracker.reject(1)
+    tracker.close()
     assert sent == []
 
 
 async def test_a_failing_send_abandons_the_tracker() -> None:
-    async def send(tag: int, multiple: bool) -> None:
+    def send(tag: int, multiple: bool) -> None:
         raise ConnectionError("channel closed")
 
-    async def reject(tag: int) -> None: ...
+    def reject(tag: int) -> None: ...
 
     tracker = AckTracker(send, reject, batch=1, interval=0.001)
     tracker.delivered(1)
-    await tracker.ack(1)
+    tracker.ack(1)
     assert not tracker.alive
 
 
@@ -180,10 +180,10 @@ def test_tags_settled_alone_are_covered_by_a_multiple_ack_but_never_named_by_one
     async def scenario() -> None:
         sent: list[tuple[int, bool]] = []
 
-        async def send(tag: int, multiple: bool) -> None:
+        def send(tag: int, multiple: bool) -> None:
             sent.append((tag, multiple))
 
-        async def reject(tag: int) -> None:
+        def reject(tag: int) -> None:
             sent.append((tag, False))
 
         tracker = AckTracker(send, reject, batch=batch, interval=0.001)
@@ -191,13 +191,13 @@ def test_tags_settled_alone_are_covered_by_a_multiple_ack_but_never_named_by_one
             tracker.delivered(tag)
         for n, tag in enumerate(order):
             if tag not in alone:
-                await tracker.ack(tag)
+                tracker.ack(tag)
             elif n % 2:
-                await tracker.reject(tag)
+                tracker.reject(tag)
             else:
-                await tracker.ack_now(tag)
+                tracker.ack_now(tag)
         await asyncio.sleep(0.01)
-        await tracker.close()
+        tracker.close()
         assert sorted(covered(sent, tags)) == tags  # each once; no ack names a settled tag
 
     asyncio.run(scenario())
@@ -206,17 +206,17 @@ def test_tags_settled_alone_are_covered_by_a_multiple_ack_but_never_named_by_one
 async def test_ack_now_goes_out_alone_before_the_batch() -> None:
     sent: list[tuple[int, bool]] = []
 
-    async def send(tag: int, multiple: bool) -> None:
+    def send(tag: int, multiple: bool) -> None:
         sent.append((tag, multiple))
 
-    async def reject(tag: int) -> None: ...
+    def reject(tag: int) -> None: ...
 
     tracker = AckTracker(send, reject, batch=100, interval=1)
     for tag in (1, 2, 3):
         tracker.delivered(tag)
-    await tracker.ack_now(2)
+    tracker.ack_now(2)
     assert sent == [(2, False)]
-    await tracker.ack(1)
-    await tracker.ack(3)
-    await tracker.flush()
+    tracker.ack(1)
+    tracker.ack(3)
+    tracker.flush()
     assert sent == [(2, False), (3, True)]  # covers 2, does not name it

@@ -1,0 +1,447 @@
+"""The connection: an ``asyncio.Protocol`` that parses frames straight from its receive buffer.
+
+``data_received`` appends to one ``bytearray`` and walks every complete frame in it, handing each to
+its channel (channel 0 is the connection's own); the per-message frames are decoded by the lean
+codecs of :mod:`event.amqp.frames`, the rest by pamqp. Nothing is queued between the socket and a
+consumer's callback, and no task is made per frame.
+
+Writes are coalesced: :meth:`AMQPConnection.send` appends to a list, flushed with one
+``transport.write`` at the next turn of the loop, so the acks, publishes and RPCs of one turn leave in
+one system call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import ssl
+import struct
+from typing import Any
+
+import pamqp.exceptions
+import pamqp.frame
+from pamqp import base
+from pamqp import commands as spec
+from pamqp.header import ProtocolHeader
+
+from event import driver
+from event.amqp import frames, reasons
+from event.amqp.channel import AMQPChannel, retrieve
+from event.amqp.url import Params, parse
+from event.config import redact_url
+from event.errors import ConfigurationError, ConnectionFailed
+
+log = logging.getLogger("event.amqp")
+
+FRAME_MAX = 131072  # what we accept at most (RabbitMQ's default too)
+CLOSE_TIMEOUT = 5.0  # seconds to wait for the broker's Connection.CloseOk
+
+CAPABILITIES = {
+    "publisher_confirms": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "basic.nack": True,
+    "authentication_failure_close": True,
+    "exchange_exchange_bindings": True,
+    "per_consumer_qos": True,
+}
+
+_HEAD = frames.HEAD
+_END = frames.FRAME_END
+_METHOD, _HEADER, _BODY, _HEARTBEAT = frames.FRAME_METHOD, frames.FRAME_HEADER, frames.FRAME_BODY, 8
+
+# Where the handshake is: what we sent last and wait an answer to.
+_START, _TUNE, _OPEN, _READY, _CLOSING, _CLOSED = range(6)
+
+
+class _Refused(Exception):
+    """The handshake failed in a way the broker explained (or implied by hanging up after the login)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind  # "login", "mechanism", "vhost" or "other"
+        self.detail = detail
+
+
+class AMQPConnection(asyncio.Protocol):
+    """A :class:`event.driver.Connection` on our own ``asyncio.Protocol``."""
+
+    def __init__(self, params: Params, *, name: str, node: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._params = params
+        self._name = name
+        self._node = node
+        self._open_frame = pamqp.frame.marshal(spec.Connection.Open(virtual_host=params.vhost), 0)
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._state = _START
+        self._channels: dict[int, AMQPChannel] = {}
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.opened.add_done_callback(retrieve)
+        self._closing: asyncio.Future[None] = loop.create_future()
+        self._closing.add_done_callback(retrieve)
+        self._close_ok: asyncio.Future[None] | None = None
+        self.server_properties: dict[str, Any] = {}
+        self.frame_max = 4096  # until Tune: the protocol's minimum
+        self.channel_max = 65535
+        self.heartbeat = 0
+        # Flow control: the broker's Connection.Blocked, and the transport's own back-pressure.
+        self._blocked: str | None = None
+        self.paused = False
+        self._publishable = asyncio.Event()
+        self._publishable.set()
+        # Heartbeats: whether anything came or went since the last tick, and silent ticks in a row.
+        self._heard = False
+        self._wrote = False
+        self._silent_ticks = 0
+        self._beat: asyncio.TimerHandle | None = None
+        self._closers: set[asyncio.Task[None]] = set()
+
+    # --- the driver.Connection protocol -----------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state >= _CLOSING
+
+    @property
+    def closing(self) -> asyncio.Future[None]:
+        return self._closing
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    @property
+    def blocked(self) -> str | None:
+        return self._blocked
+
+    async def channel(self, *, confirms: bool = False) -> AMQPChannel:
+        if self._state != _READY:
+            raise driver.ChannelInvalidState(f"the connection to {self._node} is closed")
+        number = next((n for n in range(1, self.channel_max + 1) if n not in self._channels), 0)
+        if not number:
+            raise driver.ChannelInvalidState(f"all {self.channel_max} channels of the connection are open")
+        channel = AMQPChannel(self, number, confirms=confirms)
+        self._channels[number] = channel
+        try:
+            await channel.open()
+        except asyncio.CancelledError:
+            # The broker opens it anyway: close it once its answers arrive, so the number is free again.
+            closer = self.loop.create_task(channel.close())
+            self._closers.add(closer)
+            closer.add_done_callback(self._closers.discard)
+            raise
+        return channel
+
+    async def close(self) -> None:
+        """``Connection.Close``, the broker's ``CloseOk`` (or :data:`CLOSE_TIMEOUT`), then the socket."""
+        if self._state == _CLOSED:
+            return
+        if self._state != _CLOSING:
+            if self._state != _READY:  # mid-handshake: nothing to say to the broker yet
+                self._finish(None)
+                return
+            self._state = _CLOSING
+            self._close_ok = self.loop.create_future()
+            self.send(pamqp.frame.marshal(spec.Connection.Close(200, "Normal shutdown", 0, 0), 0))
+        assert self._close_ok is not None
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await asyncio.shield(self._close_ok)
+        except TimeoutError:
+            pass
+        self._finish(None)
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(ProtocolHeader().marshal())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._state == _CLOSED:
+            return
+        if not self.opened.done():
+            if exc is None and self._state == _TUNE:
+                # The broker hung up after our login without a word: what brokers that do not know
+                # authentication_failure_close do with a bad password.
+                exc = _Refused("login", "the broker closed the connection after the login")
+            elif exc is None:
+                exc = ConnectionResetError("the broker closed the connection during the handshake")
+            self.opened.set_exception(exc)
+        reason = f"the connection was lost: {exc}" if exc else "the broker closed the connection"
+        self._finish(lambda: driver.ConnectionClosed(0, reason))
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self._publishable.clear()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._blocked is None:
+            self._publishable.set()
+
+    def data_received(self, data: bytes) -> None:
+        self._heard = True
+        buf = self._buf
+        buf += data
+        total = len(buf)
+        pos = 0
+        channels = self._channels
+        try:
+            while total - pos >= 8 and self._state != _CLOSED:
+                kind, number, size = _HEAD.unpack_from(buf, pos)
+                end = pos + 7 + size
+                if end >= total:
+                    break
+                if buf[end] != _END:
+                    raise ValueError("a frame does not end with the frame-end octet")
+                start = pos + 7
+                if number:
+                    channel = channels.get(number)
+                    if channel is None:
+                        pass  # a channel we closed: its late frames go nowhere
+                    elif kind == _BODY:
+                        channel.on_body(buf, start, end)
+                    elif kind == _METHOD:
+                        channel.on_method(buf, start, end)
+                    elif kind == _HEADER:
+                        channel.on_header(buf, start, end)
+                    else:
+                        raise ValueError(f"frame type {kind} on channel {number}")
+                elif kind == _METHOD:
+                    frame = pamqp.frame.unmarshal(bytes(buf[pos : end + 1]))[2]
+                    assert isinstance(frame, base.Frame)
+                    self._on_method(frame)
+                elif kind != _HEARTBEAT:
+                    raise ValueError(f"frame type {kind} on channel 0")
+                pos = end + 1
+        except (ValueError, IndexError, struct.error, pamqp.exceptions.PAMQPException) as exc:
+            self._frame_error(buf[pos:], exc)
+            return
+        if self._state == _CLOSED:
+            buf.clear()
+        else:
+            del buf[:pos]
+
+    # --- what channels call -----------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` for the next write (one per turn of the loop)."""
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def forget(self, number: int) -> None:
+        """Channel ``number`` is closed on both sides: the number is free again."""
+        self._channels.pop(number, None)
+
+    async def publishable(self, flow_on: asyncio.Event) -> None:
+        """Wait until the broker lets this connection publish (and the channel's flow, ``flow_on``)."""
+        await self._publishable.wait()
+        await flow_on.wait()
+
+    # --- inside ---------------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._wrote = True
+        out.clear()
+
+    def _frame_error(self, rest: bytes | bytearray, exc: Exception) -> None:
+        """Bytes we cannot decode: the stream cannot be trusted past them, so the connection ends.
+        pamqp, the reference decoder, names the fault when it can."""
+        detail = str(exc)
+        try:
+            pamqp.frame.unmarshal(bytes(rest))
+        except Exception as reference:
+            detail = str(reference) or detail
+        log.error("%s: undecodable frame from the broker (%s); closing the connection", self._node, detail)
+        self._finish(lambda: driver.ConnectionClosed(501, f"FRAME_ERROR - {detail}"), abort=True)
+
+    def _on_method(self, frame: base.Frame) -> None:
+        """A method of channel 0: the handshake, then close, blocked and unblocked."""
+        if isinstance(frame, spec.Connection.Start):
+            self._on_start(frame)
+        elif isinstance(frame, spec.Connection.Tune):
+            self._on_tune(frame)
+        elif isinstance(frame, spec.Connection.OpenOk):
+            self._state = _READY
+            if self.heartbeat:
+                self._beat = self.loop.call_later(self.heartbeat / 2, self._tick)
+            if not self.opened.done():
+                self.opened.set_result(None)
+        elif isinstance(frame, spec.Connection.Close):
+            self._on_close(frame)
+        elif isinstance(frame, spec.Connection.CloseOk):
+            if self._close_ok is not None and not self._close_ok.done():
+                self._close_ok.set_result(None)
+        elif isinstance(frame, spec.Connection.Blocked):
+            self._blocked = str(frame.reason or "blocked")
+            self._publishable.clear()
+            log.warning("%s blocks publishing: %s", self._node, self._blocked)
+        elif isinstance(frame, spec.Connection.Unblocked):
+            self._blocked = None
+            if not self.paused:
+                self._publishable.set()
+            log.info("%s unblocked publishing", self._node)
+        else:
+            log.warning("%s: unexpected %s on channel 0, ignored", self._node, frame.name)
+
+    def _on_start(self, start: spec.Connection.Start) -> None:
+        self.server_properties = dict(start.server_properties or {})
+        mechanisms = str(start.mechanisms or "").split()
+        if "PLAIN" not in mechanisms:
+            self._fail_handshake(_Refused("mechanism", f"we speak PLAIN, the broker offers {mechanisms}"))
+            return
+        params = self._params
+        start_ok = spec.Connection.StartOk(
+            client_properties={
+                "connection_name": self._name,
+                "product": "event (Python)",
+                "platform": f"Python {platform.python_version()}",
+                "capabilities": dict(CAPABILITIES),
+            },
+            mechanism="PLAIN",
+            response=f"\0{params.user}\0{params.password}",
+            locale="en_US",
+        )
+        self._state = _TUNE
+        self.send(pamqp.frame.marshal(start_ok, 0))
+
+    def _on_tune(self, tune: spec.Connection.Tune) -> None:
+        self.channel_max = min(int(tune.channel_max or 65535), 65535)
+        self.frame_max = min(int(tune.frame_max or FRAME_MAX), FRAME_MAX)
+        ours, theirs = self._params.heartbeat, int(tune.heartbeat or 0)
+        self.heartbeat = theirs if theirs and theirs < ours else ours
+        tune_ok = spec.Connection.TuneOk(
+            channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.heartbeat
+        )
+        self._state = _OPEN
+        self.send(pamqp.frame.marshal(tune_ok, 0))
+        self.send(self._open_frame)
+
+    def _on_close(self, close: spec.Connection.Close) -> None:
+        code, text = int(close.reply_code or 0), str(close.reply_text)
+        self.send(pamqp.frame.marshal(spec.Connection.CloseOk(), 0))
+        self._flush()
+        if not self.opened.done():
+            if code == 403:
+                kind = "login"
+            elif code == 530:
+                kind = "vhost"
+            else:
+                kind = "other"
+            self.opened.set_exception(_Refused(kind, f"{code} {text}"))
+        self._finish(lambda: driver.ConnectionClosed(code, text))
+
+    def _fail_handshake(self, exc: Exception) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc)
+        self._finish(lambda: driver.ConnectionClosed(0, str(exc)))
+
+    def _tick(self) -> None:
+        """Every half heartbeat interval: beat if we sent nothing since the last tick; after two whole
+        intervals without a byte from the broker, the connection is lost."""
+        transport = self._transport
+        if self._state == _CLOSED or transport is None:
+            return
+        if not self._wrote:
+            transport.write(frames.HEARTBEAT)
+        self._wrote = False
+        if self._heard:
+            self._silent_ticks = 0
+        else:
+            self._silent_ticks += 1
+        self._heard = False
+        if self._silent_ticks > 4:  # > 4 half intervals in a row: at least 2 intervals of silence
+            log.error("%s: missed heartbeats from the broker; the connection is lost", self._node)
+            self._finish(lambda: driver.ConnectionClosed(0, "missed heartbeats from the broker"), abort=True)
+            return
+        self._beat = self.loop.call_later(self.heartbeat / 2, self._tick)
+
+    def _finish(self, exc: Any, *, abort: bool = False) -> None:
+        """The connection is over: ``exc`` makes its error (``None``: we closed it)."""
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        if self._beat is not None:
+            self._beat.cancel()
+        make = exc or (lambda: driver.ConnectionClosed(0, f"the connection to {self._node} was closed"))
+        for channel in list(self._channels.values()):
+            channel.finish(make)
+        self._channels.clear()
+        self._publishable.set()  # wake publishes waiting out a block: they see the connection closed
+        if not self.opened.done():
+            self.opened.set_exception(make())
+        if self._close_ok is not None and not self._close_ok.done():
+            self._close_ok.set_result(None)
+        if exc is None:
+            self._closing.set_result(None)
+        else:
+            self._closing.set_exception(exc())
+        transport = self._transport
+        if transport is not None:
+            self._flush()
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+
+
+async def connect(url: str, *, name: str, timeout: float = 10.0) -> driver.Connection:
+    """Open a connection to the node at ``url`` (one node; ``amqp://`` or ``amqps://``), named ``name``
+    in the broker's connection list, within ``timeout`` seconds.
+
+    Raises :class:`~event.errors.ConnectionFailed` with a reason that says what to fix (see
+    :mod:`event.amqp.reasons`), or :class:`~event.errors.ConfigurationError` for a URL it cannot use."""
+    params = parse(url)
+    shown = redact_url(url)
+    loop = asyncio.get_running_loop()
+    try:
+        connection = AMQPConnection(params, name=name, node=shown, loop=loop)
+    except ValueError as exc:  # pamqp refused the Connection.Open: a vhost name too long
+        raise ConfigurationError(f"the vhost of {shown} cannot be used: {exc}") from exc
+    try:
+        context = params.ssl_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionFailed(reasons.tls_failed(shown, f"cannot load the TLS files: {exc}")) from exc
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(
+                lambda: connection,
+                params.host,
+                params.port,
+                ssl=context,
+                server_hostname=params.host if context is not None else None,
+            )
+            await connection.opened
+    except TimeoutError as exc:
+        connection._finish(None, abort=True)
+        raise ConnectionFailed(reasons.timed_out(shown, timeout)) from exc
+    except _Refused as exc:
+        if exc.kind == "login":
+            raise ConnectionFailed(reasons.login_refused(shown, exc.detail)) from exc
+        if exc.kind == "mechanism":
+            raise ConnectionFailed(reasons.mechanism_refused(shown, exc.detail)) from exc
+        if exc.kind == "vhost":
+            raise ConnectionFailed(reasons.vhost_refused(shown, params.vhost)) from exc
+        raise ConnectionFailed(reasons.unreachable(shown, exc.detail)) from exc
+    except ssl.SSLError as exc:
+        connection._finish(None, abort=True)
+        raise ConnectionFailed(reasons.tls_failed(shown, str(exc))) from exc
+    except (OSError, driver.ConnectionClosed) as exc:
+        connection._finish(None, abort=True)
+        raise ConnectionFailed(reasons.unreachable(shown, str(exc) or type(exc).__name__)) from exc
+    return connection

@@ -1,0 +1,133 @@
+"""Running a stream of coroutines eagerly: no task for one that finishes without suspending.
+
+A consumer's deliveries arrive in the driver's read loop, hundreds per read. A task per delivery costs
+more than a near no-op handler itself (the task, its scheduling, a loop turn to start it). An
+:class:`EagerRunner` instead takes the coroutines in arrival order in a worker task of its own and
+runs each at once, with ``coro.send(None)``: most finish in that first step, and the worker goes on
+to the next. One that really awaits (a publish, a full semaphore, a rate limit, I/O) keeps its worker,
+continued by the task as any awaited coroutine is (:class:`_Continue` re-yields the future it waits
+for and forwards what the task sends or throws), and the runner starts another worker for the items
+behind it. So there are as many tasks as coroutines suspended at once, plus one.
+
+Why a worker task rather than the first step in the read loop's callback itself (Python 3.12's
+``eager_start``)? On 3.11 the callback runs outside any task, and a handler that opens
+``asyncio.timeout()``, a ``TaskGroup`` or an aiohttp request before its first real await needs
+:func:`asyncio.current_task`. In a worker the current task is the one that will continue the coroutine,
+so a timeout cancels exactly it, and cancelling a worker (a shutdown past its grace) cancels exactly the
+coroutine it runs. Each coroutine runs in a context of its own (``contextvars``), as in a task of its
+own: what one handler sets is not seen by the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger("event.dispatch")
+
+T = TypeVar("T")
+
+
+class _Continue:
+    """Awaiting it continues a coroutine whose first step already ran and yielded ``waiting``.
+
+    What ``await coro`` does from the coroutine's second step on: every step runs in the coroutine's
+    own context, and the task's sends and throws (a cancel) are forwarded to it."""
+
+    __slots__ = ("_context", "_coro", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], context: contextvars.Context, waiting: Any) -> None:
+        self._coro = coro
+        self._context = context
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, run, waiting = self._coro, self._context.run, self._waiting
+        while True:
+            try:
+                sent = yield waiting
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancel (or anything thrown in): the coroutine decides
+                try:
+                    waiting = run(coro.throw, exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = run(coro.send, sent)
+                except StopIteration:
+                    return
+
+
+class EagerRunner(Generic[T]):
+    """Runs ``start(item)`` for each submitted item, in submission order, eagerly (see the module).
+
+    ``tasks`` are the workers alive now (a shutdown waits for them, or cancels them); ``in_hand`` counts
+    the items submitted and not finished, started or not."""
+
+    __slots__ = ("_free", "_pending", "_running", "_start", "tasks")
+
+    def __init__(self, start: Callable[[T], Coroutine[Any, Any, None]]) -> None:
+        self._start = start
+        self._pending: deque[T] = deque()
+        self._free = 0  # workers that will take the next item (not held by a suspended coroutine)
+        self._running = 0  # items started and not finished
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_hand(self) -> int:
+        """Items submitted and not finished: waiting for a worker, or running."""
+        return len(self._pending) + self._running
+
+    def submit(self, item: T) -> None:
+        """Run ``start(item)`` after the items submitted before it have started; never blocks."""
+        self._pending.append(item)
+        if not self._free:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._free += 1
+        task = asyncio.get_running_loop().create_task(self._work())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _work(self) -> None:
+        pending = self._pending
+        try:
+            while pending:
+                coro = self._start(pending.popleft())
+                context = contextvars.copy_context()
+                self._running += 1
+                try:
+                    waiting = context.run(coro.send, None)
+                except StopIteration:
+                    self._running -= 1
+                    continue
+                except Exception:  # a bug in the coroutine: it is settled by nobody, say so loudly
+                    self._running -= 1
+                    log.exception("a delivery's processing failed")
+                    continue
+                except BaseException:
+                    self._running -= 1
+                    raise
+                # It awaits something real: this worker stays with it, another takes the items behind.
+                self._free -= 1
+                if pending and not self._free:
+                    self._spawn()
+                try:
+                    await _Continue(coro, context, waiting)
+                except Exception:
+                    log.exception("a delivery's processing failed")
+                finally:
+                    self._free += 1
+                    self._running -= 1
+        finally:
+            self._free -= 1
+            if pending and not self._free:  # cancelled with items left: they still get their start
+                self._spawn()
