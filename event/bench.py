@@ -251,8 +251,8 @@ class _Bench:
     def _fill(self, queues: list[str], count: int, phase: str) -> None:
         """``count`` messages round-robin into ``queues``, then wait until the broker holds them all.
 
-        Unconfirmed publishes, then the queues' depths read back: as sure as confirms, and several
-        times faster than a blocking client waiting for each confirm.
+        Unconfirmed publishes, then the queues' depths read back until every message is there before
+        the child starts: several times faster than a blocking client awaiting each confirm.
         """
         import pika
 
