@@ -257,7 +257,11 @@ async def test_a_connection_closed_from_outside_fails_pending_publishes(
     await eventually(lambda: management.close_connections(prefix) == 1, timeout=30, interval=0.5)
     async with asyncio.timeout(10):
         await asyncio.gather(*publishers)
-    assert len(stopped) == 200 and all(isinstance(exc, driver.ConnectionClosed) for exc in stopped)
+    # A publish in flight fails with ConnectionClosed; one its task began after the close, with
+    # ChannelInvalidState. With 200 tasks publishing non-stop, most were in flight.
+    kinds = [type(exc) for exc in stopped]
+    assert len(stopped) == 200 and set(kinds) <= {driver.ConnectionClosed, driver.ChannelInvalidState}
+    assert kinds.count(driver.ConnectionClosed) >= 100
     closed = connection.closing.exception()
     assert isinstance(closed, driver.ConnectionClosed) and closed.reply_code == 320
     assert "CONNECTION_FORCED" in closed.reply_text
