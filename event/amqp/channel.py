@@ -319,13 +319,15 @@ class AMQPChannel:
         if self._confirms:
             await self._call(spec.Confirm.Select(), spec.Confirm.SelectOk)
 
-    def on_method(self, buf: bytearray, start: int, end: int) -> None:
-        """A method frame of this channel, its payload at ``buf[start:end]``."""
+    def on_method(self, buf: bytearray, start: int, end: int, total: int) -> int:
+        """A method frame of this channel, its payload at ``buf[start:end]`` (``total``: how much of
+        ``buf`` has arrived). Returns where the next frame starts: past this one, or past the whole
+        message when a ``Basic.Deliver`` has its content header and body right behind it."""
         index = frames.METHOD_ID.unpack_from(buf, start)[0]
         if index == frames.DELIVER:
-            self._in_method = frames.decode_deliver(buf, start + 4, end)
-            self._in_kind = _DELIVER
-        elif index == frames.ACK:
+            deliver = frames.decode_deliver(buf, start + 4, end)
+            return self._on_deliver(deliver, buf, end + 1, total)
+        if index == frames.ACK:
             tag, multiple = frames.decode_ack(buf, start + 4, end)
             self._confirm(tag, multiple, None)
         elif index == frames.NACK:
@@ -341,6 +343,46 @@ class AMQPChannel:
             frame = pamqp.frame.unmarshal(bytes(buf[start - 7 : end + 1]))[2]
             assert isinstance(frame, base.Frame)  # a method frame decodes to a method
             self._on_frame(frame)
+        return end + 1
+
+    def _on_deliver(
+        self, deliver: tuple[str, int, bool, str, str], buf: bytearray, at: int, total: int
+    ) -> int:
+        """A ``Basic.Deliver``: when its content header and single body frame have arrived behind it (the
+        usual case), decode them and hand the delivery over here, without a turn of the frame loop per
+        frame; otherwise wait for them frame by frame (:meth:`on_header`, :meth:`on_body`)."""
+        kind: int
+        number: int
+        size: int
+        self._in_method = deliver
+        self._in_kind = _DELIVER
+        if total - at < 8:
+            return at
+        kind, number, size = frames.HEAD.unpack_from(buf, at)
+        end = at + 7 + size
+        if (
+            kind != frames.FRAME_HEADER
+            or number != self._number
+            or end >= total
+            or buf[end] != frames.FRAME_END
+        ):
+            return at  # not (all) here yet, or not what follows a Deliver: the frame loop judges it
+        body_size, properties = frames.decode_header(buf, at + 7, end)
+        at = end + 1
+        if body_size == 0:
+            self._complete(properties, b"")
+            return at
+        if total - at >= 8:
+            kind, number, size = frames.HEAD.unpack_from(buf, at)
+            end = at + 7 + size
+            whole = kind == frames.FRAME_BODY and number == self._number and size == body_size
+            if whole and end < total and buf[end] == frames.FRAME_END:
+                self._complete(properties, bytes(buf[at + 7 : end]))
+                return end + 1
+        self._in_properties = properties
+        self._in_size = body_size
+        self._in_parts = None
+        return at
 
     def on_header(self, buf: bytearray, start: int, end: int) -> None:
         """A content header of this channel."""

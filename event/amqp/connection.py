@@ -208,7 +208,8 @@ class AMQPConnection(asyncio.Protocol):
                     elif kind == _BODY:
                         channel.on_body(buf, start, end)
                     elif kind == _METHOD:
-                        channel.on_method(buf, start, end)
+                        pos = channel.on_method(buf, start, end, total)
+                        continue
                     elif kind == _HEADER:
                         channel.on_header(buf, start, end)
                     else:
