@@ -33,6 +33,7 @@ Frame = TypeVar("Frame", bound=base.Frame)
 _NOTHING, _DELIVER, _GET, _RETURN = 0, 1, 2, 3
 
 CLOSE_TIMEOUT = 10.0  # seconds to wait for the broker's Channel.CloseOk
+PUBLISH_METHODS_KEPT = 512  # Basic.Publish frames a channel keeps for reuse
 
 
 def retrieve(future: asyncio.Future[Any]) -> None:
@@ -99,6 +100,9 @@ class AMQPChannel:
         self._mandatory: dict[int, tuple[str, str, bytes]] = {}
         self._returns: list[driver.ReturnedMessage] = []
         self._returned: dict[int, driver.ReturnedMessage] = {}
+        # The Basic.Publish frames sent lately, by (exchange, routing key, mandatory): most publishers
+        # send to a handful of routing keys, and the frame is the same for each.
+        self._publish_methods: dict[tuple[str, str, bool], bytes] = {}
         # The message being received: what announced it, its properties, size and body so far.
         self._in_kind = _NOTHING
         self._in_method: Any = None
@@ -296,11 +300,14 @@ class AMQPChannel:
             await connection.publishable(self._flow_on)
         if self._closed:
             raise driver.ChannelInvalidState(f"channel {self._number} is closed")
-        connection.send(
-            frames.encode_publish(
-                self._number, exchange, routing_key, mandatory, properties, body, connection.frame_max
-            )
-        )
+        method = self._publish_methods.get((exchange, routing_key, mandatory))
+        if method is None:
+            method = frames.encode_publish_method(self._number, exchange, routing_key, mandatory)
+            if len(self._publish_methods) >= PUBLISH_METHODS_KEPT:
+                self._publish_methods.clear()
+            self._publish_methods[exchange, routing_key, mandatory] = method
+        connection.send(method)
+        connection.send(frames.encode_content(self._number, properties, body, connection.frame_max))
         if not self._confirms:
             return
         self._published += 1
