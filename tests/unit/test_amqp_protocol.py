@@ -372,3 +372,79 @@ async def test_what_one_loop_turn_sends_leaves_in_one_write() -> None:
     await asyncio.sleep(0)
     assert len(transport.writes) == before + 2  # ten publishes of one turn: one write
     assert frames_of(transport.writes[-1]) == [spec.Basic.Publish, ContentHeader, ContentBody] * 10
+
+
+def handshake(url: str, tune: spec.Connection.Tune) -> tuple[Any, RecordingTransport]:
+    """A connection fed the broker's Start and ``tune``: what it answers, on a recording transport."""
+    loop = asyncio.get_running_loop()
+    connection = amqp.AMQPConnection(parse(url), name="t", node="t", loop=loop)
+    transport = RecordingTransport()
+    connection.connection_made(transport)
+    connection.data_received(pamqp.frame.marshal(spec.Connection.Start(mechanisms="AMQPLAIN PLAIN"), 0))
+    connection.data_received(pamqp.frame.marshal(tune, 0))
+    return connection, transport
+
+
+def sent_frames(transport: RecordingTransport) -> list[Any]:
+    data = b"".join(transport.writes)[8:]  # after the protocol header
+    found = []
+    while data:
+        used, _, frame = pamqp.frame.unmarshal(data)
+        found.append(frame)
+        data = data[used:]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("query", "theirs", "agreed"),
+    [
+        ("", 60, 60),
+        ("", 0, 60),
+        ("?heartbeat=30", 60, 30),
+        ("?heartbeat=30", 10, 10),
+        ("?heartbeat=0", 60, 0),
+    ],
+)
+async def test_heartbeat_frame_max_and_channel_max_are_negotiated(
+    query: str, theirs: int, agreed: int
+) -> None:
+    connection, transport = handshake(f"amqp://u:p@h/v{query}", spec.Connection.Tune(0, 1 << 20, theirs))
+    await asyncio.sleep(0)
+    start_ok, tune_ok, open_ = sent_frames(transport)
+    assert start_ok.response == "\0u\0p" and start_ok.mechanism == "PLAIN"
+    assert start_ok.client_properties["connection_name"] == "t"
+    assert (tune_ok.heartbeat, tune_ok.frame_max, tune_ok.channel_max) == (agreed, 131072, 65535)
+    assert open_.virtual_host == "v"
+    assert (connection.heartbeat, connection.frame_max) == (agreed, 131072)
+
+
+async def test_a_broker_without_plain_is_refused_before_the_login() -> None:
+    loop = asyncio.get_running_loop()
+    connection = amqp.AMQPConnection(parse("amqp://u:p@h/"), name="t", node="t", loop=loop)
+    transport = RecordingTransport()
+    connection.connection_made(transport)
+    connection.data_received(pamqp.frame.marshal(spec.Connection.Start(mechanisms="EXTERNAL"), 0))
+    with pytest.raises(Exception, match=r"we speak PLAIN, the broker offers \['EXTERNAL'\]"):
+        await connection.opened
+    assert transport.closed and sent_frames(transport) == []
+
+
+async def test_a_cancelled_connect_leaves_no_socket_open() -> None:
+    hung_up = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client closes
+        hung_up.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        connecting = asyncio.create_task(amqp.connect(f"amqp://g:g@127.0.0.1:{port}/", name="t", timeout=30))
+        await asyncio.sleep(0.2)
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+        await asyncio.wait_for(hung_up.wait(), 5)
+    finally:
+        server.close()
+        await server.wait_closed()
