@@ -85,6 +85,7 @@ class AMQPChannel:
         self._close_ok: asyncio.Future[None] | None = None
         self._closing: asyncio.Future[None] = self._loop.create_future()
         self._closing.add_done_callback(retrieve)
+        self._ended: Callable[[], BaseException] | None = None  # makes the error it closed with
         self._rpcs: deque[_Rpc] = deque()  # the head is in flight, the rest wait their turn
         self._consumers: dict[str, _Consumer] = {}
         # Flow control: the broker's Channel.Flow; publishes wait while it is off.
@@ -293,13 +294,17 @@ class AMQPChannel:
         properties: driver.Properties | None = None,
         mandatory: bool = False,
     ) -> None:
-        connection = self._connection
-        while connection.blocked is not None or connection.paused or not self._flow:
-            if self._closed:
-                break
-            await connection.publishable(self._flow_on)
         if self._closed:
             raise driver.ChannelInvalidState(f"channel {self._number} is closed")
+        connection = self._connection
+        while connection.blocked is not None or connection.paused or not self._flow:
+            await connection.publishable(self._flow_on)
+            if self._closed:  # while it waited: fail as a publish in flight does
+                raise (
+                    self._ended()
+                    if self._ended is not None
+                    else driver.ChannelInvalidState(f"channel {self._number} was closed")
+                )
         method = self._publish_methods.get((exchange, routing_key, mandatory))
         if method is None:
             method = frames.encode_publish_method(self._number, exchange, routing_key, mandatory)
@@ -429,6 +434,7 @@ class AMQPChannel:
         if self._closing.done():
             return
         self._closed = True
+        self._ended = exc
         self._connection.forget(self._number)
         make = exc or (lambda: driver.ChannelInvalidState(f"channel {self._number} was closed"))
         while self._rpcs:

@@ -117,6 +117,26 @@ async def test_publishes_wait_while_the_broker_blocks_the_connection(peer: Scrip
     await connection.close()
 
 
+async def test_a_publish_held_by_a_block_fails_as_in_flight_ones_do_when_the_connection_goes(
+    peer: ScriptedPeer,
+) -> None:
+    connection = await connect(peer.url)
+    channel = await connection.channel(confirms=True)
+    in_flight = asyncio.create_task(channel.basic_publish(b"sent", routing_key="q"))
+    await eventually(lambda: len(peer.sent(spec.Basic.Publish)) == 1, timeout=5)
+    peer.send(spec.Connection.Blocked(reason="disk"))
+    await eventually(lambda: connection.blocked == "disk", timeout=5)
+    held = asyncio.create_task(channel.basic_publish(b"held", routing_key="q"))
+    await asyncio.sleep(0.1)
+    peer.send(spec.Connection.Close(320, "CONNECTION_FORCED - broker going down", 0, 0))
+    for publish in (in_flight, held):
+        with pytest.raises(driver.ConnectionClosed, match="CONNECTION_FORCED"):
+            await asyncio.wait_for(publish, 5)
+    assert len(peer.sent(spec.Basic.Publish)) == 1
+    with pytest.raises(driver.ChannelInvalidState):  # a publish begun after the close
+        await channel.basic_publish(b"late", routing_key="q")
+
+
 async def test_channel_flow_off_holds_that_channel_s_publishes_and_is_answered(peer: ScriptedPeer) -> None:
     connection = await connect(peer.url)
     held, free = await connection.channel(), await connection.channel()
