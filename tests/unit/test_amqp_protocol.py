@@ -468,3 +468,49 @@ async def test_a_cancelled_connect_leaves_no_socket_open() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def opened_on_recorder() -> tuple[Any, RecordingTransport, Any]:
+    """A connection through the handshake on a recording transport, with channel 1 open."""
+    connection, transport = handshake("amqp://u:p@h/", spec.Connection.Tune(0, 131072, 0))
+    connection.data_received(pamqp.frame.marshal(spec.Connection.OpenOk(), 0))
+    opening = asyncio.create_task(connection.channel())
+    await asyncio.sleep(0)
+    connection.data_received(pamqp.frame.marshal(spec.Channel.OpenOk(), 1))
+    return connection, transport, await opening
+
+
+async def test_bytes_that_are_not_a_frame_end_the_connection_with_a_frame_error() -> None:
+    connection, transport, channel = await opened_on_recorder()
+    damaged = bytearray(pamqp.frame.marshal(spec.Basic.Ack(1), 1))
+    damaged[-1] = 0  # no frame-end octet
+    connection.data_received(bytes(damaged))
+    with pytest.raises(driver.ConnectionClosed, match="FRAME_ERROR") as closed:
+        await connection.closing
+    assert closed.value.reply_code == 501 and transport.closed
+    assert isinstance(channel.closing.exception(), driver.ConnectionClosed)
+
+
+async def test_a_failing_delivery_callback_does_not_stop_the_next_deliveries(caplog: Any) -> None:
+    connection, _, channel = await opened_on_recorder()
+    got: list[int] = []
+
+    def on_delivery(delivery: driver.Delivery) -> None:
+        got.append(delivery.delivery_tag)
+        if delivery.delivery_tag == 1:
+            raise RuntimeError("handler bug")
+
+    consuming = asyncio.create_task(channel.basic_consume("q", on_delivery))
+    await asyncio.sleep(0)
+    raw = [pamqp.frame.marshal(spec.Basic.ConsumeOk("c"), 1)]
+    for tag in (1, 2):
+        raw += [
+            pamqp.frame.marshal(spec.Basic.Deliver("c", tag, False, "", "q"), 1),
+            pamqp.frame.marshal(ContentHeader(body_size=2), 1),
+            pamqp.frame.marshal(ContentBody(b"{}"), 1),
+        ]
+    connection.data_received(b"".join(raw))
+    await consuming
+    assert got == [1, 2]
+    assert "the on_delivery callback of consumer c failed" in caplog.text
+    assert not connection.is_closed
