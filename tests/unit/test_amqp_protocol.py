@@ -514,3 +514,22 @@ async def test_a_failing_delivery_callback_does_not_stop_the_next_deliveries(cap
     assert got == [1, 2]
     assert "the on_delivery callback of consumer c failed" in caplog.text
     assert not connection.is_closed
+
+
+async def test_closing_a_channel_and_the_connection_waits_for_the_broker_s_close_ok(
+    peer: ScriptedPeer,
+) -> None:
+    connection = await connect(peer.url)
+    channel = await connection.channel(confirms=True)
+    unconfirmed = asyncio.create_task(channel.basic_publish(b"x", routing_key="q"))
+    await eventually(lambda: len(peer.sent(spec.Basic.Publish)) == 1, timeout=5)
+    await channel.close()
+    assert [(ch, f.reply_code) for ch, f in peer.sent(spec.Channel.Close)] == [(channel.number, 200)]
+    assert channel.is_closed and channel.closing.result() is None  # we closed it: no error
+    with pytest.raises(driver.ChannelInvalidState):
+        await unconfirmed
+    await connection.close()
+    assert [f.reply_code for _, f in peer.sent(spec.Connection.Close)] == [200]
+    assert connection.is_closed and connection.closing.result() is None
+    await connection.close()  # again: nothing more to do
+    assert len(peer.sent(spec.Connection.Close)) == 1
