@@ -9,7 +9,8 @@ Publish: ``--jobs`` persistent JSON messages with confirms, 500 in flight, over 
 pika's ``AsyncioConnection`` and event.amqp.
 
 Each measurement runs in a subprocess of its own against the same broker (``$AMQP_URL`` or the local
-one); the queues are filled beforehand by this process. Prints jobs/s and the ratio to pika.
+one); the queues are filled beforehand by this process. Prints jobs/s and CPU µs per job (of the
+client's own process), each with its ratio to pika.
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ IN_FLIGHT = 500
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
+class Clock:
+    """Wall time and this process's CPU time over the measured span: jobs/s is what the broker and the
+    machine allow, CPU µs per job what the client itself costs (steady when other work shares the
+    machine)."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def start(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def figures(self, jobs: int) -> dict[str, float]:
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return {"jobs_per_s": jobs / wall, "cpu_us_per_job": cpu / jobs * 1e6}
+
+
 async def noop() -> None:
     return None
 
@@ -52,13 +69,13 @@ def run_noop() -> None:
 # --- the measured clients (each in its own process) ------------------------------------------------
 
 
-async def consume_ours(url: str, queues: list[str], jobs: int) -> float:
+async def consume_ours(url: str, queues: list[str], jobs: int) -> dict[str, float]:
+    clock = Clock()
     from event import amqp, driver
 
     connection = await amqp.connect(url, name="bench-driver-consume", timeout=10)
     done = asyncio.get_running_loop().create_future()
     seen = 0
-    started = 0.0
 
     async def consume(queue: str) -> None:
         channel = await connection.channel()
@@ -78,15 +95,16 @@ async def consume_ours(url: str, queues: list[str], jobs: int) -> float:
 
         await channel.basic_consume(queue, on_delivery)
 
-    started = time.perf_counter()
+    clock.start()
     await asyncio.gather(*(consume(q) for q in queues))
     await done
-    elapsed = time.perf_counter() - started
+    figures = clock.figures(jobs)
     await connection.close()
-    return jobs / elapsed
+    return figures
 
 
-async def consume_aiormq(url: str, queues: list[str], jobs: int) -> float:
+async def consume_aiormq(url: str, queues: list[str], jobs: int) -> dict[str, float]:
+    clock = Clock()
     import aiormq
     import aiormq.abc
 
@@ -112,12 +130,12 @@ async def consume_aiormq(url: str, queues: list[str], jobs: int) -> float:
 
         await channel.basic_consume(queue, on_message)
 
-    started = time.perf_counter()
+    clock.start()
     await asyncio.gather(*(consume(q) for q in queues))
     await done
-    elapsed = time.perf_counter() - started
+    figures = clock.figures(jobs)
     await connection.close()
-    return jobs / elapsed
+    return figures
 
 
 def _pika_connection(url: str, on_open: Callable[[Any], None], failed: asyncio.Future[Any]) -> Any:
@@ -136,14 +154,13 @@ def _pika_connection(url: str, on_open: Callable[[Any], None], failed: asyncio.F
     )
 
 
-async def consume_pika(url: str, queues: list[str], jobs: int) -> float:
+async def consume_pika(url: str, queues: list[str], jobs: int) -> dict[str, float]:
+    clock = Clock()
     done = asyncio.get_running_loop().create_future()
     seen = 0
-    started = 0.0
 
     def on_open(connection: Any) -> None:
-        nonlocal started
-        started = time.perf_counter()
+        clock.start()
         for queue in queues:
             connection.channel(on_open_callback=lambda channel, q=queue: start(channel, q))
 
@@ -167,12 +184,13 @@ async def consume_pika(url: str, queues: list[str], jobs: int) -> float:
 
     connection = _pika_connection(url, on_open, done)
     await done
-    elapsed = time.perf_counter() - started
+    figures = clock.figures(jobs)
     connection.close()
-    return jobs / elapsed
+    return figures
 
 
-async def publish_ours(url: str, queues: list[str], jobs: int) -> float:
+async def publish_ours(url: str, queues: list[str], jobs: int) -> dict[str, float]:
+    clock = Clock()
     from event import amqp, driver
 
     connection = await amqp.connect(url, name="bench-driver-publish", timeout=10)
@@ -186,14 +204,15 @@ async def publish_ours(url: str, queues: list[str], jobs: int) -> float:
                 orjson.dumps({"n": n}), routing_key=queues[n % len(queues)], properties=properties
             )
 
-    started = time.perf_counter()
+    clock.start()
     await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
-    elapsed = time.perf_counter() - started
+    figures = clock.figures(jobs)
     await connection.close()
-    return jobs / elapsed
+    return figures
 
 
-async def publish_pika(url: str, queues: list[str], jobs: int) -> float:
+async def publish_pika(url: str, queues: list[str], jobs: int) -> dict[str, float]:
+    clock = Clock()
     import pika
     from pika import spec
 
@@ -201,13 +220,11 @@ async def publish_pika(url: str, queues: list[str], jobs: int) -> float:
     properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
     outstanding: deque[int] = deque()
     state = {"sent": 0, "confirmed": 0}
-    started = 0.0
 
     def on_open(connection: Any) -> None:
         connection.channel(on_open_callback=on_channel)
 
     def on_channel(channel: Any) -> None:
-        nonlocal started
 
         def pump() -> None:
             while len(outstanding) < IN_FLIGHT and state["sent"] < jobs:
@@ -235,13 +252,13 @@ async def publish_pika(url: str, queues: list[str], jobs: int) -> float:
             pump()
 
         channel.confirm_delivery(on_confirm, callback=lambda _: pump())
-        started = time.perf_counter()
+        clock.start()
 
     connection = _pika_connection(url, on_open, done)
     await done
-    elapsed = time.perf_counter() - started
+    figures = clock.figures(jobs)
     connection.close()
-    return jobs / elapsed
+    return figures
 
 
 PHASES: dict[str, Callable[[str, list[str], int], Any]] = {
@@ -258,8 +275,8 @@ def child(phase: str, url: str, queues: list[str], jobs: int, use_uvloop: bool) 
         import uvloop
 
         uvloop.install()
-    rate = asyncio.run(PHASES[phase](url, queues, jobs))
-    print(json.dumps({"phase": phase, "jobs_per_s": rate}))
+    figures = asyncio.run(PHASES[phase](url, queues, jobs))
+    print(json.dumps({"phase": phase, **figures}))
 
 
 # --- the conductor ---------------------------------------------------------------------------------
@@ -291,14 +308,14 @@ async def _prepare(url: str, queues: list[str], jobs: int | None, *, delete: boo
     await connection.close()
 
 
-def _run(phase: str, url: str, queues: list[str], jobs: int, use_uvloop: bool) -> float:
+def _run(phase: str, url: str, queues: list[str], jobs: int, use_uvloop: bool) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", phase, "--url", url, "--queues", ",".join(queues)]
     command += ["--jobs", str(jobs)] + (["--uvloop"] if use_uvloop else [])
     out = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise SystemExit(f"{phase} failed:\n{out.stderr}")
-    rate: float = json.loads(out.stdout.strip().splitlines()[-1])["jobs_per_s"]
-    return rate
+    figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def main() -> None:
@@ -319,7 +336,7 @@ def main() -> None:
         return
 
     queues = [f"bench-driver-{uuid.uuid4().hex[:8]}-{i}" for i in range(QUEUES)]
-    rates: dict[str, list[float]] = {phase: [] for phase in PHASES}
+    runs: dict[str, list[dict[str, float]]] = {phase: [] for phase in PHASES}
     try:
         for _ in range(args.rounds):
             for phase in PHASES:
@@ -327,23 +344,33 @@ def main() -> None:
                 if args.only and kind != args.only:
                     continue
                 asyncio.run(_prepare(args.url, queues, args.jobs if kind == "consume" else None))
-                rates[phase].append(_run(phase, args.url, queues, args.jobs, args.uvloop))
-                print(f"  {phase:16} {rates[phase][-1]:>10,.0f} jobs/s", file=sys.stderr)
+                runs[phase].append(_run(phase, args.url, queues, args.jobs, args.uvloop))
+                rate, cpu = runs[phase][-1]["jobs_per_s"], runs[phase][-1]["cpu_us_per_job"]
+                print(f"  {phase:16} {rate:>10,.0f} jobs/s {cpu:>7.1f} CPU µs/job", file=sys.stderr)
     finally:
         asyncio.run(_prepare(args.url, queues, None, delete=True))
 
-    figures = {phase: statistics.median(r) for phase, r in rates.items() if r}
+    figures = {
+        phase: {key: statistics.median(run[key] for run in done) for key in ("jobs_per_s", "cpu_us_per_job")}
+        for phase, done in runs.items()
+        if done
+    }
     if args.json:
-        print(json.dumps({"jobs": args.jobs, "uvloop": args.uvloop, "jobs_per_s": figures}))
+        print(json.dumps({"jobs": args.jobs, "uvloop": args.uvloop, "figures": figures}))
         return
     loop_name = "uvloop" if args.uvloop else "asyncio"
     print(f"{args.jobs:,} jobs, {QUEUES} queues, {loop_name}, median of {args.rounds} round(s)")
+    print(f"  {'':16} {'jobs/s':>10} {'ratio':>6}  {'CPU µs/job':>10} {'ratio':>6}")
     for kind in ("consume", "publish"):
         pika = figures.get(f"{kind}-pika")
-        for phase, rate in figures.items():
-            if phase.startswith(kind):
-                ratio = f"{rate / pika:.2f}x pika" if pika else ""
-                print(f"  {phase:16} {rate:>10,.0f} jobs/s  {ratio}")
+        for phase, got in figures.items():
+            if not phase.startswith(kind):
+                continue
+            rate, cpu = got["jobs_per_s"], got["cpu_us_per_job"]
+            # Ratios read "times pika": more jobs/s, and pika's CPU per job over ours.
+            speed = f"{rate / pika['jobs_per_s']:.2f}x" if pika else ""
+            thrift = f"{pika['cpu_us_per_job'] / cpu:.2f}x" if pika else ""
+            print(f"  {phase:16} {rate:>10,.0f} {speed:>6}  {cpu:>10.1f} {thrift:>6}")
 
 
 if __name__ == "__main__":
