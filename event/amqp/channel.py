@@ -1,10 +1,14 @@
 """One AMQP channel of :class:`event.amqp.connection.AMQPConnection`: RPCs, consumers, publishes.
 
 The connection's protocol hands each frame of this channel to :meth:`AMQPChannel.on_method`,
-:meth:`~AMQPChannel.on_header` or :meth:`~AMQPChannel.on_body` straight from its receive buffer; a
-delivery is complete when its last body frame arrives, and goes to its consumer's callback there and
-then. Everything sent goes through the connection's :meth:`~AMQPConnection.send`, which writes once
-per loop turn.
+:meth:`~AMQPChannel.on_header` or :meth:`~AMQPChannel.on_body` straight from its receive buffer. A
+``Basic.Deliver`` whose header and body have arrived with it (the usual case) is decoded and handed to
+its consumer's callback in one step; otherwise the delivery completes with its last body frame. Either
+way the callback runs there and then, in delivery order. Everything sent goes through the
+connection's :meth:`~AMQPConnection.send`, which writes once per loop turn.
+
+Publisher confirms are matched by delivery tag (``multiple`` honoured); a ``Basic.Return`` is matched
+to the publish it belongs to by the confirm that follows it (see :meth:`AMQPChannel._match_returns`).
 """
 
 from __future__ import annotations
