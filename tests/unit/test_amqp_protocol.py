@@ -167,7 +167,7 @@ async def test_a_silent_broker_is_lost_after_two_heartbeat_intervals() -> None:
         with pytest.raises(driver.ConnectionClosed, match="missed heartbeats from the broker"):
             await asyncio.wait_for(asyncio.shield(connection.closing), 10)
         waited = asyncio.get_running_loop().time() - started
-        assert 2.0 <= waited <= 3.5
+        assert 2.0 <= waited <= 4.5  # two 1 s intervals, and a tick of slack on a busy machine
         with pytest.raises(driver.ConnectionClosed, match="missed heartbeats"):
             await pending
         assert isinstance(channel.closing.exception(), driver.ConnectionClosed)
