@@ -69,7 +69,7 @@ def encode(routing_key: str, payload: Any) -> bytes:
 def encode_payload(routing_key: str, payload: Any) -> tuple[bytes, str]:
     """``payload``'s body and content type: a protobuf message in its binary form (see
     :mod:`event.protobuf`), anything else as JSON (:func:`encode`)."""
-    if protobuf.is_message(payload):
+    if type(payload) is not dict and protobuf.is_message(payload):  # a dict, the common case, at once
         return protobuf.encode(routing_key, payload), protobuf.CONTENT_TYPE
     return encode(routing_key, payload), wire.CONTENT_TYPE
 

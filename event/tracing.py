@@ -91,21 +91,26 @@ class Dispatching(Protocol):
 def producer_destination(exchange: str, routing_key: str) -> str:
     """``messaging.destination.name`` of a publish: ``{exchange}:{routing key}``, either alone if the other
     is empty, ``amq.default`` if both are."""
-    return ":".join(part for part in (exchange, routing_key) if part) or DEFAULT_EXCHANGE
+    if exchange and routing_key:
+        return f"{exchange}:{routing_key}"
+    return exchange or routing_key or DEFAULT_EXCHANGE
 
 
 def consumer_destination(exchange: str, routing_key: str, queue: str) -> str:
     """``messaging.destination.name`` of a delivery: ``{exchange}:{routing key}:{queue}``, empty parts
     left out, the routing key once when it is the queue's name (a copy sent straight to its queue)."""
-    parts = (exchange, routing_key) if routing_key == queue else (exchange, routing_key, queue)
-    return ":".join(part for part in parts if part) or DEFAULT_EXCHANGE
+    if routing_key == queue:
+        return producer_destination(exchange, routing_key)
+    if exchange and routing_key and queue:  # a delivery's three parts are most often all there
+        return f"{exchange}:{routing_key}:{queue}"
+    return ":".join(part for part in (exchange, routing_key, queue) if part) or DEFAULT_EXCHANGE
 
 
 class _Otel:
     """opentelemetry's pieces, imported once (at the first span) and held for the hot path."""
 
     def __init__(self) -> None:
-        from opentelemetry import context, propagate, trace
+        from opentelemetry import baggage, context, propagate, trace
         from opentelemetry.context import Context
         from opentelemetry.propagators.textmap import Getter
 
@@ -118,6 +123,7 @@ class _Otel:
             def keys(self, carrier: Mapping[str, Any]) -> list[str]:
                 return list(carrier)
 
+        self.baggage = baggage
         self.context = context
         self.propagate = propagate
         self.trace = trace
@@ -127,36 +133,42 @@ class _Otel:
 
     def extract(self, headers: Mapping[str, Any] | None) -> Context:
         """The context a message carries; an empty base, so that no ambient span becomes its parent."""
-        return self.propagate.extract(headers or {}, context=self.empty(), getter=self.getter)
+        if not headers:
+            return self.empty()
+        return self.propagate.extract(headers, context=self.empty(), getter=self.getter)
+
+    # The attributes that sampling may look at go in at the start; the others only into a span that
+    # records (an SDK's, sampled), so that without an SDK a span costs little more than its context.
 
     @contextmanager
-    def producer(
-        self, exchange: str, routing_key: str, props: Properties, size: int
-    ) -> Iterator[None]:
+    def producer(self, exchange: str, routing_key: str, props: Properties, size: int) -> Iterator[None]:
         trace = self.trace
         headers = props.headers
         if headers is None:
             headers = props.headers = {}
         ambient = trace.get_current_span().get_span_context().is_valid
         destination = producer_destination(exchange, routing_key)
-        attributes: dict[str, Any] = {
-            "messaging.system": SYSTEM,
-            "messaging.operation.name": "publish",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": destination,
-            "messaging.message.body.size": size,
-        }
-        if routing_key:
-            attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
-        _message_attributes(attributes, props, wire.header_text(headers, wire.H_ROUTING_KEY) or routing_key)
         span = self.tracer.start_span(
             f"publish {destination}",
             context=None if ambient else self.extract(headers),
             kind=trace.SpanKind.PRODUCER,
-            attributes=attributes,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.name": "publish",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": destination,
+            },
         )
+        if span.is_recording():
+            attributes: dict[str, Any] = {"messaging.message.body.size": size}
+            if routing_key:
+                attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
+            logical = wire.header_text(headers, wire.H_ROUTING_KEY) or routing_key
+            span.set_attributes(_message_attributes(attributes, props, logical))
         # The publish's own context is the message's creation context: it replaces the one a copy carried.
-        self.propagate.inject(headers, context=trace.set_span_in_context(span))
+        # A span of no SDK has none to give, and then only baggage could be written.
+        if span.get_span_context().is_valid or self.baggage.get_all():
+            self.propagate.inject(headers, context=trace.set_span_in_context(span))
         try:
             yield
         except Exception as exc:
@@ -174,29 +186,31 @@ class _Otel:
         routing_key = delivered.routing_key
         consumer = dispatcher.consumer
         destination = consumer_destination(exchange, routing_key, consumer.queue)
-        attributes: dict[str, Any] = {
-            "messaging.system": SYSTEM,
-            "messaging.operation.name": "process",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": destination,
-            "messaging.rabbitmq.message.delivery_tag": delivered.delivery_tag,
-            "messaging.message.body.size": len(delivered.body),
-            "event.attempt": 1
-            + wire.failures(headers, consumer.routing_keys, consumer.queue, dispatcher.exchange),
-        }
-        if routing_key:
-            attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
-        logical = wire.logical_routing_key(routing_key, headers, dispatcher.exchange)
-        _message_attributes(attributes, props, logical)
         creation = self.extract(headers)
         made = trace.get_current_span(creation).get_span_context()
         span = self.tracer.start_span(
             f"process {destination}",
             context=creation,
             kind=trace.SpanKind.CONSUMER,
-            attributes=attributes,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": destination,
+            },
             links=[trace.Link(made)] if made.is_valid else None,
         )
+        if span.is_recording():
+            failures = wire.failures(headers, consumer.routing_keys, consumer.queue, dispatcher.exchange)
+            attributes: dict[str, Any] = {
+                "messaging.rabbitmq.message.delivery_tag": delivered.delivery_tag,
+                "messaging.message.body.size": len(delivered.body),
+                "event.attempt": failures + 1,
+            }
+            if routing_key:
+                attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
+            logical = wire.logical_routing_key(routing_key, headers, dispatcher.exchange)
+            span.set_attributes(_message_attributes(attributes, props, logical))
         token = self.context.attach(trace.set_span_in_context(span))
         try:
             yield
@@ -216,13 +230,15 @@ class _Otel:
         span.set_status(self.trace.Status(self.trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
-def _message_attributes(attributes: dict[str, Any], props: Properties, logical: str) -> None:
+def _message_attributes(attributes: dict[str, Any], props: Properties, logical: str) -> dict[str, Any]:
+    """``attributes`` with those of the message itself added: its id, correlation id, event routing key."""
     if props.message_id:
         attributes["messaging.message.id"] = props.message_id
     if props.correlation_id:
         attributes["messaging.message.conversation_id"] = props.correlation_id
     if logical:
         attributes["event.routing_key"] = logical
+    return attributes
 
 
 def _version() -> str | None:

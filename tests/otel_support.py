@@ -1,8 +1,9 @@
 """The tracing tests' spans: OpenTelemetry's SDK with an in-memory exporter, recording only inside a test.
 
 The global tracer provider can be set once per process, so it is set once, here, for every test that
-uses :func:`recording`; between those tests its sampler drops every span, so the rest of the suite
-(run in the same process) records nothing and keeps no spans in memory.
+uses :func:`recording`; between those tests its tracers make only invalid spans, so the rest of the suite
+(run in the same process) records nothing, keeps no spans in memory and finds no trace context in the
+headers of the messages it looks at.
 """
 
 from __future__ import annotations
@@ -15,57 +16,60 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 
 
-class _Switch(Sampler):
-    """Samples every span while on, none while off."""
+class _Switch(trace.TracerProvider):
+    """The SDK's tracers while on; while off, tracers whose spans are invalid, so nothing is recorded and no
+    trace context is written into messages, as without an SDK: other tests see the headers they expect."""
 
     def __init__(self) -> None:
         self.on = False
+        self.sdk = TracerProvider()
+        self.sdk.add_span_processor(SimpleSpanProcessor(_exporter))
 
-    def should_sample(
-        self,
-        parent_context: Any,
-        trace_id: int,
-        name: str,
-        kind: Any = None,
-        attributes: Any = None,
-        links: Any = None,
-        trace_state: Any = None,
-    ) -> SamplingResult:
-        # The SDK starts a span with the attributes the sampler hands back, as its own samplers do.
-        if not self.on:
-            return SamplingResult(Decision.DROP)
-        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
-
-    def get_description(self) -> str:
-        return "tests/otel_support switch"
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return _SwitchTracer(self, self.sdk.get_tracer(*args, **kwargs))
 
 
-_switch = _Switch()
+class _SwitchTracer(trace.Tracer):
+    def __init__(self, switch: _Switch, real: trace.Tracer) -> None:
+        self.switch = switch
+        self.real = real
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self.real.start_span(*args, **kwargs) if self.switch.on else trace.INVALID_SPAN
+
+    @contextmanager
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Iterator[trace.Span]:
+        if not self.switch.on:
+            yield trace.INVALID_SPAN
+            return
+        with self.real.start_as_current_span(*args, **kwargs) as span:
+            yield span
+
+
 _exporter = InMemorySpanExporter()
-_provider: TracerProvider | None = None
+_switch: _Switch | None = None
 
 
-def _install() -> None:
-    global _provider
-    if _provider is None:
-        _provider = TracerProvider(sampler=_switch)
-        _provider.add_span_processor(SimpleSpanProcessor(_exporter))
-        trace.set_tracer_provider(_provider)
+def _install() -> _Switch:
+    global _switch
+    if _switch is None:
+        _switch = _Switch()
+        trace.set_tracer_provider(_switch)
+    return _switch
 
 
 @contextmanager
 def recording() -> Iterator[InMemorySpanExporter]:
     """Record the spans ended inside the block in the exporter it gives (emptied first)."""
-    _install()
+    switch = _install()
     _exporter.clear()
-    _switch.on = True
+    switch.on = True
     try:
         yield _exporter
     finally:
-        _switch.on = False
+        switch.on = False
 
 
 def by_name(spans: Sequence[ReadableSpan], prefix: str) -> list[ReadableSpan]:
