@@ -171,7 +171,7 @@ class Sender:
 
     async def open(self) -> None:
         """Open the channel now, rather than at the first publish (raises :class:`ConnectionFailed`)."""
-        await self._ready(asyncio.get_running_loop().time() + max(self.resend_within, self.timeout))
+        await self._ready(asyncio.get_running_loop().time() + (self.resend_within or self.timeout))
 
     async def send(
         self,
@@ -191,7 +191,7 @@ class Sender:
         while True:
             channel = self._channel
             if channel is None or channel.is_closed:
-                channel = await self._ready(max(resend_until, started + self.timeout))
+                channel = await self._ready(started + (self.resend_within or self.timeout))
             if again and self.stats is not None:
                 self.stats.resent += 1
             try:
@@ -225,25 +225,34 @@ class Sender:
 
     async def _ready(self, deadline: float) -> Channel:
         # Once, however many publishes found the channel closed: the others wait on the lock, and find
-        # the new channel open. The whole wait (another caller's reconnect included) ends by deadline.
-        within = deadline - asyncio.get_running_loop().time()
+        # the new channel open. The connection source keeps to the deadline itself (a publisher's
+        # reconnect says why it gave up); the lock and the channel's opening are bounded here.
         try:
-            async with asyncio.timeout_at(deadline), self._lock:
-                while True:
-                    channel = self._channel
-                    if channel is not None and not channel.is_closed:
-                        return channel
-                    connection = await self._connection(deadline)
-                    try:
-                        channel = await open_channel(connection, confirms=True)
-                    except ConnectionFailed:
-                        if not connection.is_closed:
-                            raise
-                        continue  # it went meanwhile: the source gives another, or says why not
-                    channel.closing.add_done_callback(functools.partial(self._closed, connection, channel))
-                    self._channel = channel
+            async with asyncio.timeout_at(deadline):
+                await self._lock.acquire()
         except TimeoutError:
-            raise ConnectionFailed(f"no channel to publish on within {within:g} s") from None
+            raise ConnectionFailed("no channel to publish on: another publish is still opening one") from None
+        try:
+            while True:
+                channel = self._channel
+                if channel is not None and not channel.is_closed:
+                    return channel
+                connection = await self._connection(deadline)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        channel = await open_channel(connection, confirms=True)
+                except TimeoutError:
+                    raise ConnectionFailed(
+                        f"{connection.node} did not open a channel within {self.timeout:g} s"
+                    ) from None
+                except ConnectionFailed:
+                    if not connection.is_closed:
+                        raise
+                    continue  # it went meanwhile: the source gives another, or says why not
+                channel.closing.add_done_callback(functools.partial(self._closed, connection, channel))
+                self._channel = channel
+        finally:
+            self._lock.release()
 
     def _closed(self, connection: Connection, channel: Channel, done: asyncio.Future[None]) -> None:
         error = None if done.cancelled() else done.exception()
