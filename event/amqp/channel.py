@@ -1,10 +1,14 @@
 """One AMQP channel of :class:`event.amqp.connection.AMQPConnection`: RPCs, consumers, publishes.
 
 The connection's protocol hands each frame of this channel to :meth:`AMQPChannel.on_method`,
-:meth:`~AMQPChannel.on_header` or :meth:`~AMQPChannel.on_body` straight from its receive buffer; a
-delivery is complete when its last body frame arrives, and goes to its consumer's callback there and
-then. Everything sent goes through the connection's :meth:`~AMQPConnection.send`, which writes once
-per loop turn.
+:meth:`~AMQPChannel.on_header` or :meth:`~AMQPChannel.on_body` straight from its receive buffer. A
+``Basic.Deliver`` whose header and body have arrived with it (the usual case) is decoded and handed to
+its consumer's callback in one step; otherwise the delivery completes with its last body frame. Either
+way the callback runs there and then, in delivery order. Everything sent goes through the
+connection's :meth:`~AMQPConnection.send`, which writes once per loop turn.
+
+Publisher confirms are matched by delivery tag (``multiple`` honoured); a ``Basic.Return`` is matched
+to the publish it belongs to by the confirm that follows it (see :meth:`AMQPChannel._match_returns`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ Frame = TypeVar("Frame", bound=base.Frame)
 _NOTHING, _DELIVER, _GET, _RETURN = 0, 1, 2, 3
 
 CLOSE_TIMEOUT = 10.0  # seconds to wait for the broker's Channel.CloseOk
+PUBLISH_METHODS_KEPT = 512  # Basic.Publish frames a channel keeps for reuse
 
 
 def retrieve(future: asyncio.Future[Any]) -> None:
@@ -84,6 +89,7 @@ class AMQPChannel:
         self._close_ok: asyncio.Future[None] | None = None
         self._closing: asyncio.Future[None] = self._loop.create_future()
         self._closing.add_done_callback(retrieve)
+        self._ended: Callable[[], BaseException] | None = None  # makes the error it closed with
         self._rpcs: deque[_Rpc] = deque()  # the head is in flight, the rest wait their turn
         self._consumers: dict[str, _Consumer] = {}
         # Flow control: the broker's Channel.Flow; publishes wait while it is off.
@@ -99,6 +105,9 @@ class AMQPChannel:
         self._mandatory: dict[int, tuple[str, str, bytes]] = {}
         self._returns: list[driver.ReturnedMessage] = []
         self._returned: dict[int, driver.ReturnedMessage] = {}
+        # The Basic.Publish frames sent lately, by (exchange, routing key, mandatory): most publishers
+        # send to a handful of routing keys, and the frame is the same for each.
+        self._publish_methods: dict[tuple[str, str, bool], bytes] = {}
         # The message being received: what announced it, its properties, size and body so far.
         self._in_kind = _NOTHING
         self._in_method: Any = None
@@ -289,18 +298,25 @@ class AMQPChannel:
         properties: driver.Properties | None = None,
         mandatory: bool = False,
     ) -> None:
-        connection = self._connection
-        while connection.blocked is not None or connection.paused or not self._flow:
-            if self._closed:
-                break
-            await connection.publishable(self._flow_on)
         if self._closed:
             raise driver.ChannelInvalidState(f"channel {self._number} is closed")
-        connection.send(
-            frames.encode_publish(
-                self._number, exchange, routing_key, mandatory, properties, body, connection.frame_max
-            )
-        )
+        connection = self._connection
+        while connection.blocked is not None or connection.paused or not self._flow:
+            await connection.publishable(self._flow_on)
+            if self._closed:  # while it waited: fail as a publish in flight does
+                raise (
+                    self._ended()
+                    if self._ended is not None
+                    else driver.ChannelInvalidState(f"channel {self._number} was closed")
+                )
+        method = self._publish_methods.get((exchange, routing_key, mandatory))
+        if method is None:
+            method = frames.encode_publish_method(self._number, exchange, routing_key, mandatory)
+            if len(self._publish_methods) >= PUBLISH_METHODS_KEPT:
+                self._publish_methods.clear()
+            self._publish_methods[exchange, routing_key, mandatory] = method
+        connection.send(method)
+        connection.send(frames.encode_content(self._number, properties, body, connection.frame_max))
         if not self._confirms:
             return
         self._published += 1
@@ -319,13 +335,15 @@ class AMQPChannel:
         if self._confirms:
             await self._call(spec.Confirm.Select(), spec.Confirm.SelectOk)
 
-    def on_method(self, buf: bytearray, start: int, end: int) -> None:
-        """A method frame of this channel, its payload at ``buf[start:end]``."""
+    def on_method(self, buf: bytearray, start: int, end: int, total: int) -> int:
+        """A method frame of this channel, its payload at ``buf[start:end]`` (``total``: how much of
+        ``buf`` has arrived). Returns where the next frame starts: past this one, or past the whole
+        message when a ``Basic.Deliver`` has its content header and body right behind it."""
         index = frames.METHOD_ID.unpack_from(buf, start)[0]
         if index == frames.DELIVER:
-            self._in_method = frames.decode_deliver(buf, start + 4, end)
-            self._in_kind = _DELIVER
-        elif index == frames.ACK:
+            deliver = frames.decode_deliver(buf, start + 4, end)
+            return self._on_deliver(deliver, buf, end + 1, total)
+        if index == frames.ACK:
             tag, multiple = frames.decode_ack(buf, start + 4, end)
             self._confirm(tag, multiple, None)
         elif index == frames.NACK:
@@ -341,6 +359,46 @@ class AMQPChannel:
             frame = pamqp.frame.unmarshal(bytes(buf[start - 7 : end + 1]))[2]
             assert isinstance(frame, base.Frame)  # a method frame decodes to a method
             self._on_frame(frame)
+        return end + 1
+
+    def _on_deliver(
+        self, deliver: tuple[str, int, bool, str, str], buf: bytearray, at: int, total: int
+    ) -> int:
+        """A ``Basic.Deliver``: when its content header and single body frame have arrived behind it (the
+        usual case), decode them and hand the delivery over here, without a turn of the frame loop per
+        frame; otherwise wait for them frame by frame (:meth:`on_header`, :meth:`on_body`)."""
+        kind: int
+        number: int
+        size: int
+        self._in_method = deliver
+        self._in_kind = _DELIVER
+        if total - at < 8:
+            return at
+        kind, number, size = frames.HEAD.unpack_from(buf, at)
+        end = at + 7 + size
+        if (
+            kind != frames.FRAME_HEADER
+            or number != self._number
+            or end >= total
+            or buf[end] != frames.FRAME_END
+        ):
+            return at  # not (all) here yet, or not what follows a Deliver: the frame loop judges it
+        body_size, properties = frames.decode_header(buf, at + 7, end)
+        at = end + 1
+        if body_size == 0:
+            self._complete(properties, b"")
+            return at
+        if total - at >= 8:
+            kind, number, size = frames.HEAD.unpack_from(buf, at)
+            end = at + 7 + size
+            whole = kind == frames.FRAME_BODY and number == self._number and size == body_size
+            if whole and end < total and buf[end] == frames.FRAME_END:
+                self._complete(properties, bytes(buf[at + 7 : end]))
+                return end + 1
+        self._in_properties = properties
+        self._in_size = body_size
+        self._in_parts = None
+        return at
 
     def on_header(self, buf: bytearray, start: int, end: int) -> None:
         """A content header of this channel."""
@@ -380,6 +438,7 @@ class AMQPChannel:
         if self._closing.done():
             return
         self._closed = True
+        self._ended = exc
         self._connection.forget(self._number)
         make = exc or (lambda: driver.ChannelInvalidState(f"channel {self._number} was closed"))
         while self._rpcs:

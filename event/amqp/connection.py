@@ -17,7 +17,7 @@ import logging
 import platform
 import ssl
 import struct
-from typing import Any
+from typing import Any, cast
 
 import pamqp.exceptions
 import pamqp.frame
@@ -158,9 +158,9 @@ class AMQPConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(ProtocolHeader().marshal())
+        # A stream transport (asyncio's or uvloop's, which is not an asyncio.Transport subclass).
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(ProtocolHeader().marshal())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._state == _CLOSED:
@@ -208,7 +208,8 @@ class AMQPConnection(asyncio.Protocol):
                     elif kind == _BODY:
                         channel.on_body(buf, start, end)
                     elif kind == _METHOD:
-                        channel.on_method(buf, start, end)
+                        pos = channel.on_method(buf, start, end, total)
+                        continue
                     elif kind == _HEADER:
                         channel.on_header(buf, start, end)
                     else:
@@ -444,4 +445,7 @@ async def connect(url: str, *, name: str, timeout: float = 10.0) -> driver.Conne
     except (OSError, driver.ConnectionClosed) as exc:
         connection._finish(None, abort=True)
         raise ConnectionFailed(reasons.unreachable(shown, str(exc) or type(exc).__name__)) from exc
+    except BaseException:  # cancelled: leave no half-open socket behind
+        connection._finish(None, abort=True)
+        raise
     return connection

@@ -507,6 +507,39 @@ def _encode_value(value: Any) -> bytes:
     return pamqp.encode.encode_table_value(value)
 
 
+def encode_publish_method(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    """The ``Basic.Publish`` method frame (the same for every message to one exchange and routing key,
+    so a channel keeps it)."""
+    ex = exchange.encode()
+    rk = routing_key.encode()
+    if len(ex) > 255 or len(rk) > 255:
+        raise ValueError("an exchange name or routing key exceeds 255 bytes")
+    head = _PUBLISH_HEAD.pack(FRAME_METHOD, channel, 9 + len(ex) + len(rk), _PUBLISH, 0)
+    tail = b"\x01\xce" if mandatory else b"\x00\xce"
+    return b"".join((head, _U8.pack(len(ex)), ex, _U8.pack(len(rk)), rk, tail))
+
+
+def encode_content(channel: int, properties: Properties | None, body: bytes, frame_max: int) -> bytes:
+    """The content header and body frames (of at most ``frame_max`` bytes each) of one message."""
+    size = len(body)
+    if properties is None:
+        flags, props = 0, b""
+    else:
+        flags, props = encode_properties(properties)
+    header = _CONTENT_HEAD.pack(FRAME_HEADER, channel, 14 + len(props), _BASIC, 0, size, flags)
+    chunk = frame_max - FRAME_OVERHEAD
+    if size <= chunk:
+        if size:
+            return b"".join((header, props, _END, _BODY_HEAD.pack(FRAME_BODY, channel, size), body, _END))
+        return b"".join((header, props, _END))
+    parts: list[bytes | memoryview] = [header, props, _END]
+    view = memoryview(body)
+    for start in range(0, size, chunk):
+        piece = view[start : start + chunk]
+        parts += (_BODY_HEAD.pack(FRAME_BODY, channel, len(piece)), piece, _END)
+    return b"".join(parts)
+
+
 def encode_publish(
     channel: int,
     exchange: str,
@@ -516,38 +549,10 @@ def encode_publish(
     body: bytes,
     frame_max: int,
 ) -> bytes:
-    """``Basic.Publish``, its content header and body frames of at most ``frame_max`` bytes, as one
-    string of bytes ready for the socket."""
-    ex = exchange.encode()
-    rk = routing_key.encode()
-    if len(ex) > 255 or len(rk) > 255:
-        raise ValueError("an exchange name or routing key exceeds 255 bytes")
-    size = len(body)
-    if properties is None:
-        flags, props = 0, b""
-    else:
-        flags, props = encode_properties(properties)
-    parts: list[bytes | memoryview] = [
-        _PUBLISH_HEAD.pack(FRAME_METHOD, channel, 9 + len(ex) + len(rk), _PUBLISH, 0),
-        _U8.pack(len(ex)),
-        ex,
-        _U8.pack(len(rk)),
-        rk,
-        b"\x01\xce" if mandatory else b"\x00\xce",
-        _CONTENT_HEAD.pack(FRAME_HEADER, channel, 14 + len(props), _BASIC, 0, size, flags),
-        props,
-        _END,
-    ]
-    chunk = frame_max - FRAME_OVERHEAD
-    if size <= chunk:
-        if size:
-            parts += (_BODY_HEAD.pack(FRAME_BODY, channel, size), body, _END)
-    else:
-        view = memoryview(body)
-        for start in range(0, size, chunk):
-            piece = view[start : start + chunk]
-            parts += (_BODY_HEAD.pack(FRAME_BODY, channel, len(piece)), piece, _END)
-    return b"".join(parts)
+    """``Basic.Publish``, its content header and body frames, as one string of bytes for the socket."""
+    return encode_publish_method(channel, exchange, routing_key, mandatory) + encode_content(
+        channel, properties, body, frame_max
+    )
 
 
 def encode_ack(channel: int, delivery_tag: int, multiple: bool) -> bytes:

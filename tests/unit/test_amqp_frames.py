@@ -143,7 +143,7 @@ def test_return_reads_what_pamqp_reads(code: int, text: str, exchange: str, rout
     assert ours == (theirs.reply_code, theirs.reply_text, theirs.exchange, theirs.routing_key)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(props=properties, body_size=st.integers(min_value=0, max_value=2**63 - 1), ch=channels)
 def test_content_header_reads_what_pamqp_reads(props: spec.Basic.Properties, body_size: int, ch: int) -> None:
     raw = pamqp.frame.marshal(ContentHeader(body_size=body_size, properties=props), ch)
@@ -250,7 +250,7 @@ def pamqp_publish(
     return b"".join(parts)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     ch=channels,
     exchange=names,
@@ -278,7 +278,7 @@ def split_frames(data: bytes) -> list[bytes]:
     return out
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(props=properties)
 def test_properties_and_tables_write_what_pamqp_writes(props: spec.Basic.Properties) -> None:
     flags, data = frames.encode_properties(props)
