@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import orjson
 
 from event import wire
-from event.config import DEFAULT_PUBLISH_TIMEOUT_S
 from event.connection import Channel, Connection, close_quietly, open_channel
 from event.driver import Delivery
-from event.publisher import properties, send
+from event.sending import Sender, properties
 
 log = logging.getLogger("event.control")
 
@@ -110,25 +109,16 @@ async def listen(
     return channel
 
 
-async def send_command(
-    channel: Channel,
-    command: Command,
-    *,
-    namespace: str,
-    exchange: str,
-    timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
-) -> None:
-    """Publish ``command`` to the namespace's workers on a confirming ``channel``.
+async def send_command(sender: Sender, command: Command, *, namespace: str, exchange: str) -> None:
+    """Publish ``command`` to the namespace's workers through ``sender``, confirmed.
 
     Mandatory: when no worker listens, :class:`event.errors.Unroutable` says so instead of the
     command vanishing.
     """
-    await send(
-        channel,
-        exchange=wire.control_exchange_name(exchange),
-        routing_key=wire.control_routing_key(namespace),
-        body=encode(command),
-        props=properties(),
+    await sender.send(
+        wire.control_exchange_name(exchange),
+        wire.control_routing_key(namespace),
+        encode(command),
+        properties(),
         mandatory=True,
-        timeout=timeout,
     )

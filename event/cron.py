@@ -26,6 +26,7 @@ from croniter import croniter
 from event import driver, wire
 from event.connection import Channel, Connection, close_quietly, open_channel
 from event.errors import ConfigurationError
+from event.sending import Sender, properties
 
 log = logging.getLogger("event.cron")
 
@@ -147,14 +148,16 @@ class CronRunner:
         *,
         namespace: str,
         exchange: str,
-        publish: Publish,
+        sender: Sender,
+        publish: Publish | None = None,
         clock: Clock = time.time,
         restart_delays: tuple[float, ...] = RESTART_DELAYS_S,
     ) -> None:
         self.schedules = schedules
         self.namespace = namespace
         self.exchange = exchange
-        self.publish = publish
+        self.sender = sender  # ticks (unless ``publish`` says otherwise) and the last-tick state
+        self.publish = publish or self._publish_tick
         self.clock = clock
         self.restart_delays = restart_delays
         self.is_leader = False
@@ -225,13 +228,13 @@ class CronRunner:
 
     async def _fire(self, connection: Connection, schedule: Schedule) -> None:
         state = state_queue_name(self.namespace, self.exchange, schedule)
-        channel = await open_channel(connection, confirms=True)
+        channel = await open_channel(connection, confirms=False)
         try:
             await channel.queue_declare(state, durable=True, arguments={"x-max-length": 1})
             last = _latest(await _read_state(channel, state), self._fired.get(schedule.name))
             now = self._now()
             for tick in ticks_to_fire(schedule, last, now):
-                await self._publish(channel, state, schedule, tick)
+                await self._publish(state, schedule, tick)
                 last = tick
             cursor = max(now, last) if last else now
             while self.is_leader:
@@ -239,18 +242,22 @@ class CronRunner:
                 await asyncio.sleep(max(0.0, tick.timestamp() - self.clock()))
                 if not self.is_leader:
                     return
-                await self._publish(channel, state, schedule, tick)
+                await self._publish(state, schedule, tick)
                 cursor = tick
         finally:
             await close_quietly(channel)
 
-    async def _publish(self, channel: Channel, state: str, schedule: Schedule, tick: datetime) -> None:
+    async def _publish(self, state: str, schedule: Schedule, tick: datetime) -> None:
         await self.publish(schedule, tick)
         self._fired[schedule.name] = tick
         body = orjson.dumps({"schedule": schedule.name, "tick": tick.astimezone(UTC).isoformat()})
-        await channel.basic_publish(
-            body, routing_key=state, properties=driver.Properties(delivery_mode=wire.PERSISTENT)
+        await self.sender.send("", state, body, driver.Properties(delivery_mode=wire.PERSISTENT))
+
+    async def _publish_tick(self, schedule: Schedule, tick: datetime) -> None:
+        props = properties(
+            message_id=schedule.message_id(tick), headers=schedule.headers or None, now=self.clock()
         )
+        await self.sender.send(self.exchange, schedule.routing_key, orjson.dumps(schedule.payload), props)
 
 
 def _latest(*ticks: datetime | None) -> datetime | None:

@@ -15,7 +15,7 @@ from event import driver, wire
 from event.config import DEFAULT_EXCHANGE, DEFAULT_PUBLISH_TIMEOUT_S, redact_url, resolve_url
 from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.errors import ConfigurationError, EventError
-from event.publisher import copy_properties, send
+from event.sending import Sender, copy_properties
 
 PREVIEW_BYTES = 120
 
@@ -177,7 +177,8 @@ class DeadQueue:
             wire.validate_routing_key(routing_key, pattern=True)
         total = await self.count()
         reader = await self._channel(confirms=False)
-        writer = await self._channel(confirms=True)
+        assert self._connection is not None  # _channel said so
+        writer = Sender.over(self._connection, timeout=DEFAULT_PUBLISH_TIMEOUT_S)
         report = RequeueReport([], [])
         kept: list[int] = []
         try:
@@ -195,30 +196,21 @@ class DeadQueue:
                     kept.append(tag)
                     report.left.append((dead.message_id, "no event-queue header: unknown origin"))
                     continue
+                props = copy_properties(
+                    got.properties, wire.requeue_headers(got.properties.headers or {}), None
+                )
                 try:
-                    await send(
-                        writer,
-                        exchange="",
-                        routing_key=dead.queue,
-                        body=dead.body,
-                        props=copy_properties(
-                            got.properties, wire.requeue_headers(got.properties.headers or {}), None
-                        ),
-                        mandatory=True,
-                        timeout=DEFAULT_PUBLISH_TIMEOUT_S,
-                    )
-                except EventError as exc:
+                    await writer.send("", dead.queue, dead.body, props, mandatory=True)
+                except EventError as exc:  # the writer opens another channel if this one closed
                     kept.append(tag)
                     report.left.append((dead.message_id, str(exc)))
-                    if writer.is_closed:
-                        writer = await self._channel(confirms=True)
                     continue
                 reader.basic_ack(tag)
                 report.requeued.append(dead.message_id)
             for tag in kept:
                 reader.basic_nack(tag, requeue=True)
         finally:
-            await close_quietly(writer)
+            await writer.close()
             await close_quietly(reader)
         return report
 

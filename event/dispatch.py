@@ -11,7 +11,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -27,15 +27,12 @@ from event.errors import DecodeError, PayloadError
 from event.message import Message
 from event.metrics import ConsumerStats
 from event.middleware import Middleware, Step, compose
-from event.publisher import copy_properties
 from event.ratelimit import RateLimiter
 from event.retry import decide
+from event.sending import Sender, copy_properties
 from event.signals import Dead, Retry
 
 log = logging.getLogger("event.dispatch")
-
-# Publishes a copy (exchange, routing key, body, properties) and waits for the broker's confirm.
-SendCopy = Callable[[str, str, bytes, Properties], Awaitable[None]]
 
 REQUEUE_PAUSE_S = 1.0
 
@@ -123,7 +120,7 @@ class Dispatcher:
         middleware: Sequence[Middleware],
         pool_slots: asyncio.Semaphore | None,
         executor: Executor,
-        send_copy: SendCopy,
+        sender: Sender,
         clock: Callable[[], float] = time.time,
         stats: ConsumerStats | None = None,
         max_body_bytes: int = 0,
@@ -140,7 +137,7 @@ class Dispatcher:
         self.slots = asyncio.Semaphore(consumer.max_concurrency) if consumer.max_concurrency else None
         self.limiter = RateLimiter(consumer.rate, clock) if consumer.rate is not None else None
         self.pool_slots = pool_slots
-        self.send_copy = send_copy
+        self.sender = sender  # retry, re-park and dead copies: mandatory, each confirmed before the ack
         self.acks: AckTracker | None = None
         self.accepting = True
         self._runner: EagerRunner[tuple[Delivery, AckTracker]] = EagerRunner(self._start)
@@ -506,7 +503,7 @@ class Dispatcher:
         Returns whether the copy was stored. ``ack_at_once`` sends the ack alone, not in a batch."""
         exchange, queue = route
         try:
-            await self.send_copy(exchange, queue, delivered.body, props)
+            await self.sender.send(exchange, queue, delivered.body, props, mandatory=True)
         except Exception as exc:
             log.error(
                 "could not store %s of message %s in %s (%s); it stays in %s for redelivery",

@@ -10,10 +10,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-
-import orjson
 
 from event import control, topology, wire
 from event.config import (
@@ -31,7 +28,6 @@ from event.config import (
     resolve_url,
 )
 from event.connection import (
-    Channel,
     Connection,
     Connector,
     broker_reason,
@@ -43,16 +39,15 @@ from event.connection import (
 from event.consumer import Consumer, Handler, define_consumer
 from event.cron import CronRunner, Schedule, define_schedule
 from event.dispatch import Dispatcher, OnDead
-from event.driver import Properties
-from event.errors import ConfigurationError, ConnectionFailed, EventError, Unroutable
+from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.message import Context
 from event.metrics import ConsumerStats, PoolStats, registry_for
 from event.middleware import Middleware
 from event.pausing import PauseSwitch
-from event.publisher import properties, send
 from event.retry import DEFAULT_RETRIES, Backoff
 from event.runners.command import CommandRunner
 from event.runners.counts import OutcomeCounts
+from event.sending import Sender
 from event.supervise import ConsumerSupervisor, backoff
 from event.topology import Plan
 
@@ -132,9 +127,7 @@ class WorkerPool:
         self._middleware: list[Middleware] = []
         self._dispatchers: list[Dispatcher] = []
         self._connection: Connection | None = None
-        self._publish_channel: Channel | None = None
         self.connector: Connector = connect  # event.testing.TestBroker swaps in its own
-        self._publish_lock = asyncio.Lock()
         self._supervisors: list[ConsumerSupervisor] = []
         self._shared_plan = Plan((), ())  # the exchanges, delay queues and dead queue (set by run)
         self._shared_declared = False
@@ -149,6 +142,14 @@ class WorkerPool:
         self._pauses = PauseSwitch(self._consumers.keys)  # see the "pausing" section below
         self.stats = PoolStats(concurrency=self.concurrency)
         self.registry = registry_for(self.stats)  # the pool's own: serve it with event.http or your app
+        # Retry, re-park and dead copies and cron ticks: one confirm channel on the current connection.
+        self._sender = Sender(
+            self._live_connection,
+            timeout=self.publish_timeout,
+            stats=self.stats.publish,
+            on_closed=self._copies_channel_closed,
+            on_returned=self._copy_returned,
+        )
         self._runner_counts: OutcomeCounts | None = None
 
     def __repr__(self) -> str:
@@ -367,7 +368,7 @@ class WorkerPool:
                 middleware=self._middleware,
                 pool_slots=pool_slots,
                 executor=self._executor,
-                send_copy=self._send_copy,
+                sender=self._sender,
                 clock=self.clock,
                 stats=self._consumer_stats(consumer),
                 max_body_bytes=self.max_body_bytes,
@@ -576,7 +577,7 @@ class WorkerPool:
         self._connection = connection
         try:
             await self._declare_shared(connection, first=first)
-            self._publish_channel = await self._open_publish_channel(connection)
+            await self._sender.open()
             for supervisor in self._supervisors:
                 if first:
                     try:
@@ -592,7 +593,7 @@ class WorkerPool:
                     list(self._schedules.values()),
                     namespace=self.namespace,
                     exchange=self.exchange,
-                    publish=self._publish_tick,
+                    sender=self._sender,
                     clock=self.clock,
                 )
                 self._cron = runner
@@ -652,62 +653,35 @@ class WorkerPool:
                     failure,
                 )
 
-    async def _open_publish_channel(self, connection: Connection) -> Channel:
-        channel = await open_channel(connection, confirms=True)
+    async def _live_connection(self, deadline: float) -> Connection:
+        # The sender's source: the pool's connection while it lives; the pool alone reconnects (a copy
+        # that cannot be stored now hands its delivery back, and the broker redelivers it).
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            raise ConnectionFailed("no connection to publish on: waiting to reconnect")
+        return connection
 
-        def closed(done: asyncio.Future[Any]) -> None:
-            exc = None if done.cancelled() else done.exception()
-            if exc is None or connection.is_closed or self._publish_channel is not channel:
-                return  # closed by us, or with its connection: the pool reconnects anyway
-            self.stats.publish_channel_reopens += 1
-            log.error(
-                "the broker closed the channel of retry and dead copies at %s: %s; opening another and "
-                "declaring the shared queues again",
-                connected_url(connection),
-                broker_reason(exc),
-            )
+    def _copies_channel_closed(self, exc: BaseException) -> None:
+        # A channel error (a queue or exchange deleted under us) closes only the channel: the sender
+        # opens another for the next copy; what was deleted is declared again.
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            return
+        self.stats.publish_channel_reopens += 1
+        log.error(
+            "the broker closed the channel of retry and dead copies at %s: %s; opening another and "
+            "declaring the shared queues again",
+            connected_url(connection),
+            broker_reason(exc),
+        )
+        self._declare_shared_later(connection)
+
+    def _copy_returned(self, exchange: str, queue: str) -> None:
+        # A copy is mandatory: one to a queue that is gone fails loudly rather than vanishing.
+        connection = self._connection
+        if connection is not None and not connection.is_closed and self._shared_declared:
+            log.error("queue %r is gone (a copy to it came back); declaring the shared queues again", queue)
             self._declare_shared_later(connection)
-
-        channel.closing.add_done_callback(closed)
-        return channel
-
-    async def _send_copy(self, exchange: str, queue: str, body: bytes, props: Properties) -> None:
-        channel = self._publish_channel
-        if channel is None or channel.is_closed:
-            channel = await self._reopen_publish_channel(queue)
-        # Mandatory: a copy to a queue that is gone must fail loudly, not vanish.
-        try:
-            await send(
-                channel,
-                exchange=exchange,
-                routing_key=queue,
-                body=body,
-                props=props,
-                mandatory=True,
-                timeout=self.publish_timeout,
-                stats=self.stats.publish,
-            )
-        except Unroutable:
-            connection = self._connection
-            if connection is not None and not connection.is_closed and self._shared_declared:
-                log.error(
-                    "queue %r is gone (a copy to it came back); declaring the shared queues again", queue
-                )
-                self._declare_shared_later(connection)
-            raise
-
-    async def _reopen_publish_channel(self, queue: str) -> Channel:
-        # A channel error (a queue or exchange deleted under us) closes only the channel: open another
-        # on the same connection, once, however many copies are waiting for it.
-        async with self._publish_lock:
-            channel, connection = self._publish_channel, self._connection
-            if channel is not None and not channel.is_closed:
-                return channel
-            if connection is None or connection.is_closed:
-                raise ConnectionFailed(f"no connection to publish a copy to {queue!r}: waiting to reconnect")
-            channel = await self._open_publish_channel(connection)
-            self._publish_channel = channel
-            return channel
 
     async def _forget_channels(self) -> None:
         if self._cron_task is not None:
@@ -720,7 +694,6 @@ class WorkerPool:
         # Delivery tags belong to their channel: once it is gone, no ack may be sent for them anywhere.
         for supervisor in self._supervisors:
             await supervisor.forget()
-        self._publish_channel = None
 
     async def _reconnect(self) -> None:
         # Nothing ends this loop but stop(): a node that is down, a declare the broker refuses, a queue
@@ -762,22 +735,6 @@ class WorkerPool:
             else:  # cron stops on this worker until it reconnects: never only a debug line
                 log.error("cron runner stopped: %s: %s", type(exc).__name__, exc)
 
-    async def _publish_tick(self, schedule: Schedule, tick: datetime) -> None:
-        channel = self._publish_channel
-        if channel is None or channel.is_closed:
-            channel = await self._reopen_publish_channel(schedule.routing_key)
-        props = properties(message_id=schedule.message_id(tick), headers=schedule.headers or None)
-        body = orjson.dumps(schedule.payload)
-        await send(
-            channel,
-            exchange=self.exchange,
-            routing_key=schedule.routing_key,
-            body=body,
-            props=props,
-            timeout=self.publish_timeout,
-            stats=self.stats.publish,
-        )
-
     async def _stop_cron(self) -> None:
         task, self._cron_task = self._cron_task, None
         if task is not None:
@@ -798,9 +755,8 @@ class WorkerPool:
         await self._drain()
         for supervisor in self._supervisors:
             await supervisor.close()
-        channel, connection = self._publish_channel, self._connection
-        self._publish_channel = self._connection = None  # first: its closing is ours, not the broker's
-        await close_quietly(channel)
+        connection, self._connection = self._connection, None  # first: its closing is ours
+        await self._sender.close()
         await close_quietly(connection)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)

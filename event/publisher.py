@@ -1,4 +1,9 @@
-"""Publishing with publisher confirms: the Publisher users hold, and the confirmed send the pool reuses."""
+"""The Publisher users hold: events to the exchange, now, after a delay or at a time, confirmed.
+
+Its publishes go through :class:`event.sending.Sender`, the one sending layer (confirms, nacks and
+re-sends); the Publisher adds the connection it reconnects, the delay queues it declares, and the rules
+of a payload (JSON, a size limit, delays).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,14 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import orjson
 
-from event import driver, protobuf, topology, tracing, wire
+from event import driver, protobuf, topology, wire
 from event.config import (
     DEFAULT_EXCHANGE,
     DEFAULT_PUBLISH_TIMEOUT_S,
@@ -26,32 +30,21 @@ from event.config import (
     resolve_url,
 )
 from event.connection import (
-    Channel,
     Connection,
     Connector,
-    broker_reason,
     close_quietly,
     connect,
     connected_url,
     open_channel,
 )
 from event.contracts import Contract, Producer
-from event.errors import (
-    ConfigurationError,
-    ConnectionFailed,
-    PublishError,
-    PublishNacked,
-    PublishTimeout,
-    TopologyMismatch,
-    Unroutable,
-)
+from event.errors import ConfigurationError, ConnectionFailed, PublishError, TopologyMismatch
 from event.metrics import PublishStats
+from event.sending import Sender, copy_properties, properties
 
 log = logging.getLogger("event.publisher")
 
 P = TypeVar("P")
-
-NACK_PAUSES_S = (0.1, 0.5, 1.0, 2.0)  # before each re-send of a nacked publish on a fresh channel
 
 # RabbitMQ 4.x refuses a message whose body is larger than its max_message_size, 16 MiB unless configured,
 # and closes the channel for it: every publish in flight on that channel would fail with it.
@@ -106,99 +99,6 @@ def seconds_until(when: datetime, now: float) -> float:
     return when.timestamp() - now
 
 
-def properties(
-    *,
-    message_id: str | None = None,
-    headers: Mapping[str, Any] | None = None,
-    expiration: str | None = None,
-    now: float | None = None,
-    content_type: str = wire.CONTENT_TYPE,
-) -> driver.Properties:
-    """Hutch's message properties (spec section 3): JSON (or ``content_type``), persistent, a UUID, a
-    whole-second timestamp (of ``now``, epoch seconds, if given: the publisher's clock)."""
-    return driver.Properties(
-        content_type=content_type,
-        delivery_mode=wire.PERSISTENT,
-        message_id=message_id or str(uuid.uuid4()),
-        timestamp=datetime.fromtimestamp(int(time.time() if now is None else now), tz=UTC),
-        headers=dict(headers) if headers else None,
-        expiration=expiration,
-    )
-
-
-def copy_properties(
-    props: driver.Properties, headers: dict[str, Any], level: int | None
-) -> driver.Properties:
-    """The properties of a copy (retry, re-park, dead, requeue): the original's, persistent, new headers.
-
-    ``level`` sets the per-message TTL of a delay queue; a dead copy has none, so it never expires early.
-    """
-    return driver.Properties(
-        content_type=props.content_type,
-        content_encoding=props.content_encoding,
-        delivery_mode=wire.PERSISTENT,
-        message_id=props.message_id or str(uuid.uuid4()),
-        timestamp=props.timestamp,
-        headers=headers,
-        correlation_id=props.correlation_id,
-        reply_to=props.reply_to,
-        expiration=None if level is None else str(level * 1000),
-        message_type=props.message_type,
-        app_id=props.app_id,
-    )
-
-
-@tracing.traced_send  # a producer span and trace context in the headers, when opentelemetry is installed
-async def send(
-    channel: Channel,
-    *,
-    exchange: str,
-    routing_key: str,
-    body: bytes,
-    props: driver.Properties,
-    mandatory: bool = False,
-    timeout: float = DEFAULT_PUBLISH_TIMEOUT_S,
-    stats: PublishStats | None = None,
-) -> None:
-    """Publish one message and wait for the broker's confirm, turning every failure into a PublishError."""
-    started = time.perf_counter()
-    try:
-        await _send(channel, exchange, routing_key, body, props, mandatory, timeout)
-    except Exception as exc:
-        if stats is not None:
-            stats.failed(exchange, exc)
-        raise
-    if stats is not None:
-        stats.ok(exchange, time.perf_counter() - started)
-
-
-async def _send(
-    channel: Channel,
-    exchange: str,
-    routing_key: str,
-    body: bytes,
-    props: driver.Properties,
-    mandatory: bool,
-    timeout: float,
-) -> None:
-    where = f"exchange {exchange!r}, routing key {routing_key!r}"
-    try:
-        async with asyncio.timeout(timeout):
-            await channel.basic_publish(
-                body, exchange=exchange, routing_key=routing_key, properties=props, mandatory=mandatory
-            )
-    except driver.Returned as exc:
-        raise Unroutable(f"message to {where} matched no queue and was returned (mandatory=True)") from exc
-    except driver.Nacked as exc:
-        raise PublishNacked(f"the broker nacked the message to {where}: it was not stored") from exc
-    except TimeoutError as exc:
-        raise PublishTimeout(f"no confirm for the message to {where} within {timeout:g} s") from exc
-    except (driver.AMQPError, ConnectionError) as exc:
-        raise ConnectionFailed(
-            f"could not publish to {where}: the connection or channel is closed ({broker_reason(exc)})"
-        ) from exc
-
-
 class Publisher:
     """Publishes events to the exchange, waiting for the broker's confirm of each.
 
@@ -250,13 +150,18 @@ class Publisher:
         self.clock = clock  # epoch seconds; event.testing.TestBroker swaps in its virtual clock
         self.stats = PublishStats()  # see event.metrics.publish_families to export them
         self._connection: Connection | None = None
-        self._channel: Channel | None = None
         self._wanted = False  # connected by the user, and not closed since: reconnect when lost
         self._reconnecting = asyncio.Lock()
         self._undeclared: set[str] = set()  # delay queues the broker refused to declare for now
         self.reconnect_timeout = check_seconds("reconnect_timeout", reconnect_timeout)
         self.connector: Connector = connect  # event.testing.TestBroker swaps in its own
         self.max_body_bytes = check_count("max_body_bytes", max_body_bytes)
+        self._sender = Sender(
+            self._live_connection,
+            timeout=self.timeout,
+            resend_within=self.reconnect_timeout,
+            stats=self.stats,
+        )
 
     def __repr__(self) -> str:
         url = redact_url(self.url)
@@ -268,22 +173,24 @@ class Publisher:
         Afterwards the publisher reconnects by itself when the connection drops (within
         ``reconnect_timeout`` of a publish that needs it), until :meth:`close`.
         """
-        if self._channel is not None and not self._channel.is_closed:
+        if self._connection is not None and not self._connection.is_closed:
             return
         await self._open(first=True)
+        try:
+            await self._sender.open()
+        except BaseException:
+            await self.close()
+            raise
         self._wanted = True
 
     async def _open(self, *, first: bool = False) -> None:
         await close_quietly(self._connection)
         self._connection = await self.connector(self.url, name=self._connection_name)
         try:
-            self._channel = await open_channel(self._connection, confirms=True)
             plan = topology.delay_plan(self.namespace, self.exchange, queue_type=self.queue_type)
             await self._declare(self._connection, plan, first)
         except BaseException:
-            channel, connection = self._channel, self._connection
-            self._channel = self._connection = None
-            await close_quietly(channel)
+            connection, self._connection = self._connection, None
             await close_quietly(connection)
             raise
 
@@ -327,9 +234,8 @@ class Publisher:
     async def close(self) -> None:
         """Close the channel and the connection."""
         self._wanted = False
-        channel, connection = self._channel, self._connection
-        self._channel = self._connection = None
-        await close_quietly(channel)
+        connection, self._connection = self._connection, None
+        await self._sender.close()
         await close_quietly(connection)
 
     async def __aenter__(self) -> Self:
@@ -456,78 +362,31 @@ class Publisher:
                 f"{len(body)} bytes, over the limit of {self.max_body_bytes} bytes (max_body_bytes; "
                 f"RabbitMQ 4.x refuses bodies over its max_message_size, 16 MiB by default): not sent"
             )
-        # A publish that returns was confirmed. One that the connection's loss interrupted was not, so it
-        # is sent again once the publisher has reconnected (same message id: a consumer may see it twice,
-        # never zero times), until reconnect_timeout runs out.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.reconnect_timeout
-        again = False
-        nacks = 0
-        while True:
-            channel = await self._ready_channel(deadline)
-            if again:
-                self.stats.resent += 1
-            try:
-                await send(
-                    channel,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    body=body,
-                    props=props,
-                    mandatory=mandatory,
-                    timeout=self.timeout,
-                    stats=self.stats,
-                )
-                return
-            except ConnectionFailed:
-                if not self._wanted or loop.time() >= deadline:
-                    raise
-                again = True
-                await asyncio.sleep(0.1)
-            except PublishNacked:
-                # Not stored: after a node's death RabbitMQ 3.10 nacks everything a channel publishes to a
-                # quorum queue still electing its leader, while a new channel is acked at once (seen on a
-                # three-node cluster). A few tries on a fresh channel; a full queue nacks them all too.
-                if nacks >= len(NACK_PAUSES_S) or not self._wanted or loop.time() >= deadline:
-                    raise
-                await asyncio.sleep(NACK_PAUSES_S[nacks])
-                nacks += 1
-                again = True
-                await self._fresh_channel(channel)
+        await self._sender.send(exchange, routing_key, body, props, mandatory=mandatory)
 
-    async def _fresh_channel(self, nacked: Channel) -> None:
-        # Once, however many publishes the old channel nacked; those still in flight on it are re-sent.
-        async with self._reconnecting:
-            connection = self._connection
-            if self._channel is not nacked or connection is None or connection.is_closed:
-                return
-            try:
-                self._channel = await open_channel(connection, confirms=True)
-            except ConnectionFailed:
-                return  # the connection is going: the reconnect path takes over
-        await close_quietly(nacked)
-
-    async def _ready_channel(self, deadline: float) -> Channel:
-        channel = self._channel
-        if channel is not None and not channel.is_closed:
-            return channel
+    async def _live_connection(self, deadline: float) -> Connection:
+        # The sender's source: the connection, reconnected (to any node of the list) when it was lost,
+        # by the deadline of the publish that needs it.
+        connection = self._connection
+        if connection is not None and not connection.is_closed:
+            return connection
         if not self._wanted:
             raise ConnectionFailed(f"{self!r} is not connected: use `async with` or call connect() first")
         last: BaseException | None = None
         try:
-            # The whole wait is bounded, including the wait for another caller's reconnect attempt.
-            async with asyncio.timeout_at(deadline):
-                async with self._reconnecting:
-                    pause = 0.2
-                    while self._channel is None or self._channel.is_closed:
-                        try:
-                            await self._open()
-                        except ConnectionFailed as exc:
-                            last = exc
-                            log.warning("publisher reconnecting to %s: %s", redact_url(self.url), exc)
-                            await asyncio.sleep(pause)
-                            pause = min(pause * 2, 2.0)
-                    return self._channel
+            async with asyncio.timeout_at(deadline), self._reconnecting:
+                pause = 0.2
+                while self._connection is None or self._connection.is_closed:
+                    if not self._wanted:
+                        raise ConnectionFailed(f"{self!r} was closed")
+                    try:
+                        await self._open()
+                    except ConnectionFailed as exc:
+                        last = exc
+                        log.warning("publisher reconnecting to %s: %s", redact_url(self.url), exc)
+                        await asyncio.sleep(pause)
+                        pause = min(pause * 2, 2.0)
+                return self._connection
         except TimeoutError:
             raise ConnectionFailed(
                 f"{self!r} lost its connection to RabbitMQ and could not reconnect within "
@@ -535,4 +394,4 @@ class Publisher:
             ) from last
 
 
-__all__ = ["Publisher", "PublishError", "encode", "properties", "send"]
+__all__ = ["Publisher", "PublishError", "copy_properties", "encode", "properties"]

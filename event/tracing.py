@@ -260,7 +260,7 @@ def _otel() -> _Otel | None:
 
 
 def traced_send(send: Send) -> Send:
-    """Decorates :func:`event.publisher.send`: a producer span around each publish, its context in the
+    """Decorates :func:`event.sending.publish`: a producer span around each publish, its context in the
     message's headers. Without opentelemetry, ``send`` itself."""
     if not ENABLED:
         return send

@@ -21,6 +21,7 @@ from event.dead import DeadMessage, DeadQueue, RequeueReport
 from event.errors import ConfigurationError, EventError, Unroutable
 from event.management import ManagementApi
 from event.publisher import Publisher
+from event.sending import Sender
 
 # How long a publish may wait for a lost connection to come back before the client gets a 503: an HTTP
 # client can retry, and a request held for the Publisher's usual 30 s helps nobody.
@@ -136,18 +137,20 @@ class Backend:
         self._connect_lock = asyncio.Lock()
         self._publisher_started = False
         self._command_lock = asyncio.Lock()
+        self._side_lock = asyncio.Lock()
         self._commands: Connection | None = None
-        self._command_channel: Channel | None = None
+        self._command_sender = Sender(self._side_connection, timeout=CONFIRM_TIMEOUT_S)
+        self._control_declared: Connection | None = None  # the side connection it was declared on
         self._inspect_channel: Channel | None = None
         self.requested: dict[str, bool] = {}  # queue -> paused, as last commanded through this gateway
 
     async def close(self) -> None:
         """Close the publisher and the command connection."""
         await self.publisher.close()
-        await close_quietly(self._command_channel)
+        await self._command_sender.close()
         await close_quietly(self._inspect_channel)
         await close_quietly(self._commands)
-        self._command_channel = self._inspect_channel = self._commands = None
+        self._inspect_channel = self._commands = None
 
     async def _connected_publisher(self) -> Publisher:
         # The first publish connects; afterwards the Publisher reconnects by itself (within
@@ -252,33 +255,38 @@ class Backend:
         known = {row["name"] for row in await self.queues() if row["role"] == "consumer"}
         if queue not in known:
             raise NoSuchQueue(queue)
-        channel = await self._control_channel()
+        await self._declare_control()
         try:
             await control.send_command(
-                channel,
+                self._command_sender,
                 control.Command(action, queue),
                 namespace=self.config.namespace,
                 exchange=self.config.exchange,
-                timeout=CONFIRM_TIMEOUT_S,
             )
         except Unroutable as exc:  # mandatory, and no worker's control queue is bound
             raise NoWorker(queue) from exc
         self.requested[queue] = action == "pause"
 
-    async def _control_channel(self) -> Channel:
+    async def _declare_control(self) -> None:
+        # Once per side connection: the control exchange a command goes to.
         async with self._command_lock:
-            channel = self._command_channel
-            if channel is None or channel.is_closed:
-                channel = await open_channel(await self._side_connection(), confirms=True)
+            connection = await self._side_connection()
+            if self._control_declared is connection:
+                return
+            channel = await open_channel(connection, confirms=False)
+            try:
                 await control.declare(channel, self.config.exchange)
-                self._command_channel = channel
-            return channel
+            finally:
+                await close_quietly(channel)
+            self._control_declared = connection
 
-    async def _side_connection(self) -> Connection:
-        # One connection for commands and live queue counts, apart from the publisher's.
-        if self._commands is None or self._commands.is_closed:
-            self._commands = await self.connector(self.config.url, name="event serve (commands)")
-        return self._commands
+    async def _side_connection(self, deadline: float | None = None) -> Connection:
+        # One connection for commands and live queue counts, apart from the publisher's (and the source
+        # of the commands' sender).
+        async with self._side_lock:
+            if self._commands is None or self._commands.is_closed:
+                self._commands = await self.connector(self.config.url, name="event serve (commands)")
+            return self._commands
 
     async def _live_counts(self, names: list[str]) -> dict[str, tuple[int, int]]:
         """Ready messages and consumers of ``names`` right now (passive declares), as far as reachable."""

@@ -13,6 +13,7 @@ from support import Isolation
 
 from event.connection import close_quietly, connect
 from event.cron import CronRunner, Schedule, define_schedule
+from event.sending import Sender
 
 
 async def test_a_failing_schedule_is_restarted_while_the_others_keep_firing(
@@ -26,6 +27,7 @@ async def test_a_failing_schedule_is_restarted_while_the_others_keep_firing(
             raise ConnectionError(f"the broker refused {schedule.routing_key}")  # as a failing send would
         fired.append((schedule.routing_key, tick))
 
+    connection = await connect(amqp_url, name=f"cron-failsafe-{iso.namespace}")
     runner = CronRunner(
         [
             define_schedule("* * * * * *", "app.good", name="good"),
@@ -33,10 +35,10 @@ async def test_a_failing_schedule_is_restarted_while_the_others_keep_firing(
         ],
         namespace=iso.namespace,
         exchange=iso.exchange,
+        sender=Sender.over(connection),
         publish=publish,
         restart_delays=(0.5, 1.0),
     )
-    connection = await connect(amqp_url, name=f"cron-failsafe-{iso.namespace}")
     caplog.set_level(logging.ERROR, logger="event.cron")
     task = asyncio.create_task(runner.run(connection))
     try:
@@ -77,13 +79,14 @@ async def test_schedules_stop_the_moment_the_leader_lock_is_lost(amqp_url: str, 
     async def publish(schedule: Schedule, tick: datetime) -> None:
         fired.append(tick)
 
+    connection = await connect(amqp_url, name=f"cron-lock-{iso.namespace}")
     runner = CronRunner(
         [define_schedule("* * * * * *", "app.tick", name="tick")],
         namespace=iso.namespace,
         exchange=iso.exchange,
+        sender=Sender.over(connection),
         publish=publish,
     )
-    connection = await connect(amqp_url, name=f"cron-lock-{iso.namespace}")
     task = asyncio.create_task(runner.run(connection))
     try:
         await asyncio.sleep(2.5)

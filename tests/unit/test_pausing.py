@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from event import ConfigurationError, Message, Publisher, WorkerPool, control
-from event.connection import open_channel
 from event.metrics import exposition
+from event.sending import Sender
 from event.testing import TestBroker
 
 URL = "amqp://nobody:nothing@127.0.0.1:1/"  # never dialled: the broker is in memory
@@ -70,9 +70,9 @@ async def test_a_command_on_the_control_exchange_reaches_the_pool() -> None:
     other, other_seen = two_consumer_pool()  # a second worker of the namespace
     publisher = Publisher(URL, namespace="shop", exchange="ex")
     async with TestBroker(pool, other, publisher) as broker:
-        channel = await open_channel(await broker.connect(URL, name="operator"), confirms=True)
+        sender = Sender.over(await broker.connect(URL, name="operator"))
         await control.send_command(
-            channel, control.Command("pause", "shop:mails"), namespace="shop", exchange="ex"
+            sender, control.Command("pause", "shop:mails"), namespace="shop", exchange="ex"
         )
         await broker.drain()
         assert pool.paused == other.paused == {"shop:mails"}
@@ -81,7 +81,7 @@ async def test_a_command_on_the_control_exchange_reaches_the_pool() -> None:
         assert seen["mails"] == other_seen["mails"] == []
         assert sorted(seen["orders"] + other_seen["orders"]) == [0, 1, 2, 3]
         await control.send_command(
-            channel, control.Command("resume", "shop:mails"), namespace="shop", exchange="ex"
+            sender, control.Command("resume", "shop:mails"), namespace="shop", exchange="ex"
         )
         await broker.drain()
         assert sorted(seen["mails"] + other_seen["mails"]) == [0, 1, 2, 3]
