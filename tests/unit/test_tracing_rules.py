@@ -109,7 +109,7 @@ NO_OPENTELEMETRY = textwrap.dedent(
     import sys
     sys.modules["opentelemetry"] = None  # as if not installed: any import of it fails
     import asyncio, json
-    from event import Message, Publisher, WorkerPool, dispatch, publisher, tracing
+    from event import Message, Publisher, WorkerPool, dispatch, sending, tracing
     from event.testing import TestBroker
 
     URL = "amqp://nobody:nothing@127.0.0.1:1/"
@@ -133,7 +133,7 @@ NO_OPENTELEMETRY = textwrap.dedent(
             headers = sorted({name for p in broker.log for name in p.headers})
         print(json.dumps({
             "enabled": tracing.ENABLED,
-            "send_wrapped": hasattr(publisher.send, "__wrapped__"),
+            "send_wrapped": hasattr(sending.publish, "__wrapped__"),
             "process_wrapped": hasattr(dispatch.Dispatcher._process, "__wrapped__"),
             "seen": sorted(seen),
             "dead": len(dead),
