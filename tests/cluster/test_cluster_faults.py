@@ -228,10 +228,16 @@ async def run_case(title: str, case: Case, cluster: Cluster, iso: Isolation) -> 
         except AssertionError:
             missing = sorted(stream.confirmed - {n for n, _ in stream.handlings})
             retried = [n for n in missing if n in stream.retried]
+            parked = [n for n in missing if n in stream.retried or n in stream.due]
+            hint = (
+                "; parked copies held back this long on RabbitMQ < 3.12.5 mean the cluster lacks "
+                "cmd/rabbitmq-cluster's advanced.config"
+                if parked
+                else ""
+            )
             raise AssertionError(
                 f"{len(missing)} confirmed messages not handled within 120 s (of them {len(retried)} "
-                f"had failed once): {missing[:20]}; parked copies held back this long on RabbitMQ "
-                f"< 3.12.5 mean the cluster lacks cmd/rabbitmq-cluster's advanced.config"
+                f"had failed once, {len(parked)} were parked): {missing[:20]}{hint}"
             ) from None
         ended = stream.times[-1] if stream.times and not running.done() else time.monotonic()
         await asyncio.sleep(1)  # late duplicates would show up now
