@@ -85,7 +85,7 @@ async def test_confirmed_publishes_are_consumed_in_order_and_ack_multiple_settle
     connection: driver.Connection, prefix: str
 ) -> None:
     publisher = await connection.channel(confirms=True)
-    queue = (await publisher.queue_declare(prefix + "-q")).queue
+    queue = (await publisher.queue_declare(prefix + "-q", durable=True)).queue
     await asyncio.gather(
         *(publisher.basic_publish(b"%d" % n, routing_key=queue, properties=JSON) for n in range(1000))
     )
@@ -118,7 +118,7 @@ async def test_a_nacked_delivery_comes_back_and_a_rejected_one_is_gone(
     connection: driver.Connection, prefix: str
 ) -> None:
     channel = await connection.channel(confirms=True)
-    queue = (await channel.queue_declare(prefix + "-q")).queue
+    queue = (await channel.queue_declare(prefix + "-q", durable=True)).queue
     await channel.basic_publish(b"again", routing_key=queue)
     await channel.basic_publish(b"drop", routing_key=queue)
     consumer = await connection.channel()
@@ -137,7 +137,7 @@ async def test_get_gives_a_delivery_with_what_is_left_or_none(
     connection: driver.Connection, prefix: str
 ) -> None:
     channel = await connection.channel(confirms=True)
-    queue = (await channel.queue_declare(prefix + "-q")).queue
+    queue = (await channel.queue_declare(prefix + "-q", durable=True)).queue
     big = bytes(random.getrandbits(8) for _ in range(300_000))  # several body frames
     await channel.basic_publish(big, routing_key=queue, properties=driver.Properties(message_id="m1"))
     await channel.basic_publish(b"", routing_key=queue)  # no body frame at all
@@ -157,7 +157,7 @@ async def test_each_return_fails_the_publish_it_belongs_to_and_no_other(
     message id: exactly the unroutable ones raise Returned."""
     channel = await connection.channel(confirms=True)
     await channel.exchange_declare(prefix, "direct", auto_delete=True)
-    queue = (await channel.queue_declare(prefix + "-q")).queue
+    queue = (await channel.queue_declare(prefix + "-q", durable=True)).queue
     await channel.queue_bind(queue, prefix, "routed")
     same = driver.Properties(message_id="the-same-id", delivery_mode=2)
     plan = [random.choice(["routed", "nowhere"]) for _ in range(400)]
@@ -186,7 +186,7 @@ async def test_returns_with_distinct_bodies_go_to_their_own_publish(
 ) -> None:
     channel = await connection.channel(confirms=True)
     await channel.exchange_declare(prefix, "direct", auto_delete=True)
-    queue = (await channel.queue_declare(prefix + "-q")).queue
+    queue = (await channel.queue_declare(prefix + "-q", durable=True)).queue
     await channel.queue_bind(queue, prefix, "routed")
     plan = [(random.choice(["routed", "nowhere"]), b"%d" % n) for n in range(300)]
     results = await asyncio.gather(
@@ -210,14 +210,14 @@ async def test_broker_errors_raise_and_close_the_channel_not_the_connection(
     assert channel.is_closed
     assert isinstance(channel.closing.exception(), driver.NotFound)
     with pytest.raises(driver.ChannelInvalidState):
-        await channel.queue_declare(prefix + "-q")
+        await channel.queue_declare(prefix + "-q", durable=True)
     with pytest.raises(driver.ChannelInvalidState):
         channel.basic_ack(1)
 
     other = await connection.channel()
-    await other.queue_declare(prefix + "-q", durable=False)
-    with pytest.raises(driver.PreconditionFailed, match="inequivalent arg 'durable'"):
-        await other.queue_declare(prefix + "-q", durable=True)
+    await other.queue_declare(prefix + "-q", durable=True, arguments={"x-max-length": 10})
+    with pytest.raises(driver.PreconditionFailed, match="inequivalent arg 'x-max-length'"):
+        await other.queue_declare(prefix + "-q", durable=True, arguments={"x-max-length": 20})
     assert isinstance(other.closing.exception(), driver.PreconditionFailed)
 
     publisher = await connection.channel(confirms=True)
@@ -231,14 +231,14 @@ async def test_broker_errors_raise_and_close_the_channel_not_the_connection(
 
 async def test_deleting_the_queue_cancels_its_consumer(connection: driver.Connection, prefix: str) -> None:
     channel = await connection.channel()
-    queue = (await channel.queue_declare(prefix + "-q")).queue
+    queue = (await channel.queue_declare(prefix + "-q", durable=True)).queue
     cancelled: list[str] = []
     tag = await channel.basic_consume(queue, lambda d: None, on_cancel=cancelled.append)
     admin = await connection.channel()
     await admin.queue_delete(queue)
     await eventually(lambda: cancelled == [tag], timeout=5)
     assert not channel.is_closed
-    await channel.queue_declare(prefix + "-other")  # the channel still works
+    await channel.queue_declare(prefix + "-other", durable=True)  # the channel still works
 
 
 async def test_a_connection_closed_from_outside_fails_pending_publishes(
@@ -308,7 +308,7 @@ async def test_connect_errors_say_what_to_fix(amqp_url: str, prefix: str) -> Non
 
 
 async def test_the_broker_sees_our_name_and_capabilities(
-    connection: driver.Connection, prefix: str, management: Management
+    connection: driver.Connection, prefix: str, management: Management, amqp_url: str
 ) -> None:
     def listed() -> bool:
         return any(
@@ -327,7 +327,7 @@ async def test_the_broker_sees_our_name_and_capabilities(
     assert properties["capabilities"]["authentication_failure_close"] is True
     assert properties["capabilities"]["consumer_cancel_notify"] is True
     assert ours["frame_max"] == 131072 and ours["timeout"] == 60
-    assert connection.node.endswith("@127.0.0.1:5672/") and "guest:***@" in connection.node
+    assert connection.node.endswith(amqp_url.rsplit("@", 1)[1]) and "guest:***@" in connection.node
 
 
 class TlsTerminator:

@@ -224,7 +224,7 @@ async def test_a_consumer_the_broker_cancels_for_a_delivery_timeout_comes_back(
         await eventually(lambda: len(handled) == 3 * N_PER_PHASE, timeout=30)
         await eventually(lambda: pool.in_flight == 0, timeout=10)
 
-    cancelled_at = min(r.created for r in caplog.records if "cancelled by the broker" in r.getMessage())
+    cancelled_at = min(r.created for r in caplog.records if "the broker cancelled consumer" in r.getMessage())
     duplicates = sum(count - 1 for count in handled.values())
     print(
         f"\nRabbitMQ {version}: consumer cancelled for a delivery timeout; not ready "
