@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from support import DEFAULT_URL, HOW_TO_GET_A_BROKER, Isolation, Management, broker_answers, management_ready
+from tls_support import TlsTerminator
 
 
 def _docker_answers() -> bool:
@@ -93,3 +98,34 @@ async def probe(amqp_url: str) -> Any:
     opened = Probe(amqp_url)
     yield opened
     await opened.close()
+
+
+# The TLS tests' certificates and terminator (tests/tls_support.py), for the pool's and the driver's.
+@pytest.fixture
+def certificates(tmp_path: Path) -> dict[str, str]:
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    client = ca.issue_cert("event-worker@example.com", common_name="event-worker")
+    files = {
+        "ca": tmp_path / "ca.pem",
+        "server": tmp_path / "server.pem",
+        "client_cert": tmp_path / "client.pem",
+        "client_key": tmp_path / "client.key",
+    }
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    server.private_key_and_cert_chain_pem.write_to_path(str(files["server"]))
+    client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
+    client.private_key_pem.write_to_path(str(files["client_key"]))
+    return {name: str(path) for name, path in files.items()}
+
+
+@pytest.fixture
+async def terminator(amqp_url: str, certificates: dict[str, str]) -> AsyncIterator[TlsTerminator]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=certificates["ca"])
+    context.load_cert_chain(certificates["server"])
+    context.verify_mode = ssl.CERT_REQUIRED
+    parts = urllib.parse.urlsplit(amqp_url)
+    proxy = TlsTerminator((parts.hostname or "127.0.0.1", parts.port or 5672), context)
+    await proxy.start()
+    yield proxy
+    await proxy.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import ssl
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
@@ -14,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 from support import Management, eventually
+from tls_support import TlsTerminator, amqps_url
 
 from event import amqp, driver
 from event.errors import ConnectionFailed
@@ -330,88 +329,38 @@ async def test_the_broker_sees_our_name_and_capabilities(
     assert connection.node.endswith(amqp_url.rsplit("@", 1)[1]) and "guest:***@" in connection.node
 
 
-class TlsTerminator:
-    """TLS on a free local port (client certificate required), piped to the broker: the local broker has
-    no TLS listener (as in test_tls.py, which tests the pool and publisher over the same setup)."""
-
-    def __init__(self, broker: tuple[str, int], context: ssl.SSLContext) -> None:
-        self.broker, self.context, self.port = broker, context, 0
-        self.clients: list[str] = []
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> TlsTerminator:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        peer = client_w.get_extra_info("peercert") or {}
-        self.clients += [
-            value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"
-        ]
-        broker_r, broker_w = await asyncio.open_connection(*self.broker)
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, ssl.SSLError):
-                pass
-            finally:
-                writer.close()
-
-        await asyncio.gather(pipe(client_r, broker_w), pipe(broker_r, client_w))
-
-
 async def test_amqps_with_a_client_certificate_and_clear_tls_errors(
-    amqp_url: str, prefix: str, tmp_path: Path
+    amqp_url: str, prefix: str, tmp_path: Path, certificates: dict[str, str], terminator: TlsTerminator
 ) -> None:
-    ca = trustme.CA()
-    server_cert = ca.issue_cert("localhost", "127.0.0.1")
-    client_cert = ca.issue_cert("driver@example.com", common_name="driver-client")
-    files = {name: str(tmp_path / f"{name}.pem") for name in ("ca", "server", "cert", "key")}
-    ca.cert_pem.write_to_path(files["ca"])
-    server_cert.private_key_and_cert_chain_pem.write_to_path(files["server"])
-    client_cert.cert_chain_pems[0].write_to_path(files["cert"])
-    client_cert.private_key_pem.write_to_path(files["key"])
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=files["ca"])
-    context.load_cert_chain(files["server"])
-    context.verify_mode = ssl.CERT_REQUIRED
     parts = urllib.parse.urlsplit(amqp_url)
 
     def url(port: int, **query: str) -> str:
-        netloc = f"{parts.username}:{parts.password}@localhost:{port}"
-        return urllib.parse.urlunsplit(
-            ("amqps", netloc, parts.path or "/", urllib.parse.urlencode(query), "")
-        )
+        return amqps_url(amqp_url, port, **query)
 
-    async with TlsTerminator((parts.hostname or "127.0.0.1", parts.port or 5672), context) as tls:
-        good = url(tls.port, cafile=files["ca"], certfile=files["cert"], keyfile=files["key"])
-        connection = await amqp.connect(good, name=prefix, timeout=10)
-        channel = await connection.channel(confirms=True)
-        queue = (await channel.queue_declare("", exclusive=True)).queue
-        await channel.basic_publish(b"over tls", routing_key=queue)
-        got = await channel.basic_get(queue, no_ack=True)
-        assert got is not None and got.body == b"over tls"
-        await connection.close()
-        assert tls.clients == ["driver-client"]
+    tls = terminator
+    good = url(
+        tls.port,
+        cafile=certificates["ca"],
+        certfile=certificates["client_cert"],
+        keyfile=certificates["client_key"],
+    )
+    connection = await amqp.connect(good, name=prefix, timeout=10)
+    channel = await connection.channel(confirms=True)
+    queue = (await channel.queue_declare("", exclusive=True)).queue
+    await channel.basic_publish(b"over tls", routing_key=queue)
+    got = await channel.basic_get(queue, no_ack=True)
+    assert got is not None and got.body == b"over tls"
+    await connection.close()
+    assert tls.clients == ["event-worker"]
 
-        with pytest.raises(
-            ConnectionFailed, match=r"TLS handshake .* CERTIFICATE_VERIFY_FAILED"
-        ) as untrusted:
-            await amqp.connect(url(tls.port), name=prefix, timeout=10)
-        assert f"localhost:{tls.port}" in str(untrusted.value) and f":{parts.password}@" not in str(
-            untrusted.value
-        )
-        # Not verifying the server: the handshake gets as far as the missing client certificate.
-        with pytest.raises(ConnectionFailed, match=f"localhost:{tls.port}"):
-            await amqp.connect(url(tls.port, no_verify_ssl="1"), name=prefix, timeout=10)
-        with pytest.raises(ConnectionFailed, match=r"cannot load the TLS files"):
-            await amqp.connect(url(tls.port, cafile=str(tmp_path / "missing.pem")), name=prefix, timeout=10)
-    assert tls.clients == ["driver-client"]
+    with pytest.raises(ConnectionFailed, match=r"TLS handshake .* CERTIFICATE_VERIFY_FAILED") as untrusted:
+        await amqp.connect(url(tls.port), name=prefix, timeout=10)
+    assert f"localhost:{tls.port}" in str(untrusted.value) and f":{parts.password}@" not in str(
+        untrusted.value
+    )
+    # Not verifying the server: the handshake gets as far as the missing client certificate.
+    with pytest.raises(ConnectionFailed, match=f"localhost:{tls.port}"):
+        await amqp.connect(url(tls.port, no_verify_ssl="1"), name=prefix, timeout=10)
+    with pytest.raises(ConnectionFailed, match=r"cannot load the TLS files"):
+        await amqp.connect(url(tls.port, cafile=str(tmp_path / "missing.pem")), name=prefix, timeout=10)
+    assert tls.clients == ["event-worker"]
