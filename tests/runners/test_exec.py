@@ -15,7 +15,9 @@ from support import Isolation, Probe, eventually
 from event import Publisher, WorkerPool, wire
 from event.runners.hooks import DeadHook
 
-TIMEOUT_S = 0.5
+# Long enough that a quick script is not taken for a hung one on a loaded machine (seen at 0.5 s: a fork
+# and exec under load took longer, and the runner rightly killed and retried a job that would have ended).
+TIMEOUT_S = 2.0
 # $1 is the folder for the test's records; the body's args follow: a kind and the job's number.
 JOB = """#!/bin/sh
 dir="$1"; kind="$2"; n="$3"
