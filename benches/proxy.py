@@ -29,10 +29,9 @@ import uuid
 from typing import Any
 
 import aiohttp
-import aiormq
 import orjson
 
-from event import WorkerPool, wire
+from event import WorkerPool, amqp, wire
 from event.config import resolve_url
 from event.publisher import properties
 
@@ -107,12 +106,14 @@ async def baseline(url: str, jobs: int, concurrency: int) -> tuple[float, float]
 async def ours(amqp_url: str, namespace: str, url: str, jobs: int, concurrency: int) -> tuple[float, float]:
     """Seconds (wall clock, then CPU) for a pool with one proxy consumer to drain ``jobs`` messages."""
     queue = wire.queue_name(namespace, "bench.proxy")
-    connection = await aiormq.connect(amqp_url)
-    channel = await connection.channel()
+    connection = await amqp.connect(amqp_url, name="bench-proxy-filler", timeout=10)
+    channel = await connection.channel(confirms=True)
     await channel.queue_declare(queue, durable=True)
     for start in range(0, jobs, 2000):
         await asyncio.gather(*(
-            channel.basic_publish(orjson.dumps({"n": n}), routing_key=queue, properties=properties())
+            channel.basic_publish(
+                orjson.dumps({"n": n}), exchange="", routing_key=queue, properties=properties()
+            )
             for n in range(start, min(start + 2000, jobs))
         ))  # fmt: skip
     await connection.close()
@@ -144,7 +145,7 @@ async def ours(amqp_url: str, namespace: str, url: str, jobs: int, concurrency: 
 
 async def cleanup(amqp_url: str, namespace: str) -> None:
     exchange = f"{namespace}-ex"
-    connection = await aiormq.connect(amqp_url)
+    connection = await amqp.connect(amqp_url, name="bench-proxy-cleanup", timeout=10)
     channel = await connection.channel()
     await channel.queue_delete(wire.queue_name(namespace, "bench.proxy"))
     for level in wire.LEVELS:

@@ -120,6 +120,7 @@ class Dispatcher:
         middleware: Sequence[Middleware],
         pool_slots: asyncio.Semaphore | None,
         executor: Executor,
+        pool_concurrency: int = 0,
         sender: Sender,
         clock: Callable[[], float] = time.time,
         stats: ConsumerStats | None = None,
@@ -140,7 +141,12 @@ class Dispatcher:
         self.sender = sender  # retry, re-park and dead copies: mandatory, each confirmed before the ack
         self.acks: AckTracker | None = None
         self.accepting = True
-        self._runner: EagerRunner[tuple[Delivery, AckTracker]] = EagerRunner(self._start)
+        # No more deliveries start at once than could hold a slot: the rest wait in the runner's queue,
+        # not each in a task blocked on a semaphore (with prefetch 4x the concurrency, most of them).
+        limits = [n for n in (consumer.max_concurrency, pool_concurrency) if n]
+        self._runner: EagerRunner[tuple[Delivery, AckTracker]] = EagerRunner(
+            self._start, limit=min(limits, default=0)
+        )
         self.running = 0  # handlers running now (for tests and metrics)
         self.stats = stats or ConsumerStats(consumer.queue, consumer.max_concurrency)
         self.stats.in_flight = lambda: self.running

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
@@ -69,12 +70,15 @@ class EagerRunner(Generic[T]):
     """Runs ``start(item)`` for each submitted item, in submission order, eagerly (see the module).
 
     ``tasks`` are the workers alive now (a shutdown waits for them, or cancels them); ``in_hand`` counts
-    the items submitted and not finished, started or not."""
+    the items submitted and not finished, started or not. No more than ``limit`` items run at once (0: no
+    limit); the others wait in submission order, each in the queue rather than in a task of its own.
+    """
 
-    __slots__ = ("_free", "_pending", "_running", "_start", "tasks")
+    __slots__ = ("_free", "_limit", "_pending", "_running", "_start", "tasks")
 
-    def __init__(self, start: Callable[[T], Coroutine[Any, Any, None]]) -> None:
+    def __init__(self, start: Callable[[T], Coroutine[Any, Any, None]], *, limit: int = 0) -> None:
         self._start = start
+        self._limit = limit or sys.maxsize
         self._pending: deque[T] = deque()
         self._free = 0  # workers that will take the next item (not held by a suspended coroutine)
         self._running = 0  # items started and not finished
@@ -88,7 +92,7 @@ class EagerRunner(Generic[T]):
     def submit(self, item: T) -> None:
         """Run ``start(item)`` after the items submitted before it have started; never blocks."""
         self._pending.append(item)
-        if not self._free:
+        if not self._free and self._running < self._limit:
             self._spawn()
 
     def _spawn(self) -> None:
@@ -100,7 +104,7 @@ class EagerRunner(Generic[T]):
     async def _work(self) -> None:
         pending = self._pending
         try:
-            while pending:
+            while pending and self._running < self._limit:
                 coro = self._start(pending.popleft())
                 context = contextvars.copy_context()
                 self._running += 1
@@ -118,7 +122,7 @@ class EagerRunner(Generic[T]):
                     raise
                 # It awaits something real: this worker stays with it, another takes the items behind.
                 self._free -= 1
-                if pending and not self._free:
+                if pending and not self._free and self._running < self._limit:
                     self._spawn()
                 try:
                     await _Continue(coro, context, waiting)
@@ -129,5 +133,7 @@ class EagerRunner(Generic[T]):
                     self._running -= 1
         finally:
             self._free -= 1
-            if pending and not self._free:  # cancelled with items left: they still get their start
+            # Cancelled with items left: they still get their start. (A worker that stopped at the limit
+            # leaves them to the workers holding the items that run: each takes the next when done.)
+            if pending and not self._free and self._running < self._limit:
                 self._spawn()

@@ -367,6 +367,7 @@ class WorkerPool:
                 dead_queue=self.dead_queue,
                 middleware=self._middleware,
                 pool_slots=pool_slots,
+                pool_concurrency=self.concurrency,
                 executor=self._executor,
                 sender=self._sender,
                 clock=self.clock,

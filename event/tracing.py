@@ -130,6 +130,26 @@ class _Otel:
         self.empty = Context
         self.getter = HeaderGetter()
         self.tracer = trace.get_tracer("event", _version())
+        self._textmap: object = None
+        self._fields: frozenset[str] = frozenset()
+
+    def passes_nothing_on(self, headers: Mapping[str, Any] | None) -> bool:
+        """Whether a consumer span for a message with ``headers`` would be a no-op.
+
+        So it is when no tracer provider is set (the API's own non-recording spans, opentelemetry-api
+        being often installed for another library's sake) and the message carries none of the
+        propagators' fields: its span would have an invalid context and nothing to hand on. Spans that
+        do hand a message's context on (to a handler's publish) are still made without an SDK.
+        """
+        if not isinstance(self.trace.get_tracer_provider(), self.trace.ProxyTracerProvider):
+            return False
+        if not headers:
+            return True
+        textmap = self.propagate.get_global_textmap()
+        if textmap is not self._textmap:  # the application may set other propagators at any time
+            self._fields = frozenset(textmap.fields)
+            self._textmap = textmap
+        return not any(field in headers for field in self._fields)
 
     def extract(self, headers: Mapping[str, Any] | None) -> Context:
         """The context a message carries; an empty base, so that no ambient span becomes its parent."""
@@ -294,7 +314,7 @@ def traced_delivery(handle: Handle) -> Handle:
     @functools.wraps(handle)
     async def traced(dispatcher: Dispatching, delivered: Delivery, *rest: Any) -> None:
         otel = _otel()
-        if otel is None:
+        if otel is None or otel.passes_nothing_on(delivered.properties.headers):
             await handle(dispatcher, delivered, *rest)
             return
         with otel.consumer(dispatcher, delivered):

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from yarl import URL
 
 from event import wire
 from event.config import check_seconds, redact_url
@@ -135,7 +136,7 @@ class HttpProxy:
         self.counts = counts or OutcomeCounts()
         self.clock = clock
         self._timeout = aiohttp.ClientTimeout(total=self.timeout)
-        self._urls: dict[str, str] = {}
+        self._urls: dict[str, URL] = {}  # parsed once per routing key, not by aiohttp per request
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._pause_s = OUTAGE_PAUSES_S[0]
@@ -157,8 +158,8 @@ class HttpProxy:
         """The URL a message with ``routing_key`` is POSTed to."""
         return self.url.replace(ROUTING_KEY_FIELD, quote(routing_key, safe=""))
 
-    def _remember_url(self, routing_key: str) -> str:
-        url = self.url_for(routing_key)
+    def _remember_url(self, routing_key: str) -> URL:
+        url = URL(self.url_for(routing_key))  # as aiohttp would parse it, once
         if len(self._urls) < URL_CACHE:
             self._urls[routing_key] = url
         return url
@@ -167,10 +168,10 @@ class HttpProxy:
         """POST ``msg`` and return on 2xx; raise what the answer means otherwise (see the module)."""
         url = self._urls.get(msg.routing_key) or self._remember_url(msg.routing_key)
         loop = asyncio.get_running_loop()
-        if loop.time() < self._down_until:
+        if self._down_until and loop.time() < self._down_until:
             self.counts.count(msg.queue, "held back")
             left = self._down_until - loop.time()
-            raise AppUnreachable(f"POST {redact_url(url)} not tried: the app is unreachable "
+            raise AppUnreachable(f"POST {redact_url(str(url))} not tried: the app is unreachable "
                                  f"({self._down_because}); next try in {left:.1f} s")  # fmt: skip
         headers = {
             "Content-Type": wire.CONTENT_TYPE,  # dispatch hands on JSON bodies only
@@ -178,9 +179,11 @@ class HttpProxy:
             "X-Event-Message-Id": msg.message_id or "",
             "X-Event-Attempt": str(msg.attempt),
             "X-Event-Queue": msg.queue,
-            **({"X-Event-Timestamp": str(int(msg.timestamp.timestamp()))} if msg.timestamp else {}),
-            **self.headers,
         }
+        if msg.timestamp is not None:
+            headers["X-Event-Timestamp"] = str(int(msg.timestamp.timestamp()))
+        if self.headers:
+            headers.update(self.headers)
         started = time.perf_counter()
         try:
             async with self._client(loop).post(
@@ -189,23 +192,23 @@ class HttpProxy:
                 status, retry_after = response.status, response.headers.get("Retry-After")
                 body = await _read_bounded(response)
         except TimeoutError as exc:
-            where = f"POST {redact_url(url)}"
+            where = f"POST {redact_url(str(url))}"
             self.counts.count(msg.queue, "timeout")
             raise AppUnreachable(f"{where} gave no answer within {self.timeout:g} s") from exc
         except aiohttp.ClientConnectorError as exc:
-            where = f"POST {redact_url(url)}"
+            where = f"POST {redact_url(str(url))}"
             self.counts.count(msg.queue, "unreachable")
             self._down(loop, str(exc))
             raise AppUnreachable(f"{where} could not connect: {exc}") from exc
         except aiohttp.ClientError as exc:
-            where = f"POST {redact_url(url)}"
+            where = f"POST {redact_url(str(url))}"
             self.counts.count(msg.queue, "unreachable")
             raise AppUnreachable(f"{where} failed: {type(exc).__name__}: {exc}") from exc
         self._pause_s, self._down_until = OUTAGE_PAUSES_S[0], 0.0
         self.counts.count(msg.queue, str(status))
         if 200 <= status < 300:  # the common case, kept cheap: no log record, no clock
             return
-        where = f"POST {redact_url(url)}"
+        where = f"POST {redact_url(str(url))}"
         log.debug("%s for message %s: %d in %.3f s, body %s", where, msg.message_id, status,
                   time.perf_counter() - started, preview(body))  # fmt: skip
         outcome = judge(status, retry_after, body, where, datetime.fromtimestamp(self.clock(), UTC))
@@ -220,9 +223,12 @@ class HttpProxy:
     def _client(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
         # One session per event loop (a pool may be run again, in tests, on a new loop).
         if self._session is None or self._session_loop is not loop or self._session.closed:
-            # limit=0: the pool's concurrency already bounds requests in flight.
+            # limit=0: the pool's concurrency already bounds requests in flight. No cookie jar: each job
+            # is a request of its own, and what the app set in one answer must not go with the next job.
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
+            self._session = aiohttp.ClientSession(
+                connector=connector, raise_for_status=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
             self._session_loop = loop
         return self._session
 

@@ -158,3 +158,52 @@ def test_without_opentelemetry_nothing_is_traced_and_nothing_fails() -> None:
     assert report["dead"] == 2
     assert not [h for h in report["headers"] if h in ("traceparent", "tracestate", "baggage")]
     assert report["imported"] == ["opentelemetry"]  # only the blocking entry itself
+
+
+API_ONLY = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from opentelemetry import trace
+    from event import Message, Publisher, WorkerPool
+    from event.testing import TestBroker
+
+    URL = "amqp://nobody:nothing@127.0.0.1:1/"
+    FOREIGN = sys.argv[1]
+
+    async def main():
+        pool = WorkerPool(URL, namespace="t")
+        sender = Publisher(URL, namespace="t")
+        seen = {}
+
+        @pool.consumer("app.in")
+        async def handle(ctx, msg: Message) -> None:
+            seen[msg.body["n"]] = trace.get_current_span().get_span_context().trace_id
+            await sender.publish("app.out", {"n": msg.body["n"]})
+
+        async with TestBroker(pool, sender) as broker:
+            await sender.publish("app.in", {"n": 1}, headers={"traceparent": FOREIGN})
+            await sender.publish("app.in", {"n": 2})
+            await broker.drain()
+            outs = [p for p in broker.log if p.routing_key == "app.out"]
+            out = {p.payload["n"]: p.headers.get("traceparent") for p in outs}
+        print(json.dumps({"provider": type(trace.get_tracer_provider()).__name__, "seen": seen, "out": out}))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_without_a_tracer_provider_a_message_context_is_handed_on_and_none_is_made_up() -> None:
+    # The API alone (installed for another library's sake, no SDK): no span is recorded, but the context a
+    # message carries is current in its handler and goes on with the handler's publish, as the API's
+    # non-recording spans hand it on; a message with none gets none. A process of its own: the global
+    # tracer provider, once set (otel_support sets it), cannot be unset.
+    result = subprocess.run(
+        [sys.executable, "-c", API_ONLY, FOREIGN], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["provider"] == "ProxyTracerProvider"
+    assert report["seen"] == {"1": int(FOREIGN.split("-")[1], 16), "2": 0}
+    assert report["out"]["1"] is not None and report["out"]["1"].split("-")[1] == FOREIGN.split("-")[1]
+    assert report["out"]["2"] is None
