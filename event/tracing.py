@@ -130,6 +130,21 @@ class _Otel:
         self.empty = Context
         self.getter = HeaderGetter()
         self.tracer = trace.get_tracer("event", _version())
+        self.provided = False  # an application set a tracer provider (spans may record)
+
+    def untraced(self, headers: Mapping[str, Any] | None) -> bool:
+        """Whether a producer span for a message with ``headers`` would be seen by nobody: no tracer
+        provider is set (no SDK: the API's spans record nothing), and neither the current context (no
+        span, no baggage, nothing at all) nor the message (no headers) has a trace context to pass on.
+        Then the span would be invalid and inject nothing: the publish goes without one, and its
+        properties without the empty header table a span would have added."""
+        if headers or self.context.get_current():
+            return False
+        if self.provided:
+            return False
+        # Set once for good (the API refuses a second one): from then on the check above ends here.
+        self.provided = not isinstance(self.trace.get_tracer_provider(), self.trace.ProxyTracerProvider)
+        return not self.provided
 
     def extract(self, headers: Mapping[str, Any] | None) -> Context:
         """The context a message carries; an empty base, so that no ambient span becomes its parent."""
@@ -261,12 +276,19 @@ def _otel() -> _Otel | None:
 
 def traced_send(send: Send) -> Send:
     """Decorates :func:`event.sending.publish`: a producer span around each publish, its context in the
-    message's headers. Without opentelemetry, ``send`` itself."""
+    message's headers. Without opentelemetry, ``send`` itself; with it but nothing to trace (see
+    :meth:`_Otel.untraced`), ``send``'s own coroutine, without a span or a frame of ours around it."""
     if not ENABLED:
         return send
 
+    async def spanned(
+        otel: _Otel, channel: Any, exchange: str, routing_key: str, body: bytes, props: Properties, rest: Any
+    ) -> None:
+        with otel.producer(exchange, routing_key, props, len(body)):
+            await send(channel, exchange=exchange, routing_key=routing_key, body=body, props=props, **rest)
+
     @functools.wraps(send)
-    async def traced(
+    def traced(
         channel: Any,
         *,
         exchange: str,
@@ -274,13 +296,11 @@ def traced_send(send: Send) -> Send:
         body: bytes,
         props: Properties,
         **rest: Any,
-    ) -> None:
+    ) -> Awaitable[None]:
         otel = _otel()
-        if otel is None:
-            await send(channel, exchange=exchange, routing_key=routing_key, body=body, props=props, **rest)
-            return
-        with otel.producer(exchange, routing_key, props, len(body)):
-            await send(channel, exchange=exchange, routing_key=routing_key, body=body, props=props, **rest)
+        if otel is None or otel.untraced(props.headers):
+            return send(channel, exchange=exchange, routing_key=routing_key, body=body, props=props, **rest)
+        return spanned(otel, channel, exchange, routing_key, body, props, rest)
 
     return cast(Send, traced)
 
