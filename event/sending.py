@@ -67,7 +67,8 @@ def properties(
 # list's pop hands each out once, whichever thread asks; a forked child draws its own.
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 _ids: list[str] = []
-os.register_at_fork(after_in_child=_ids.clear)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_ids.clear)
 
 
 def new_message_id() -> str:

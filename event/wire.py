@@ -245,7 +245,7 @@ def validate_routing_key(key: str, *, pattern: bool) -> str:
     _check_routing_key(key, pattern)
     if not pattern:
         if len(_GOOD_KEYS) >= GOOD_KEYS_KEPT:
-            _GOOD_KEYS.clear()  # a publisher of ever new keys: check them every time, and hold no more
+            _GOOD_KEYS.clear()  # a publisher of ever new keys: start again, rather than grow
         _GOOD_KEYS.add(key)
     return key
 
