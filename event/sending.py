@@ -16,6 +16,9 @@ Its rules, in this one place:
   :data:`NACK_PAUSES_S`, then :class:`PublishNacked` is raised (a full queue nacks every try too).
 - A publish whose connection died before its confirm came is sent again on the next connection while
   ``resend_within`` lasts (same message id: a consumer may see it twice, never zero times).
+- A confirm that has not come within ``timeout`` fails its publish with :class:`PublishTimeout`, about
+  then: the channel's one timer checks the deadlines of every publish on it (a timer per publish was a
+  good part of a publish's cost).
 - Every failure is a :class:`PublishError` or :class:`ConnectionFailed` naming the exchange and key.
 """
 
