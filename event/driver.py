@@ -238,10 +238,15 @@ class Channel(Protocol):
         routing_key: str = "",
         properties: Properties | None = None,
         mandatory: bool = False,
+        timeout: float | None = None,
     ) -> None:
         """Publish one message. On a channel in confirm mode it returns once the broker confirmed it,
         and raises :class:`Nacked` or :class:`Returned` when it did not store it; while the broker blocks
-        the connection (``Connection.Blocked``) it waits. Without confirms it returns once written."""
+        the connection (``Connection.Blocked``) it waits. Without confirms it returns once written.
+
+        ``timeout`` (seconds) bounds the whole wait, a blocked connection's included: past it, about
+        then, :class:`TimeoutError` (the message may still have been stored; a late confirm is ignored).
+        One timer per channel checks the publishes' deadlines, rather than one per publish."""
         ...
 
 

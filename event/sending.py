@@ -16,6 +16,9 @@ Its rules, in this one place:
   :data:`NACK_PAUSES_S`, then :class:`PublishNacked` is raised (a full queue nacks every try too).
 - A publish whose connection died before its confirm came is sent again on the next connection while
   ``resend_within`` lasts (same message id: a consumer may see it twice, never zero times).
+- A confirm that has not come within ``timeout`` fails its publish with :class:`PublishTimeout`, about
+  then: the channel's one timer checks the deadlines of every publish on it (a timer per publish was a
+  good part of a publish's cost).
 - Every failure is a :class:`PublishError` or :class:`ConnectionFailed` naming the exchange and key.
 """
 
@@ -23,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -55,11 +58,51 @@ def properties(
     return driver.Properties(
         content_type=content_type,
         delivery_mode=wire.PERSISTENT,
-        message_id=message_id or str(uuid.uuid4()),
-        timestamp=datetime.fromtimestamp(int(time.time() if now is None else now), tz=UTC),
+        message_id=message_id or new_message_id(),
+        timestamp=_timestamp(int(time.time() if now is None else now)),
         headers=dict(headers) if headers else None,
         expiration=expiration,
     )
+
+
+# Message ids: random version-4 UUIDs, as str(uuid.uuid4()) writes them, made 256 at a time from one
+# os.urandom call: uuid4's own UUID object and its formatting cost several times the randomness. A
+# list's pop hands each out once, whichever thread asks; a forked child draws its own.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_ids: list[str] = []
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_ids.clear)
+
+
+def new_message_id() -> str:
+    """A new random UUID (version 4) as text, ``xxxxxxxx-xxxx-4xxx-[89ab]xxx-xxxxxxxxxxxx``."""
+    while True:
+        try:
+            return _ids.pop()
+        except IndexError:
+            raw = os.urandom(16 * 256).hex()
+            _ids.extend(
+                [
+                    f"{raw[j : j + 8]}-{raw[j + 8 : j + 12]}-4{raw[j + 13 : j + 16]}-"
+                    f"{_VARIANT[raw[j + 16]]}{raw[j + 17 : j + 20]}-{raw[j + 20 : j + 32]}"
+                    for j in range(0, len(raw), 32)
+                ]
+            )
+
+
+_stamp: tuple[int, datetime] = (0, datetime.fromtimestamp(0, tz=UTC))  # the last second asked for
+
+
+def _timestamp(second: int) -> datetime:
+    # One datetime per second rather than per message: most publishes of a second share it. One tuple,
+    # swapped whole, so that a thread never reads one second's number with another's datetime.
+    global _stamp
+    cached = _stamp
+    if cached[0] == second:
+        return cached[1]
+    stamp = datetime.fromtimestamp(second, tz=UTC)
+    _stamp = (second, stamp)
+    return stamp
 
 
 def copy_properties(
@@ -73,7 +116,7 @@ def copy_properties(
         content_type=props.content_type,
         content_encoding=props.content_encoding,
         delivery_mode=wire.PERSISTENT,
-        message_id=props.message_id or str(uuid.uuid4()),
+        message_id=props.message_id or new_message_id(),
         timestamp=props.timestamp,
         headers=headers,
         correlation_id=props.correlation_id,
@@ -101,14 +144,18 @@ async def publish(
     Every failure is a PublishError (:class:`Unroutable`, :class:`PublishNacked`,
     :class:`PublishTimeout`) or :class:`ConnectionFailed` (the channel or connection closed)."""
     started = time.perf_counter()
-    where = f"exchange {exchange!r}, routing key {routing_key!r}"
     try:
-        async with asyncio.timeout(timeout):
-            await channel.basic_publish(
-                body, exchange=exchange, routing_key=routing_key, properties=props, mandatory=mandatory
-            )
+        # The channel's one timer bounds the confirm: an asyncio.timeout here cost a timer per publish.
+        await channel.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=props,
+            mandatory=mandatory,
+            timeout=timeout,
+        )
     except Exception as exc:
-        error = _failure(exc, where, timeout)
+        error = _failure(exc, f"exchange {exchange!r}, routing key {routing_key!r}", timeout)
         if stats is not None:
             stats.failed(exchange, error)
         if error is exc:
@@ -185,45 +232,87 @@ class Sender:
         mandatory: bool = False,
     ) -> None:
         """Publish one message and return once the broker confirmed it (see the module for the rules)."""
+        # The usual case first: an open channel, one publish, its confirm. Only a failure needs the
+        # clock, the counters and the loop of the rules (_send_again).
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            await self._send_again(exchange, routing_key, body, props, mandatory, None, None)
+            return
+        try:
+            await publish(
+                channel,
+                exchange=exchange,
+                routing_key=routing_key,
+                body=body,
+                props=props,
+                mandatory=mandatory,
+                timeout=self.timeout,
+                stats=self.stats,
+            )
+        except (ConnectionFailed, PublishNacked) as exc:
+            await self._send_again(exchange, routing_key, body, props, mandatory, channel, exc)
+        except Unroutable:
+            if self.on_returned is not None:
+                self.on_returned(exchange, routing_key)
+            raise
+
+    async def _send_again(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        props: driver.Properties,
+        mandatory: bool,
+        channel: Channel | None,
+        failed: ConnectionFailed | PublishNacked | None,
+    ) -> None:
+        # The rules, from the failure of a first try on ``channel`` (or from none: no channel was open).
+        # ``resend_within`` runs from here: from the connection's loss, as the class says.
         loop = asyncio.get_running_loop()
         started = loop.time()
         resend_until = started + self.resend_within
         again = False
         nacks = 0
         while True:
-            channel = self._channel
-            if channel is None or channel.is_closed:
-                channel = await self._ready(started + (self.resend_within or self.timeout))
-            if again and self.stats is not None:
-                self.stats.resent += 1
-            try:
-                await publish(
-                    channel,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    body=body,
-                    props=props,
-                    mandatory=mandatory,
-                    timeout=self.timeout,
-                    stats=self.stats,
-                )
-                return
-            except ConnectionFailed:
-                if loop.time() >= resend_until:
+            if failed is None:
+                channel = self._channel
+                if channel is None or channel.is_closed:
+                    channel = await self._ready(started + (self.resend_within or self.timeout))
+                if again and self.stats is not None:
+                    self.stats.resent += 1
+                try:
+                    await publish(
+                        channel,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        body=body,
+                        props=props,
+                        mandatory=mandatory,
+                        timeout=self.timeout,
+                        stats=self.stats,
+                    )
+                    return
+                except (ConnectionFailed, PublishNacked) as exc:
+                    failed = exc
+                except Unroutable:
+                    if self.on_returned is not None:
+                        self.on_returned(exchange, routing_key)
                     raise
+            if isinstance(failed, ConnectionFailed):
+                if loop.time() >= resend_until:
+                    raise failed
+                failed = None
                 again = True
                 await asyncio.sleep(RESEND_PAUSE_S)
-            except PublishNacked:
+            else:
                 if nacks >= len(NACK_PAUSES_S):
-                    raise
+                    raise failed
                 await asyncio.sleep(NACK_PAUSES_S[nacks])
                 nacks += 1
+                failed = None
                 again = True
+                assert channel is not None  # a nack came on a channel
                 await self._replace(channel)
-            except Unroutable:
-                if self.on_returned is not None:
-                    self.on_returned(exchange, routing_key)
-                raise
 
     async def _ready(self, deadline: float) -> Channel:
         # Once, however many publishes found the channel closed: the others wait on the lock, and find

@@ -906,6 +906,7 @@ class _Channel:
         routing_key: str = "",
         properties: Properties | None = None,
         mandatory: bool = False,
+        timeout: float | None = None,  # never reached: a publish here is confirmed, or fails, at once
     ) -> None:
         self._open()
         # Encoded and decoded as on a real connection: what the client cannot encode raises here, on

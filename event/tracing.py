@@ -130,18 +130,35 @@ class _Otel:
         self.empty = Context
         self.getter = HeaderGetter()
         self.tracer = trace.get_tracer("event", _version())
+        self.provided = False  # an application set a tracer provider (spans may record)
         self._textmap: object = None
         self._fields: frozenset[str] = frozenset()
 
-    def passes_nothing_on(self, headers: Mapping[str, Any] | None) -> bool:
-        """Whether a consumer span for a message with ``headers`` would be a no-op.
+    def provider_set(self) -> bool:
+        """Whether an application set a tracer provider. Without one the API's spans record nothing
+        (opentelemetry-api is often installed for another library's sake): they only hand on the context
+        they were started in."""
+        if not self.provided:
+            # Set once for good (the API refuses a second one): from then on only the test above runs.
+            self.provided = not isinstance(self.trace.get_tracer_provider(), self.trace.ProxyTracerProvider)
+        return self.provided
 
-        So it is when no tracer provider is set (the API's own non-recording spans, opentelemetry-api
-        being often installed for another library's sake) and the message carries none of the
-        propagators' fields: its span would have an invalid context and nothing to hand on. Spans that
-        do hand a message's context on (to a handler's publish) are still made without an SDK.
-        """
-        if not isinstance(self.trace.get_tracer_provider(), self.trace.ProxyTracerProvider):
+    def untraced(self, headers: Mapping[str, Any] | None) -> bool:
+        """Whether a producer span for a message with ``headers`` would be seen by nobody: no tracer
+        provider is set, and neither the current context (no span, no baggage, nothing at all) nor the
+        message (no headers) has a trace context to pass on.
+        Then the span would be invalid and inject nothing: the publish goes without one, and its
+        properties without the empty header table a span would have added."""
+        if headers or self.context.get_current():
+            return False
+        return not self.provider_set()
+
+    def passes_nothing_on(self, headers: Mapping[str, Any] | None) -> bool:
+        """Whether a consumer span for a message with ``headers`` would be seen by nobody: no tracer
+        provider is set and the message carries none of the propagators' fields, so its span would have
+        an invalid context and nothing to hand on. A message that carries a context still gets its
+        (non-recording) span, which hands that context on to the handler's publishes."""
+        if self.provider_set():
             return False
         if not headers:
             return True
@@ -281,12 +298,19 @@ def _otel() -> _Otel | None:
 
 def traced_send(send: Send) -> Send:
     """Decorates :func:`event.sending.publish`: a producer span around each publish, its context in the
-    message's headers. Without opentelemetry, ``send`` itself."""
+    message's headers. Without opentelemetry, ``send`` itself; with it but nothing to trace (see
+    :meth:`_Otel.untraced`), ``send``'s own coroutine, without a span or a frame of ours around it."""
     if not ENABLED:
         return send
 
+    async def spanned(
+        otel: _Otel, channel: Any, exchange: str, routing_key: str, body: bytes, props: Properties, rest: Any
+    ) -> None:
+        with otel.producer(exchange, routing_key, props, len(body)):
+            await send(channel, exchange=exchange, routing_key=routing_key, body=body, props=props, **rest)
+
     @functools.wraps(send)
-    async def traced(
+    def traced(
         channel: Any,
         *,
         exchange: str,
@@ -294,13 +318,11 @@ def traced_send(send: Send) -> Send:
         body: bytes,
         props: Properties,
         **rest: Any,
-    ) -> None:
+    ) -> Awaitable[None]:
         otel = _otel()
-        if otel is None:
-            await send(channel, exchange=exchange, routing_key=routing_key, body=body, props=props, **rest)
-            return
-        with otel.producer(exchange, routing_key, props, len(body)):
-            await send(channel, exchange=exchange, routing_key=routing_key, body=body, props=props, **rest)
+        if otel is None or otel.untraced(props.headers):
+            return send(channel, exchange=exchange, routing_key=routing_key, body=body, props=props, **rest)
+        return spanned(otel, channel, exchange, routing_key, body, props, rest)
 
     return cast(Send, traced)
 

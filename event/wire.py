@@ -230,11 +230,27 @@ def media_type(content_type: str | None) -> str:
 # --- routing keys ----------------------------------------------------------------------------------------
 
 
+# Routing keys found good for a publish lately: a publisher sends to a handful, checked once each.
+_GOOD_KEYS: set[str] = set()
+GOOD_KEYS_KEPT = 1024
+
+
 def validate_routing_key(key: str, *, pattern: bool) -> str:
     """Return ``key`` if it is a usable routing key (``pattern=True``: a binding with ``*``/``#``).
 
     Raises :class:`ConfigurationError` naming the key and the rule it breaks.
     """
+    if not pattern and type(key) is str and key in _GOOD_KEYS:
+        return key
+    _check_routing_key(key, pattern)
+    if not pattern:
+        if len(_GOOD_KEYS) >= GOOD_KEYS_KEPT:
+            _GOOD_KEYS.clear()  # a publisher of ever new keys: start again, rather than grow
+        _GOOD_KEYS.add(key)
+    return key
+
+
+def _check_routing_key(key: str, pattern: bool) -> None:
     what = "routing key pattern" if pattern else "routing key"
     if not isinstance(key, str) or not key:
         raise ConfigurationError(f"{what} {key!r} is empty or not a string")
@@ -253,7 +269,6 @@ def validate_routing_key(key: str, *, pattern: bool) -> str:
             raise ConfigurationError(
                 f"{what} {key!r} contains a wildcard; wildcards belong in consumer bindings, not in publishes"
             )
-    return key
 
 
 def header_text(headers: Mapping[str, Any], name: str) -> str | None:

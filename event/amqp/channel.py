@@ -14,6 +14,7 @@ to the publish it belongs to by the confirm that follows it (see :meth:`AMQPChan
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -108,6 +109,10 @@ class AMQPChannel:
         # The Basic.Publish frames sent lately, by (exchange, routing key, mandatory): most publishers
         # send to a handful of routing keys, and the frame is the same for each.
         self._publish_methods: dict[tuple[str, str, bool], bytes] = {}
+        # The deadlines of publishes awaiting their confirm with a timeout, earliest first, as
+        # (loop time, delivery tag), and the one timer that fails those past theirs (see _expire).
+        self._deadlines: deque[tuple[float, int]] = deque()
+        self._sweep: asyncio.TimerHandle | None = None
         # The message being received: what announced it, its properties, size and body so far.
         self._in_kind = _NOTHING
         self._in_method: Any = None
@@ -297,18 +302,19 @@ class AMQPChannel:
         routing_key: str = "",
         properties: driver.Properties | None = None,
         mandatory: bool = False,
+        timeout: float | None = None,
     ) -> None:
         if self._closed:
             raise driver.ChannelInvalidState(f"channel {self._number} is closed")
         connection = self._connection
-        while connection.blocked is not None or connection.paused or not self._flow:
-            await connection.publishable(self._flow_on)
-            if self._closed:  # while it waited: fail as a publish in flight does
-                raise (
-                    self._ended()
-                    if self._ended is not None
-                    else driver.ChannelInvalidState(f"channel {self._number} was closed")
-                )
+        if connection.blocked is not None or connection.paused or not self._flow:
+            if timeout is None:
+                await self._publishable()
+            else:  # rare: the wait for the broker counts against the publish's timeout
+                waited = self._loop.time()
+                async with asyncio.timeout(timeout):
+                    await self._publishable()
+                timeout = max(0.0, timeout - (self._loop.time() - waited))
         method = self._publish_methods.get((exchange, routing_key, mandatory))
         if method is None:
             method = frames.encode_publish_method(self._number, exchange, routing_key, mandatory)
@@ -325,7 +331,58 @@ class AMQPChannel:
         self._unconfirmed[tag] = confirmed
         if mandatory:
             self._mandatory[tag] = (exchange, routing_key, body)
+        if timeout is not None:
+            self._expire_at(self._loop.time() + timeout, tag)
         await confirmed
+
+    async def _publishable(self) -> None:
+        # While the broker blocks the connection, our writes back up, or the broker turned flow off.
+        connection = self._connection
+        while connection.blocked is not None or connection.paused or not self._flow:
+            await connection.publishable(self._flow_on)
+            if self._closed:  # while it waited: fail as a publish in flight does
+                raise (
+                    self._ended()
+                    if self._ended is not None
+                    else driver.ChannelInvalidState(f"channel {self._number} was closed")
+                )
+
+    # --- confirm deadlines: one timer per channel, not one per publish ------------------------------
+
+    def _expire_at(self, deadline: float, tag: int) -> None:
+        """Fail the publish of ``tag`` with TimeoutError if it is still unconfirmed at ``deadline``."""
+        # The timer, when there is one, fires at the earliest deadline or before (it re-arms itself).
+        deadlines = self._deadlines
+        sweep = self._sweep
+        if deadlines and deadline >= deadlines[-1][0]:
+            deadlines.append((deadline, tag))  # the usual case: one timeout for every publish
+            if sweep is not None:
+                return
+        else:
+            bisect.insort(deadlines, (deadline, tag))  # a shorter timeout than those before it
+            if sweep is not None:
+                if sweep.when() <= deadline:
+                    return
+                sweep.cancel()
+        self._sweep = self._loop.call_at(deadlines[0][0], self._expire)
+
+    def _expire(self) -> None:
+        """The timer: fail the publishes past their deadline, forget the confirmed, re-arm for the next."""
+        self._sweep = None
+        now = self._loop.time()
+        deadlines = self._deadlines
+        unconfirmed = self._unconfirmed
+        while deadlines:
+            deadline, tag = deadlines[0]
+            confirmed = unconfirmed.get(tag)
+            if confirmed is not None and deadline > now:
+                break
+            deadlines.popleft()
+            if confirmed is not None and not confirmed.done():
+                # Left in _unconfirmed: its late confirm (or a return before it) is matched and dropped.
+                confirmed.set_exception(TimeoutError(f"no confirm of delivery tag {tag} in time"))
+        if deadlines:
+            self._sweep = self._loop.call_at(deadlines[0][0], self._expire)
 
     # --- what the connection calls ------------------------------------------------------------------
 
@@ -450,6 +507,10 @@ class AMQPChannel:
                 confirmed.set_exception(make())
         self._unconfirmed.clear()
         self._mandatory.clear()
+        self._deadlines.clear()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         self._consumers.clear()
         self._flow_on.set()  # wake publishes waiting for flow: they see the channel closed
         if self._close_ok is not None and not self._close_ok.done():
@@ -586,6 +647,9 @@ class AMQPChannel:
             while lowest <= top and lowest not in unconfirmed:
                 lowest += 1
             self._lowest = lowest
+        deadlines = self._deadlines  # the confirmed no longer need theirs (bounded memory at a high rate)
+        while deadlines and deadlines[0][1] not in unconfirmed:
+            deadlines.popleft()
 
     def _match_returns(self, tag: int, multiple: bool) -> None:
         """Give each return received since the last confirm to the publish it belongs to.

@@ -447,11 +447,22 @@ def encode_properties(p: Properties) -> tuple[int, bytes]:
     return flags, b"".join(parts)
 
 
+# The last datetime encoded and its bytes: event's publishes of one second share one datetime object.
+_last_timestamp: tuple[object, bytes] = (None, b"")
+
+
 def _encode_timestamp(value: datetime.datetime | time.struct_time) -> bytes:
+    global _last_timestamp
+    last = _last_timestamp
+    if value is last[0]:
+        return last[1]
     if isinstance(value, datetime.datetime):
+        given = value
         if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
             value = value.replace(tzinfo=_UTC)  # pamqp takes a naive datetime as UTC
-        return _U64.pack(int(value.timestamp()))
+        encoded = _U64.pack(int(value.timestamp()))
+        _last_timestamp = (given, encoded)  # immutable: the same object always encodes the same
+        return encoded
     if isinstance(value, time.struct_time):
         return _U64.pack(calendar.timegm(value))
     raise TypeError(f"datetime.datetime or time.struct_time required, received {type(value)}")

@@ -137,6 +137,38 @@ async def test_a_publish_held_by_a_block_fails_as_in_flight_ones_do_when_the_con
         await channel.basic_publish(b"late", routing_key="q")
 
 
+async def test_a_publish_timeout_counts_the_block_and_the_confirm_and_a_late_ack_is_dropped(
+    peer: ScriptedPeer,
+) -> None:
+    connection = await connect(peer.url)
+    channel = await connection.channel(confirms=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):  # never confirmed: it fails after about its timeout
+        await asyncio.wait_for(channel.basic_publish(b"unanswered", routing_key="q", timeout=0.3), 5)
+    assert 0.25 <= loop.time() - started < 1.0
+    peer.send(spec.Connection.Blocked(reason="low on memory"))
+    await eventually(lambda: connection.blocked == "low on memory", timeout=5)
+    started = loop.time()
+    with pytest.raises(TimeoutError):  # held by the block all along: nothing sent, the same timeout
+        await asyncio.wait_for(channel.basic_publish(b"blocked", routing_key="q", timeout=0.3), 5)
+    assert 0.25 <= loop.time() - started < 1.0
+    assert len(peer.sent(spec.Basic.Publish)) == 1
+    held = asyncio.create_task(channel.basic_publish(b"half", routing_key="q", timeout=0.6))
+    await asyncio.sleep(0.3)
+    started = loop.time()
+    peer.send(spec.Connection.Unblocked())  # half its timeout spent blocked: the rest for its confirm
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(held, 5)
+    assert 0.2 <= loop.time() - started < 0.6
+    confirmed = asyncio.create_task(channel.basic_publish(b"acked", routing_key="q", timeout=5))
+    await eventually(lambda: len(peer.sent(spec.Basic.Publish)) == 3, timeout=5)
+    peer.send(spec.Basic.Ack(delivery_tag=3, multiple=True), channel.number)  # late for 1 and 2
+    assert await asyncio.wait_for(confirmed, 5) is None
+    assert not channel.is_closed
+    await connection.close()
+
+
 async def test_channel_flow_off_holds_that_channel_s_publishes_and_is_answered(peer: ScriptedPeer) -> None:
     connection = await connect(peer.url)
     held, free = await connection.channel(), await connection.channel()

@@ -193,6 +193,40 @@ API_ONLY = textwrap.dedent(
 )
 
 
+NO_PROVIDER_YET = textwrap.dedent(
+    """
+    import asyncio, json
+    from opentelemetry import baggage, context, trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from event import Publisher
+    from event.testing import TestBroker
+
+    URL = "amqp://nobody:nothing@127.0.0.1:1/"
+    FOREIGN = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    async def main():
+        publisher = Publisher(URL, namespace="t")
+        exporter = InMemorySpanExporter()
+        async with TestBroker(publisher) as broker:
+            await publisher.publish("app.x", {"n": "plain"})  # nothing to pass on, nobody to see a span
+            token = context.attach(baggage.set_baggage("tenant", "acme"))
+            await publisher.publish("app.x", {"n": "baggage"})
+            context.detach(token)
+            await publisher.publish("app.x", {"n": "carried"}, headers={"traceparent": FOREIGN})
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            trace.set_tracer_provider(provider)  # after the first publishes: seen from the next one on
+            await publisher.publish("app.x", {"n": "traced"})
+            log = [(json.loads(p.body)["n"], sorted(p.headers)) for p in broker.log]
+        print(json.dumps({"log": log, "spans": [s.name for s in exporter.get_finished_spans()]}))
+
+    asyncio.run(main())
+    """
+)
+
+
 def test_without_a_tracer_provider_a_message_context_is_handed_on_and_none_is_made_up() -> None:
     # The API alone (installed for another library's sake, no SDK): no span is recorded, but the context a
     # message carries is current in its handler and goes on with the handler's publish, as the API's
@@ -207,3 +241,19 @@ def test_without_a_tracer_provider_a_message_context_is_handed_on_and_none_is_ma
     assert report["seen"] == {"1": int(FOREIGN.split("-")[1], 16), "2": 0}
     assert report["out"]["1"] is not None and report["out"]["1"].split("-")[1] == FOREIGN.split("-")[1]
     assert report["out"]["2"] is None
+
+
+def test_without_a_tracer_provider_only_what_a_message_carries_is_passed_on_and_a_later_one_is_seen() -> None:
+    # A fresh interpreter: the provider of the rest of the suite (otel_support's) is not set in it.
+    result = subprocess.run(
+        [sys.executable, "-c", NO_PROVIDER_YET], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["log"] == [
+        ["plain", []],  # no span, no trace context, not even an empty header table
+        ["baggage", ["baggage"]],  # the context's baggage goes on without an SDK
+        ["carried", ["traceparent"]],  # and the trace a message already belongs to
+        ["traced", ["traceparent"]],  # the provider set meanwhile: a span, its context in the headers
+    ]
+    assert report["spans"] == ["publish hutch:app.x"]
