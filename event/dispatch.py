@@ -135,14 +135,14 @@ class Dispatcher:
         self.max_body_bytes = max_body_bytes
         self.dead_queue = dead_queue
         self.chain = compose((*middleware, *consumer.middleware), endpoint_for(consumer, executor))
-        self.slots = asyncio.Semaphore(consumer.max_concurrency) if consumer.max_concurrency else None
         self.limiter = RateLimiter(consumer.rate, clock) if consumer.rate is not None else None
         self.pool_slots = pool_slots
         self.sender = sender  # retry, re-park and dead copies: mandatory, each confirmed before the ack
         self.acks: AckTracker | None = None
         self.accepting = True
-        # No more deliveries start at once than could hold a slot: the rest wait in the runner's queue,
-        # not each in a task blocked on a semaphore (with prefetch 4x the concurrency, most of them).
+        # The consumer's own limit (max_concurrency) is the runner's: no more of its deliveries run at
+        # once. Nor more than could hold a pool-wide slot: the rest wait in the runner's queue, not each
+        # in a task blocked on a semaphore (with prefetch 4x the concurrency, most of them).
         limits = [n for n in (consumer.max_concurrency, pool_concurrency) if n]
         self._runner: EagerRunner[tuple[Delivery, AckTracker]] = EagerRunner(
             self._start, limit=min(limits, default=0)
@@ -150,7 +150,7 @@ class Dispatcher:
         self.running = 0  # handlers running now (for tests and metrics)
         self.stats = stats or ConsumerStats(consumer.queue, consumer.max_concurrency)
         self.stats.in_flight = lambda: self.running
-        self._suspect_running = False  # a counted copy (see _run) is running now
+        self._suspect_running = False  # a counted copy (see _run_counted_copy) is running now
         # Deliveries being replaced by a copy here, done once the original's ack has gone out.
         self._replacing: set[asyncio.Future[None]] = set()
 
@@ -182,17 +182,20 @@ class Dispatcher:
         self._runner.submit((delivery, acks))
 
     def _start(self, item: tuple[Delivery, AckTracker]) -> Coroutine[Any, Any, None]:
-        delivery, acks = item
-        return self._run(delivery, delivery.delivery_tag, acks)
-
-    async def _run(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
+        # Which way a delivery goes, decided before its first coroutine: no frame of ours is resumed in
+        # vain at each of a handler's awaits.
+        delivered, acks = item
+        tag = delivered.delivery_tag
         if delivered.redelivered:  # the hot path's only extra test
-            await self._redelivered(delivered, tag, acks)
-            return
+            return self._redelivered(delivered, tag, acks)
         headers = delivered.properties.headers
         if not headers or wire.H_DELIVERIES not in headers:
-            await self._run_limited(delivered, tag, acks)
-            return
+            return self._run_limited(delivered, tag, acks)
+        return self._run_counted_copy(delivered, tag, acks, headers)
+
+    async def _run_counted_copy(
+        self, delivered: Delivery, tag: int, acks: AckTracker, headers: dict[str, Any]
+    ) -> None:
         # A counted copy: it was in a worker that died. One at a time per consumer, so that when it
         # kills this worker too, no other counted copy is held here and charged with it. One that
         # arrives meanwhile goes back to the tail of the queue, uncharged, instead of waiting here.
@@ -288,29 +291,22 @@ class Dispatcher:
             done.set_result(None)
 
     async def _run_limited(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:
-        # The consumer's own limit first, so that messages waiting for it never hold a pool-wide slot.
+        # The consumer's own limits first (its max_concurrency is the runner's; its rate is waited for
+        # here), so that messages waiting for them never hold a pool-wide slot.
         if self.limiter is not None:
-            await self.limiter.acquire()  # before any slot: a message waiting for its rate holds none
-        slots, pool_slots = self.slots, self.pool_slots
-        if slots is None and pool_slots is None:
+            await self.limiter.acquire()
+        pool_slots = self.pool_slots
+        if pool_slots is None:
             if self.accepting and acks.alive:
                 await self._process(delivered, tag, acks)
             return
-        if slots is not None:
-            await slots.acquire()
+        await pool_slots.acquire()
         try:
-            if pool_slots is not None:
-                await pool_slots.acquire()
-            try:
-                if self.accepting and acks.alive:
-                    # A delivery not started before shutdown stays unacked: the broker hands it back.
-                    await self._process(delivered, tag, acks)
-            finally:
-                if pool_slots is not None:
-                    pool_slots.release()
+            if self.accepting and acks.alive:
+                # A delivery not started before shutdown stays unacked: the broker hands it back.
+                await self._process(delivered, tag, acks)
         finally:
-            if slots is not None:
-                slots.release()
+            pool_slots.release()
 
     @tracing.traced_delivery  # a consumer span, when opentelemetry is installed
     async def _process(self, delivered: Delivery, tag: int, acks: AckTracker) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
@@ -65,7 +65,7 @@ SYSTEM = "rabbitmq"
 DEFAULT_EXCHANGE = "amq.default"  # the destination name of the default exchange with no routing key
 
 Send = TypeVar("Send", bound=Callable[..., Awaitable[None]])
-Handle = TypeVar("Handle", bound=Callable[..., Awaitable[None]])
+Handle = TypeVar("Handle", bound=Callable[..., Coroutine[Any, Any, None]])
 
 
 class Consuming(Protocol):
@@ -333,14 +333,19 @@ def traced_delivery(handle: Handle) -> Handle:
     if not ENABLED:
         return handle
 
-    @functools.wraps(handle)
-    async def traced(dispatcher: Dispatching, delivered: Delivery, *rest: Any) -> None:
-        otel = _otel()
-        if otel is None or otel.passes_nothing_on(delivered.properties.headers):
-            await handle(dispatcher, delivered, *rest)
-            return
+    async def spanned(
+        otel: _Otel, dispatcher: Dispatching, delivered: Delivery, rest: tuple[Any, ...]
+    ) -> None:
         with otel.consumer(dispatcher, delivered):
             await handle(dispatcher, delivered, *rest)
+
+    @functools.wraps(handle)
+    def traced(dispatcher: Dispatching, delivered: Delivery, *rest: Any) -> Coroutine[Any, Any, None]:
+        # A plain function: with nothing to trace, ``handle``'s own coroutine, no frame of ours around it.
+        otel = _otel()
+        if otel is None or otel.passes_nothing_on(delivered.properties.headers):
+            return handle(dispatcher, delivered, *rest)
+        return spanned(otel, dispatcher, delivered, rest)
 
     return cast(Handle, traced)
 
