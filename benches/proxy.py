@@ -12,6 +12,10 @@ In rotating turns, on the same app:
   aiohttp session, timed from the first request to the last answer: what the proxy can at best be.
 
 The ratio is the baseline's time over ours (1.0: the proxy costs nothing over the HTTP requests).
+
+``--breakdown`` adds two pools, to tell the proxy's cost from the consume path's: one whose plain
+consumer makes the baseline's aiohttp request itself (``pool_aiohttp``), one whose handler only
+suspends once, with no HTTP at all (``pool_suspend``).
 The broker is ``$AMQP_URL`` or the local one; the queues it makes are deleted at the end.
 """
 
@@ -31,7 +35,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from event import WorkerPool, amqp, wire
+from event import Context, Message, WorkerPool, amqp, wire
 from event.config import resolve_url
 from event.publisher import properties
 
@@ -76,6 +80,28 @@ async def start_app(pause_s: float) -> tuple[asyncio.subprocess.Process, str]:
     raise RuntimeError("the benchmark's HTTP app did not start")
 
 
+def request_headers(message_id: str) -> dict[str, str]:
+    """The headers the proxy sends, as the baseline builds them for each request."""
+    return {
+        "Content-Type": "application/json",
+        "X-Event-Routing-Key": "bench.proxy",
+        "X-Event-Message-Id": message_id,
+        "X-Event-Attempt": "1",
+        "X-Event-Queue": "bench",
+    }
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: bytes, message_id: str) -> None:
+    """One request of the baseline's, answered 200 or an error."""
+    async with session.post(
+        f"{url}/jobs/bench.proxy", data=body, headers=request_headers(message_id),
+        timeout=aiohttp.ClientTimeout(total=30),
+    ) as response:  # fmt: skip
+        await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"the app answered {response.status}")
+
+
 async def baseline(url: str, jobs: int, concurrency: int) -> tuple[float, float]:
     """Seconds (wall clock, then CPU) for a plain aiohttp loop to POST ``jobs`` bodies."""
     numbers = iter(range(jobs))
@@ -83,28 +109,19 @@ async def baseline(url: str, jobs: int, concurrency: int) -> tuple[float, float]
 
         async def worker() -> None:
             for n in numbers:
-                headers = {
-                    "Content-Type": "application/json",
-                    "X-Event-Routing-Key": "bench.proxy",
-                    "X-Event-Message-Id": str(n),
-                    "X-Event-Attempt": "1",
-                    "X-Event-Queue": "bench",
-                }
-                async with session.post(
-                    f"{url}/jobs/bench.proxy", data=orjson.dumps({"n": n}), headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=30),
-                ) as response:  # fmt: skip
-                    await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"the app answered {response.status}")
+                await post(session, url, orjson.dumps({"n": n}), str(n))
 
         started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return time.perf_counter() - started, time.process_time() - cpu_started
 
 
-async def ours(amqp_url: str, namespace: str, url: str, jobs: int, concurrency: int) -> tuple[float, float]:
-    """Seconds (wall clock, then CPU) for a pool with one proxy consumer to drain ``jobs`` messages."""
+async def ours(
+    amqp_url: str, namespace: str, url: str, jobs: int, concurrency: int, handler: str = "proxy"
+) -> tuple[float, float]:
+    """Seconds (wall clock, then CPU) for a pool with one consumer to drain ``jobs`` messages: the proxy
+    (``handler="proxy"``), a plain consumer making the baseline's request (``"aiohttp"``), or one that
+    only suspends once (``"suspend"``)."""
     queue = wire.queue_name(namespace, "bench.proxy")
     connection = await amqp.connect(amqp_url, name="bench-proxy-filler", timeout=10)
     channel = await connection.channel(confirms=True)
@@ -118,8 +135,26 @@ async def ours(amqp_url: str, namespace: str, url: str, jobs: int, concurrency: 
         ))  # fmt: skip
     await connection.close()
     pool = WorkerPool(amqp_url, namespace=namespace, exchange=f"{namespace}-ex", concurrency=concurrency)
-    proxy = pool.proxy("bench.proxy", queue="bench.proxy", to=f"{url}/jobs/{{routing_key}}",
-                       prefetch=concurrency * PREFETCH_PER_SLOT, retries=0)  # fmt: skip
+    options: dict[str, Any] = {
+        "queue": "bench.proxy",
+        "prefetch": concurrency * PREFETCH_PER_SLOT,
+        "retries": 0,
+    }
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    proxy = None
+    if handler == "proxy":
+        proxy = pool.proxy("bench.proxy", to=f"{url}/jobs/{{routing_key}}", **options)
+    elif handler == "aiohttp":
+
+        @pool.consumer("bench.proxy", **options)
+        async def request(ctx: Context, msg: Message[Any]) -> None:
+            await post(session, url, msg.raw, msg.message_id or "")
+    else:
+
+        @pool.consumer("bench.proxy", **options)
+        async def suspend(ctx: Context, msg: Message[Any]) -> None:
+            await asyncio.sleep(0)
+
     runner = asyncio.create_task(pool.run(install_signal_handlers=False))
 
     def counted(outcome: str) -> int:
@@ -140,7 +175,9 @@ async def ours(amqp_url: str, namespace: str, url: str, jobs: int, concurrency: 
         await runner
         return time.perf_counter() - started, time.process_time() - cpu_started
     finally:
-        await proxy.close()
+        if proxy is not None:
+            await proxy.close()
+        await session.close()
 
 
 async def cleanup(amqp_url: str, namespace: str) -> None:
@@ -156,21 +193,24 @@ async def cleanup(amqp_url: str, namespace: str) -> None:
     await connection.close()
 
 
-async def run(jobs: int, concurrency: int, rounds: int, app_ms: float = 0.0) -> dict[str, Any]:
+async def run(
+    jobs: int, concurrency: int, rounds: int, app_ms: float = 0.0, breakdown: bool = False
+) -> dict[str, Any]:
     amqp_url = resolve_url(None)
     namespace = f"benchproxy{uuid.uuid4().hex[:8]}"
     app, url = await start_app(app_ms / 1000)
-    seconds = {"event": 0.0, "baseline": 0.0}
-    cpu = {"event": 0.0, "baseline": 0.0}  # this process's CPU time, steadier than the wall clock
+    contestants = ["event", "baseline", *(["pool_aiohttp", "pool_suspend"] if breakdown else [])]
+    seconds = dict.fromkeys(contestants, 0.0)
+    cpu = dict.fromkeys(contestants, 0.0)  # this process's CPU time, steadier than the wall clock
     try:
         share = max(1, jobs // rounds)
-        for r in range(rounds):  # turns, in a rotating order: a slow spell falls on both
-            order = ("event", "baseline") if r % 2 == 0 else ("baseline", "event")
-            for which in order:
-                if which == "event":
-                    wall, used = await ours(amqp_url, namespace, url, share, concurrency)
-                else:
+        for r in range(rounds):  # turns, in a rotating order: a slow spell falls on all
+            for which in contestants[r % len(contestants) :] + contestants[: r % len(contestants)]:
+                if which == "baseline":
                     wall, used = await baseline(url, share, concurrency)
+                else:
+                    handler = {"event": "proxy", "pool_aiohttp": "aiohttp", "pool_suspend": "suspend"}[which]
+                    wall, used = await ours(amqp_url, namespace, url, share, concurrency, handler)
                 seconds[which] += wall
                 cpu[which] += used
     finally:
@@ -178,17 +218,17 @@ async def run(jobs: int, concurrency: int, rounds: int, app_ms: float = 0.0) -> 
         await app.wait()
         await cleanup(amqp_url, namespace)
     done = share * rounds
-    return {
+    result: dict[str, Any] = {
         "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "jobs": done,
         "concurrency": concurrency,
         "app_ms": app_ms,
-        "event_jobs_per_s": done / seconds["event"],
-        "baseline_jobs_per_s": done / seconds["baseline"],
         "ratio": seconds["baseline"] / seconds["event"],
-        "event_cpu_us_per_job": cpu["event"] / done * 1e6,
-        "baseline_cpu_us_per_job": cpu["baseline"] / done * 1e6,
     }
+    for which in contestants:
+        result[f"{which}_jobs_per_s"] = done / seconds[which]
+        result[f"{which}_cpu_us_per_job"] = cpu[which] / done * 1e6
+    return result
 
 
 def main() -> int:
@@ -199,15 +239,18 @@ def main() -> int:
     parser.add_argument(
         "--app-ms", type=float, default=0.0, help="the app's own time per request (default: 0)"
     )
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also a pool making the request itself, and one not at all"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("EVENT_LOG_LEVEL", "WARNING").upper())
     try:  # both contestants run on the loop `event` itself picks: uvloop when installed
         import uvloop
 
-        result = uvloop.run(run(args.jobs, args.concurrency, args.rounds, args.app_ms))
+        result = uvloop.run(run(args.jobs, args.concurrency, args.rounds, args.app_ms, args.breakdown))
     except ImportError:
-        result = asyncio.run(run(args.jobs, args.concurrency, args.rounds, args.app_ms))
+        result = asyncio.run(run(args.jobs, args.concurrency, args.rounds, args.app_ms, args.breakdown))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -217,6 +260,13 @@ def main() -> int:
     print(f"  client loop   {result['baseline_jobs_per_s']:8.0f} requests/s   ratio {result['ratio']:.2f}")
     print(f"  CPU per job   {result['event_cpu_us_per_job']:8.0f} us (event), "
           f"{result['baseline_cpu_us_per_job']:.0f} us (client loop)")  # fmt: skip
+    for which, what in (
+        ("pool_aiohttp", "a pool making the request itself"),
+        ("pool_suspend", "a pool, no HTTP"),
+    ):
+        if f"{which}_jobs_per_s" in result:
+            print(f"  {what}: {result[f'{which}_jobs_per_s']:.0f} jobs/s, "
+                  f"{result[f'{which}_cpu_us_per_job']:.0f} us CPU per job")  # fmt: skip
     return 0
 
 
