@@ -6,6 +6,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from event.cli import main  # noqa: E402
+from event.cli import main
 
 raise SystemExit(main())
