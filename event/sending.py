@@ -235,26 +235,39 @@ class Sender:
         # The usual case first: an open channel, one publish, its confirm. Only a failure needs the
         # clock, the counters and the loop of the rules (_send_again).
         channel = self._channel
-        if channel is None or channel.is_closed:
-            await self._send_again(exchange, routing_key, body, props, mandatory, None, None)
-            return
         try:
-            await publish(
-                channel,
-                exchange=exchange,
-                routing_key=routing_key,
-                body=body,
-                props=props,
-                mandatory=mandatory,
-                timeout=self.timeout,
-                stats=self.stats,
-            )
-        except (ConnectionFailed, PublishNacked) as exc:
-            await self._send_again(exchange, routing_key, body, props, mandatory, channel, exc)
+            if channel is None or channel.is_closed:
+                await self._send_again(exchange, routing_key, body, props, mandatory, None, None)
+                return
+            try:
+                await self._publish(channel, exchange, routing_key, body, props, mandatory)
+            except (ConnectionFailed, PublishNacked) as exc:
+                await self._send_again(exchange, routing_key, body, props, mandatory, channel, exc)
         except Unroutable:
             if self.on_returned is not None:
                 self.on_returned(exchange, routing_key)
             raise
+
+    def _publish(
+        self,
+        channel: Channel,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        props: driver.Properties,
+        mandatory: bool,
+    ) -> Awaitable[None]:
+        # One try on ``channel``, its coroutine handed back as it is (no frame of ours around it).
+        return publish(
+            channel,
+            exchange=exchange,
+            routing_key=routing_key,
+            body=body,
+            props=props,
+            mandatory=mandatory,
+            timeout=self.timeout,
+            stats=self.stats,
+        )
 
     async def _send_again(
         self,
@@ -281,23 +294,10 @@ class Sender:
                 if again and self.stats is not None:
                     self.stats.resent += 1
                 try:
-                    await publish(
-                        channel,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        body=body,
-                        props=props,
-                        mandatory=mandatory,
-                        timeout=self.timeout,
-                        stats=self.stats,
-                    )
+                    await self._publish(channel, exchange, routing_key, body, props, mandatory)
                     return
                 except (ConnectionFailed, PublishNacked) as exc:
                     failed = exc
-                except Unroutable:
-                    if self.on_returned is not None:
-                        self.on_returned(exchange, routing_key)
-                    raise
             if isinstance(failed, ConnectionFailed):
                 if loop.time() >= resend_until:
                     raise failed
