@@ -179,6 +179,22 @@ async def test_the_copy_channel_closed_by_the_broker_comes_back_and_the_retry_is
     assert attempts.count(2) == 1
 
 
+class ReadinessAtCancel(logging.Handler):
+    """Notes ``pool.ready`` as the pool logs that the broker cancelled a consumer.
+
+    The pool logs it once readiness has dropped and before it consumes again, which on a fast broker
+    follows within milliseconds: polling ``pool.ready`` can miss that window, this cannot."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        super().__init__(logging.INFO)
+        self.pool = pool
+        self.seen: list[tuple[float, bool]] = []  # (when, pool.ready then)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "the broker cancelled consumer" in record.getMessage():
+            self.seen.append((record.created, self.pool.ready))
+
+
 def broker_version(management: Management) -> tuple[int, ...]:
     overview = management.request("GET", "/api/overview")
     return tuple(int(part) for part in str(overview["rabbitmq_version"]).split(".")[:2])
@@ -210,19 +226,25 @@ async def test_a_consumer_the_broker_cancels_for_a_delivery_timeout_comes_back(
         handled[msg.body["n"]] += 1
 
     queue = pool.consumers[0].queue
-    async with pool.running(), Publisher(**pool_kwargs) as publisher:
-        for n in range(N_PER_PHASE):  # before
-            await publisher.publish("app.work", {"n": n}, mandatory=True)
-        await eventually(lambda: not pool.ready, timeout=15, interval=0.01)
-        not_ready_at = time.time()
-        for n in range(N_PER_PHASE, 2 * N_PER_PHASE):  # during
-            await publisher.publish("app.work", {"n": n}, mandatory=True)
-        await eventually(lambda: pool.ready, timeout=10, interval=0.01)
-        back_at = time.time()
-        for n in range(2 * N_PER_PHASE, 3 * N_PER_PHASE):  # after
-            await publisher.publish("app.work", {"n": n}, mandatory=True)
-        await eventually(lambda: len(handled) == 3 * N_PER_PHASE, timeout=30)
-        await eventually(lambda: pool.in_flight == 0, timeout=10)
+    readiness = ReadinessAtCancel(pool)
+    logging.getLogger("event.pool").addHandler(readiness)
+    try:
+        async with pool.running(), Publisher(**pool_kwargs) as publisher:
+            for n in range(N_PER_PHASE):  # before
+                await publisher.publish("app.work", {"n": n}, mandatory=True)
+            await eventually(lambda: bool(readiness.seen), timeout=30, interval=0.01)
+            not_ready_at, ready_then = readiness.seen[0]
+            assert not ready_then, "the pool said ready while its consumer was cancelled"
+            for n in range(N_PER_PHASE, 2 * N_PER_PHASE):  # during
+                await publisher.publish("app.work", {"n": n}, mandatory=True)
+            await eventually(lambda: pool.ready, timeout=10, interval=0.01)
+            back_at = time.time()
+            for n in range(2 * N_PER_PHASE, 3 * N_PER_PHASE):  # after
+                await publisher.publish("app.work", {"n": n}, mandatory=True)
+            await eventually(lambda: len(handled) == 3 * N_PER_PHASE, timeout=30)
+            await eventually(lambda: pool.in_flight == 0, timeout=10)
+    finally:
+        logging.getLogger("event.pool").removeHandler(readiness)
 
     cancelled_at = min(r.created for r in caplog.records if "the broker cancelled consumer" in r.getMessage())
     duplicates = sum(count - 1 for count in handled.values())
