@@ -72,6 +72,10 @@ def _runner_queue(routing_keys: tuple[str, ...], queue: str | None) -> str | Non
     return queue if queue is not None or not routing_keys else wire.runner_queue_name(routing_keys[0])
 
 
+class LostWhileStarting(ConnectionFailed):
+    """The connection ended while the pool was starting on it: the pool reconnects, as for any loss."""
+
+
 class WorkerPool:
     """Consumers bound to a Hutch exchange, each with its own durable queue, run under shared limits.
 
@@ -131,6 +135,7 @@ class WorkerPool:
         self._supervisors: list[ConsumerSupervisor] = []
         self._shared_plan = Plan((), ())  # the exchanges, delay queues and dead queue (set by run)
         self._shared_declared = False
+        self._started = False  # _start has finished on the current connection: ready may turn true
         self._shared_task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -396,7 +401,15 @@ class WorkerPool:
                     loop.add_signal_handler(signum, self.stop)
                     installed.append(signum)
         try:
-            await self._start(first=True)
+            try:
+                await self._start(first=True)
+            except LostWhileStarting as exc:
+                # Connected, then cut off half-way (a node restarting, an operator closing connections):
+                # the same as a connection lost later, not a start error.
+                log.warning("%s; reconnecting", exc)
+                await self._reconnect()
+                if self._stop_requested.is_set():
+                    return
             assert self._connection is not None
             log.info(
                 "%s consuming %d queue(s) at %s",
@@ -482,6 +495,7 @@ class WorkerPool:
         self._set_ready(
             connection is not None
             and not connection.is_closed
+            and self._started
             and self._shared_declared
             and all(supervisor.consuming for supervisor in self._supervisors)
             and not self._stop_requested.is_set()
@@ -599,10 +613,18 @@ class WorkerPool:
                 )
                 self._cron = runner
                 self._cron_task = asyncio.get_running_loop().create_task(self._run_cron(runner, connection))
-        except BaseException:
+        except BaseException as exc:
+            lost = connection.is_closed  # before we close it: did the broker or the network end it?
             await self._forget_channels()
             await close_quietly(connection)
+            if lost and isinstance(exc, Exception) and not isinstance(exc, ConfigurationError):
+                raise LostWhileStarting(
+                    f"lost the connection to {connected_url(connection)} while starting: {broker_reason(exc)}"
+                ) from exc
             raise
+        # Only now may the pool say it is ready: its consumers consume before the commands channel,
+        # cron and the rest are set up, and a start cut off half-way must not have looked ready.
+        self._started = True
         self._update_ready()
 
     async def _declare_shared(self, connection: Connection, *, first: bool) -> None:
@@ -685,6 +707,7 @@ class WorkerPool:
             self._declare_shared_later(connection)
 
     async def _forget_channels(self) -> None:
+        self._started = False
         if self._cron_task is not None:
             self._cron_task.cancel()
             self._cron_task = None

@@ -13,60 +13,12 @@ import urllib.parse
 from typing import Any
 
 import pytest
+from relay_support import Relay, relayed
 from support import Isolation
 
 from event import Publisher, PublishTimeout
 
 TIMEOUT = 0.5
-
-
-class Relay:
-    """Pipes a local port to the broker; while ``held``, the broker's bytes wait in the relay."""
-
-    def __init__(self, broker: tuple[str, int]) -> None:
-        self.broker = broker
-        self.port = 0
-        self.passing = asyncio.Event()
-        self.passing.set()
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        self.passing.set()
-        if self._server is not None:
-            self._server.close()
-        for pipe in self._pipes:
-            pipe.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        broker_r, broker_w = await asyncio.open_connection(*self.broker)
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: bool) -> None:
-            try:
-                while data := await reader.read(65536):
-                    if held:
-                        await self.passing.wait()
-                    writer.write(data)
-                    await writer.drain()
-            except ConnectionError:
-                pass
-            finally:
-                writer.close()
-
-        for one in (pipe(client_r, broker_w, False), pipe(broker_r, client_w, True)):
-            task = asyncio.create_task(one)
-            self._pipes.add(task)
-
-
-def relayed(amqp_url: str, port: int) -> str:
-    parts = urllib.parse.urlsplit(amqp_url)
-    credentials = parts.netloc.rpartition("@")[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{port}"))
 
 
 async def test_a_confirm_held_back_fails_the_publish_with_publish_timeout_and_later_ones_go_through(

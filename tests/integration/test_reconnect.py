@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import urllib.parse
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from relay_support import Relay, relayed
 from support import Isolation, Management, eventually
 
 from event import Message, Publisher, WorkerPool, wire
@@ -151,3 +153,32 @@ def test_nodes_are_tried_from_the_start_node_round_the_list(urls: list[str], sta
     assert sorted(order) == sorted(urls)  # each once
     assert order[0] == urls[start % len(urls)]
     assert all(urls[(urls.index(a) + 1) % len(urls)] == b for a, b in itertools.pairwise(order))
+
+
+async def test_a_connection_cut_while_the_pool_starts_is_reconnected_not_fatal(
+    pool_kwargs: dict[str, Any], iso: Isolation
+) -> None:
+    # Cut at the commands channel's first frame: the consumers consume already, the start is not over.
+    # The pool must neither have said it was ready nor give up: it reconnects, as for any loss.
+    parts = urllib.parse.urlsplit(pool_kwargs["url"])
+    relay = Relay(
+        (parts.hostname or "127.0.0.1", parts.port or 5672),
+        cut_when=wire.control_exchange_name(iso.exchange).encode(),
+    )
+    await relay.start()
+    pool = WorkerPool(**{**pool_kwargs, "url": relayed(pool_kwargs["url"], relay.port)})
+    got: list[int] = []
+
+    @pool.consumer("app.x")
+    async def x(ctx: object, msg: Message[Any]) -> None:
+        got.append(msg.body["n"])
+
+    try:
+        async with pool.running():
+            assert relay.cuts == 1, "the relay never saw the commands channel: the test tests nothing"
+            assert pool.ready
+            async with Publisher(**pool_kwargs) as publisher:
+                await publisher.publish("app.x", {"n": 1})
+            await eventually(lambda: got == [1])
+    finally:
+        await relay.close()
