@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shlex
@@ -16,7 +17,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,23 @@ class Isolation:
                 self.management.delete_queue(name)
         for suffix in ("", ".delay", ".unpark", ".schedule", ".control"):  # .control: event.control's
             self.management.delete_exchange(f"{self.exchange}{suffix}")
+
+
+@contextlib.asynccontextmanager
+async def http_app(handler: Callable[[Any], Awaitable[Any]], path: str = "/jobs") -> AsyncIterator[int]:
+    """A real HTTP app (aiohttp's server) on 127.0.0.1 answering POSTs to ``path``; yields its port."""
+    from aiohttp import web
+
+    application = web.Application()
+    application.router.add_post(path, handler)
+    runner = web.AppRunner(application, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
 
 
 async def eventually(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import stat
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from support import Isolation, Probe, eventually
+from support import Isolation, Probe, eventually, http_app
 
 from event import ConfigurationError, Publisher
 from event.runners import files
@@ -87,13 +88,8 @@ async def test_event_worker_config_and_event_exec_run_their_runners(
         got.append(request.headers["X-Event-Routing-Key"])
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_post("/jobs", job)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    app = contextlib.AsyncExitStack()
+    port = await app.enter_async_context(http_app(job))
     script = tmp_path / "job.sh"
     script.write_text(SCRIPT)
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -144,6 +140,6 @@ to = "http://127.0.0.1:{port}/jobs"
             if worker.returncode is None:
                 worker.kill()
                 await worker.wait()
-        await runner.cleanup()
+        await app.aclose()
     assert [w.returncode for w in workers] == [0, 0], outputs
     assert (tmp_path / "ran").read_text() == f"app.cmd\n{tmp_path}\none arg\ntwo\n"

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from support import Isolation, Probe, eventually
+from support import Isolation, Probe, eventually, http_app
 
 from event import Publisher, WorkerPool, wire
 from event.runners.hooks import DeadHook
@@ -212,22 +212,15 @@ async def test_a_cookie_the_app_sets_is_not_sent_with_the_next_job(pool_kwargs: 
         sent.append(request.headers.get("Cookie"))
         return web.Response(text="ok", headers={"Set-Cookie": f"session=s{len(sent)}; Path=/"})
 
-    application = web.Application()
-    application.router.add_post("/jobs", job)
-    runner = web.AppRunner(application, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     pool = WorkerPool(**pool_kwargs, concurrency=1)
-    # A host name, not an address: aiohttp's default jar refuses cookies from IP addresses anyway.
-    proxy = pool.proxy("app.cookie", to=f"http://localhost:{port}/jobs", prefetch=1)
-    try:
-        async with pool.running(), Publisher(**pool_kwargs) as publisher:
-            for n in range(3):
-                await publisher.publish("app.cookie", {"n": n})
-            await eventually(lambda: len(sent) == 3)
-    finally:
-        await proxy.close()
-        await runner.cleanup()
+    async with http_app(job) as port:
+        # A host name, not an address: aiohttp's default jar refuses cookies from IP addresses anyway.
+        proxy = pool.proxy("app.cookie", to=f"http://localhost:{port}/jobs", prefetch=1)
+        try:
+            async with pool.running(), Publisher(**pool_kwargs) as publisher:
+                for n in range(3):
+                    await publisher.publish("app.cookie", {"n": n})
+                await eventually(lambda: len(sent) == 3)
+        finally:
+            await proxy.close()
     assert sent == [None, None, None]
