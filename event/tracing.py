@@ -146,27 +146,29 @@ class _Otel:
     def untraced(self, headers: Mapping[str, Any] | None) -> bool:
         """Whether a producer span for a message with ``headers`` would be seen by nobody: no tracer
         provider is set, and neither the current context (no span, no baggage, nothing at all) nor the
-        message (no headers) has a trace context to pass on.
+        message has a trace context to pass on.
         Then the span would be invalid and inject nothing: the publish goes without one, and its
         properties without the empty header table a span would have added."""
-        if headers or self.context.get_current():
+        if self.context.get_current() or self._carries_context(headers):
             return False
         return not self.provider_set()
 
     def passes_nothing_on(self, headers: Mapping[str, Any] | None) -> bool:
         """Whether a consumer span for a message with ``headers`` would be seen by nobody: no tracer
-        provider is set and the message carries none of the propagators' fields, so its span would have
-        an invalid context and nothing to hand on. A message that carries a context still gets its
+        provider is set and the message carries no trace context, so its span would have an invalid
+        context and nothing to hand on. A message that carries a context still gets its
         (non-recording) span, which hands that context on to the handler's publishes."""
-        if self.provider_set():
-            return False
+        return not self.provider_set() and not self._carries_context(headers)
+
+    def _carries_context(self, headers: Mapping[str, Any] | None) -> bool:
+        # Whether ``headers`` hold any of the configured propagators' fields (traceparent, baggage, ...).
         if not headers:
-            return True
+            return False
         textmap = self.propagate.get_global_textmap()
         if textmap is not self._textmap:  # the application may set other propagators at any time
             self._fields = frozenset(textmap.fields)
             self._textmap = textmap
-        return not any(field in headers for field in self._fields)
+        return any(field in headers for field in self._fields)
 
     def extract(self, headers: Mapping[str, Any] | None) -> Context:
         """The context a message carries; an empty base, so that no ambient span becomes its parent."""
