@@ -247,9 +247,9 @@ class WorkerPool:
         """
         try:
             from event.runners.http import HttpProxy
-        except ImportError as exc:  # aiohttp is an extra: only proxies need it
+        except ImportError as exc:  # its HTTP client is an extra: only proxies need it
             raise ConfigurationError(
-                f'the proxy needs aiohttp: pip install "rabbit-event[proxy]" ({exc})'
+                f'the proxy needs pyreqwest: pip install "rabbit-event[proxy]" ({exc})'
             ) from exc
         runner = HttpProxy(to, timeout=timeout, headers=headers, counts=self._count_runners())
         self.consumer(*routing_keys, queue=_runner_queue(routing_keys, queue), **consumer_options)(

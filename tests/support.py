@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -228,15 +229,18 @@ class Isolation:
 
 
 @contextlib.asynccontextmanager
-async def http_app(handler: Callable[[Any], Awaitable[Any]], path: str = "/jobs") -> AsyncIterator[int]:
-    """A real HTTP app (aiohttp's server) on 127.0.0.1 answering POSTs to ``path``; yields its port."""
+async def http_app(
+    handler: Callable[[Any], Awaitable[Any]], path: str = "/jobs", *, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
+    """A real HTTP app (aiohttp's server) on 127.0.0.1 answering POSTs to ``path`` (over TLS with
+    ``tls``); yields its port."""
     from aiohttp import web
 
     application = web.Application()
     application.router.add_post(path, handler)
     runner = web.AppRunner(application, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     try:
         yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

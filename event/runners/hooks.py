@@ -31,7 +31,7 @@ from event.errors import ConfigurationError
 from event.runners.command import check_command
 
 if TYPE_CHECKING:
-    import aiohttp
+    from pyreqwest.client import Client
 
 log = logging.getLogger("event.runners.hooks")
 
@@ -62,7 +62,7 @@ class DeadHook:
                 from event.runners.http import check_url
             except ImportError as exc:
                 raise ConfigurationError(
-                    f'a URL on_dead hook needs aiohttp: pip install "rabbit-event[proxy]" ({exc})'
+                    f'a URL on_dead hook needs pyreqwest: pip install "rabbit-event[proxy]" ({exc})'
                 ) from exc
             check_url(target)
             self.argv: list[str] = []
@@ -73,7 +73,7 @@ class DeadHook:
         self._slots_count = check_count("on_dead running", running, minimum=1)
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
+        self._client: Client | None = None
         self.told = 0  # letters the hook accepted (for tests and logs)
         self.failed = 0
 
@@ -109,14 +109,13 @@ class DeadHook:
             self.told += 1
 
     async def _post(self, letter: DeadLetter) -> None:
-        import aiohttp  # an extra, needed only for a URL hook (checked in __init__)
+        from event.runners.http import http_client  # an extra, needed only for a URL hook (see __init__)
 
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        async with self._session.post(
-            self.target, data=_as_json(letter), headers={"Content-Type": "application/json"}
-        ) as response:
-            await response.read()
+        if self._client is None:
+            self._client = http_client(self.timeout)
+        request = self._client.post(self.target).headers({"Content-Type": "application/json"})
+        async with request.body_bytes(_as_json(letter)).build_streamed() as response:
+            await response.bytes()
             if response.status >= 300:
                 raise RuntimeError(f"it answered {response.status}")
 
@@ -146,9 +145,9 @@ class DeadHook:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in set(self._tasks):
             task.cancel()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
 
 def _fields(letter: DeadLetter) -> dict[str, object]:

@@ -8,11 +8,14 @@ Like nginx in front of an app, the app never talks to the queue::
     other 4xx                    Dead: the app says this message can never succeed
     5xx, 3xx, timeout, refused   an ordinary failure: retried with back-off, then the dead queue
 
-The client is aiohttp: asyncio-native, keep-alive connection pooling, per-request timeouts, and in
-step with the event loops we run on. httpx was measured against it on this project's machine for the
-same loop of keep-alive POSTs at concurrency 50: aiohttp made 1,800 to 5,000 requests/s, httpx 90 to
-150 (its connection pool serialises under concurrency), which would have made the proxy, not the app,
-the bottleneck.
+The client is pyreqwest: the Rust HTTP stack of reqwest and hyper (among the most used HTTP clients of
+any language) behind a typed asyncio API, with keep-alive connection pooling and per-request timeouts,
+released monthly with wheels for every platform we run on. It replaced aiohttp here because the
+proxy's own cost is mostly its HTTP client's: in ``benches/proxy.py`` on this project's 2-core
+machine, one keep-alive POST cost 135-140 us of CPU through pyreqwest against 240-270 us through
+aiohttp, and the proxy went from 0.61-0.76 to 0.95 of a plain aiohttp loop's rate
+(``docs/benchmarks.md``). httpx was slower still (90-150 requests/s against aiohttp's 1,800-5,000: its
+pool serialises under concurrency).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
-from yarl import URL
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import ConnectError, PyreqwestError
+from pyreqwest.http import Url
+from pyreqwest.response import Response
 
 from event import wire
 from event.config import check_seconds, redact_url
@@ -42,6 +47,7 @@ log = logging.getLogger("event.runners.http")
 DEFAULT_TIMEOUT_S = 30.0
 PREVIEW_BYTES = 200  # of a failed response, in event-error (the header is cut at 1 KiB anyway)
 KEEP_BYTES = 64 * 1024  # of any response body kept in memory; the rest is read and dropped
+KEEPALIVE_S = 30.0  # an idle kept-alive connection is closed after that long
 # After a refused connection, requests are not sent for a while, doubling up to the longest pause:
 # an app that is down gets one request per pause from this worker, not one per message.
 OUTAGE_PAUSES_S = (0.5, 10.0)
@@ -135,10 +141,8 @@ class HttpProxy:
                 raise ConfigurationError(f"proxy header {name!r}: {value!r} is not a valid HTTP header")
         self.counts = counts or OutcomeCounts()
         self.clock = clock
-        self._timeout = aiohttp.ClientTimeout(total=self.timeout)
-        self._urls: dict[str, URL] = {}  # parsed once per routing key, not by aiohttp per request
-        self._session: aiohttp.ClientSession | None = None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._urls: dict[str, Url] = {}  # parsed once per routing key, not by the client per request
+        self._client: Client | None = None
         self._pause_s = OUTAGE_PAUSES_S[0]
         self._down_until = 0.0
         self._down_because = ""
@@ -158,8 +162,8 @@ class HttpProxy:
         """The URL a message with ``routing_key`` is POSTed to."""
         return self.url.replace(ROUTING_KEY_FIELD, quote(routing_key, safe=""))
 
-    def _remember_url(self, routing_key: str) -> URL:
-        url = URL(self.url_for(routing_key))  # as aiohttp would parse it, once
+    def _remember_url(self, routing_key: str) -> Url:
+        url = Url(self.url_for(routing_key))  # parsed once
         if len(self._urls) < URL_CACHE:
             self._urls[routing_key] = url
         return url
@@ -171,7 +175,7 @@ class HttpProxy:
         if self._down_until and loop.time() < self._down_until:
             self.counts.count(msg.queue, "held back")
             left = self._down_until - loop.time()
-            raise AppUnreachable(f"POST {redact_url(str(url))} not tried: the app is unreachable "
+            raise AppUnreachable(f"{_post(url)} not tried: the app is unreachable "
                                  f"({self._down_because}); next try in {left:.1f} s")  # fmt: skip
         headers = {
             "Content-Type": wire.CONTENT_TYPE,  # dispatch hands on JSON bodies only
@@ -184,31 +188,33 @@ class HttpProxy:
             headers["X-Event-Timestamp"] = str(int(msg.timestamp.timestamp()))
         if self.headers:
             headers.update(self.headers)
+        if self._client is None:
+            self._client = http_client(self.timeout)
+        try:
+            request = self._client.post(url).headers(headers).body_bytes(msg.raw).build_streamed()
+        except ValueError as exc:  # the message's id or routing key holds a character HTTP forbids
+            self.counts.count(msg.queue, "bad headers")
+            raise Dead(f"{_post(url)} not sent: {exc} (from the message's properties)") from exc
         started = time.perf_counter()
         try:
-            async with self._client(loop).post(
-                url, data=msg.raw, headers=headers, allow_redirects=False, timeout=self._timeout
-            ) as response:
-                status, retry_after = response.status, response.headers.get("Retry-After")
+            async with request as response:
+                status, retry_after = response.status, response.get_header("Retry-After")
                 body = await _read_bounded(response)
-        except TimeoutError as exc:
-            where = f"POST {redact_url(str(url))}"
+        except TimeoutError as exc:  # pyreqwest's timeouts (the total one among them) are TimeoutErrors
             self.counts.count(msg.queue, "timeout")
-            raise AppUnreachable(f"{where} gave no answer within {self.timeout:g} s") from exc
-        except aiohttp.ClientConnectorError as exc:
-            where = f"POST {redact_url(str(url))}"
+            raise AppUnreachable(f"{_post(url)} gave no answer within {self.timeout:g} s") from exc
+        except ConnectError as exc:
             self.counts.count(msg.queue, "unreachable")
-            self._down(loop, str(exc))
-            raise AppUnreachable(f"{where} could not connect: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            where = f"POST {redact_url(str(url))}"
+            self._down(loop, _reason(exc))
+            raise AppUnreachable(f"{_post(url)} could not connect: {_reason(exc)}") from exc
+        except PyreqwestError as exc:
             self.counts.count(msg.queue, "unreachable")
-            raise AppUnreachable(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+            raise AppUnreachable(f"{_post(url)} failed: {type(exc).__name__}: {_reason(exc)}") from exc
         self._pause_s, self._down_until = OUTAGE_PAUSES_S[0], 0.0
         self.counts.count(msg.queue, str(status))
         if 200 <= status < 300:  # the common case, kept cheap: no log record, no clock
             return
-        where = f"POST {redact_url(str(url))}"
+        where = _post(url)
         log.debug("%s for message %s: %d in %.3f s, body %s", where, msg.message_id, status,
                   time.perf_counter() - started, preview(body))  # fmt: skip
         outcome = judge(status, retry_after, body, where, datetime.fromtimestamp(self.clock(), UTC))
@@ -220,32 +226,54 @@ class HttpProxy:
         self._down_because = because
         self._pause_s = min(self._pause_s * 2, OUTAGE_PAUSES_S[1])
 
-    def _client(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
-        # One session per event loop (a pool may be run again, in tests, on a new loop).
-        if self._session is None or self._session_loop is not loop or self._session.closed:
-            # limit=0: the pool's concurrency already bounds requests in flight. No cookie jar: each job
-            # is a request of its own, and what the app set in one answer must not go with the next job.
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(
-                connector=connector, raise_for_status=False, cookie_jar=aiohttp.DummyCookieJar()
-            )
-            self._session_loop = loop
-        return self._session
-
     async def close(self) -> None:
         """Close the kept-alive connections (after the pool has stopped)."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
 
-async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+def http_client(timeout: float) -> Client:
+    """The runners' HTTP client: keep-alive, ``timeout`` seconds for a request from start to last byte.
+
+    No limit on connections (the pool's concurrency bounds the requests in flight); no cookie store
+    (reqwest's default: what an app set in one answer must not go with the next job's request); no
+    redirects followed (the app is the one at the URL); no proxy taken from the environment (the app is
+    usually beside the worker, and ``HTTP_PROXY`` is meant for other programs than this one).
+    """
+    return (
+        ClientBuilder()
+        .timeout(timedelta(seconds=timeout))
+        .follow_redirects(False)
+        .no_proxy()
+        .pool_idle_timeout(timedelta(seconds=KEEPALIVE_S))
+        .build()
+    )
+
+
+def _post(url: Url) -> str:
+    return f"POST {redact_url(str(url))}"
+
+
+def _reason(exc: PyreqwestError) -> str:
+    """What went wrong, from the causes pyreqwest lists: ``tcp connect error: Connection refused``.
+
+    Its first causes restate the request with the URL unredacted, and say "client error": left out."""
+    details = getattr(exc, "details", None)
+    causes = details.get("causes") if isinstance(details, dict) else None
+    said = [str(cause.get("message", "")) for cause in causes or () if isinstance(cause, dict)]
+    said = [m for m in said if m and not m.startswith(("error sending request", "client error ("))]
+    return ": ".join(said) or type(exc).__name__
+
+
+async def _read_bounded(response: Response) -> bytes:
     # Read to the end, so the connection can be reused, but keep only the first KEEP_BYTES.
-    length = response.content_length
-    if length is not None and length <= KEEP_BYTES:
-        return await response.read()  # the common case: a short answer of a known length
+    length = response.get_header("Content-Length")
+    if length is not None and length.isdigit() and int(length) <= KEEP_BYTES:
+        return bytes(await response.bytes())  # the common case: a short answer of a known length
     kept = bytearray()
-    async for chunk in response.content.iter_any():
+    reader = response.body_reader
+    while (chunk := await reader.read_chunk()) is not None:
         if len(kept) < KEEP_BYTES:
-            kept += chunk[: KEEP_BYTES - len(kept)]
+            kept += memoryview(chunk)[: KEEP_BYTES - len(kept)]
     return bytes(kept)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import trustme
 from aiohttp import web
 from support import Isolation, Probe, eventually, http_app
 
@@ -214,7 +216,7 @@ async def test_a_cookie_the_app_sets_is_not_sent_with_the_next_job(pool_kwargs: 
 
     pool = WorkerPool(**pool_kwargs, concurrency=1)
     async with http_app(job) as port:
-        # A host name, not an address: aiohttp's default jar refuses cookies from IP addresses anyway.
+        # A host name, not an address: a cookie store may refuse cookies from IP addresses anyway.
         proxy = pool.proxy("app.cookie", to=f"http://localhost:{port}/jobs", prefetch=1)
         try:
             async with pool.running(), Publisher(**pool_kwargs) as publisher:
@@ -224,3 +226,81 @@ async def test_a_cookie_the_app_sets_is_not_sent_with_the_next_job(pool_kwargs: 
         finally:
             await proxy.close()
     assert sent == [None, None, None]
+
+
+async def test_a_message_id_http_cannot_carry_goes_dead_at_once_named(
+    pool_kwargs: dict[str, Any], probe: Probe
+) -> None:
+    # The id travels in X-Event-Message-Id; a newline in it would split the request's headers, so the
+    # message is not sent, not retried (it would fail the same way each time) and its error names why.
+    seen: list[str] = []
+
+    async def job(request: web.Request) -> web.Response:
+        seen.append(request.headers["X-Event-Message-Id"])
+        return web.Response(text="ok")
+
+    pool = WorkerPool(**pool_kwargs, concurrency=2)
+    async with http_app(job) as port:
+        proxy = pool.proxy("app.job", to=f"http://127.0.0.1:{port}/jobs", retries=3)
+        try:
+            async with pool.running(), Publisher(**pool_kwargs) as publisher:
+                await publisher.publish("app.job", {"n": 1}, message_id="bad\nX-Injected: 1")
+                await publisher.publish("app.job", {"n": 2}, message_id="good")
+                await eventually(lambda: seen == ["good"])
+
+                async def dead_one() -> bool:
+                    return await probe.depth(pool.dead_queue) == 1
+
+                await eventually(dead_one, timeout=10)
+        finally:
+            await proxy.close()
+    [dead] = await probe.take_all(pool.dead_queue)
+    assert orjson.loads(dead.body) == {"n": 1}
+    error = dead.header.properties.headers[wire.H_ERROR]
+    assert "not sent" in error and "header" in error.lower(), error
+    assert (
+        pool.registry.get_sample_value(
+            "event_runner_outcomes_total", {"queue": pool.consumers[0].queue, "outcome": "bad headers"}
+        )
+        == 1
+    )
+
+
+async def test_an_https_app_is_verified_against_the_trusted_roots(
+    pool_kwargs: dict[str, Any], probe: Probe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client verifies against the system's roots; SSL_CERT_FILE names a private CA's file instead.
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    seen: list[bytes] = []
+
+    async def job(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        return web.Response(text="ok")
+
+    async with http_app(job, tls=server) as port:
+        for trusted in (False, True):
+            if trusted:
+                ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+                monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+            pool = WorkerPool(**pool_kwargs, concurrency=1)
+            proxy = pool.proxy("app.tls", to=f"https://localhost:{port}/jobs", retries=0)
+            try:
+                async with pool.running(), Publisher(**pool_kwargs) as publisher:
+                    await publisher.publish("app.tls", {"trusted": trusted})
+                    if trusted:
+                        await eventually(lambda: seen == [b'{"trusted":true}'])
+                    else:
+
+                        async def dead_one(queue: str = pool.dead_queue) -> bool:
+                            return await probe.depth(queue) == 1
+
+                        await eventually(dead_one, timeout=10)
+            finally:
+                await proxy.close()
+    [dead] = await probe.take_all(pool.dead_queue)
+    assert orjson.loads(dead.body) == {"trusted": False}, "the untrusted certificate's message"
+    error = dead.header.properties.headers[wire.H_ERROR]
+    assert "could not connect: invalid peer certificate" in error, error
+    assert seen == [b'{"trusted":true}'], "nothing reached the app over the untrusted connection"
