@@ -9,13 +9,19 @@ In rotating turns, on the same app:
 - **event**: a WorkerPool with one ``pool.proxy(...)`` consumer, ``concurrency=C``, draining a queue
   filled beforehand with N messages, timed from its first delivery to its last handled message;
 - **client loop (baseline)**: C tasks POSTing the same N bodies with the same headers through one
-  aiohttp session, timed from the first request to the last answer: what the proxy can at best be.
+  aiohttp session, timed from the first request to the last answer: the plain async HTTP client loop
+  a Python user would write instead;
+- **same-client loop**: the same loop through the proxy's own client (pyreqwest), to tell the
+  framework's share from the HTTP client's.
 
-The ratio is the baseline's time over ours (1.0: the proxy costs nothing over the HTTP requests).
+The ratio is the baseline's time over ours (1.0: the proxy is as fast as the plain aiohttp loop);
+``ratio_same_client`` is the same-client loop's time over ours.
 
 ``--breakdown`` adds two pools, to tell the proxy's cost from the consume path's: one whose plain
-consumer makes the baseline's aiohttp request itself (``pool_aiohttp``), one whose handler only
+consumer makes the same-client loop's request itself (``pool_client``), one whose handler only
 suspends once, with no HTTP at all (``pool_suspend``).
+
+Needs the test extra (aiohttp for the app and the baseline, pyreqwest).
 The broker is ``$AMQP_URL`` or the local one; the queues it makes are deleted at the end.
 """
 
@@ -34,10 +40,12 @@ from typing import Any
 
 import aiohttp
 import orjson
+from pyreqwest.client import Client
 
 from event import Context, Message, WorkerPool, amqp, wire
 from event.config import resolve_url
 from event.publisher import properties
+from event.runners.http import http_client
 
 PREFETCH_PER_SLOT = 4  # what `event proxy` chooses when --prefetch is not given
 APP = """
@@ -102,6 +110,32 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes, message_id
             raise RuntimeError(f"the app answered {response.status}")
 
 
+async def post_same_client(client: Client, url: str, body: bytes, message_id: str) -> None:
+    """The baseline's request, through the proxy's client."""
+    request = client.post(f"{url}/jobs/bench.proxy").headers(request_headers(message_id))
+    async with request.body_bytes(body).build_streamed() as response:
+        await response.bytes()
+        if response.status != 200:
+            raise RuntimeError(f"the app answered {response.status}")
+
+
+async def same_client_loop(url: str, jobs: int, concurrency: int) -> tuple[float, float]:
+    """Seconds (wall clock, then CPU) for a plain loop on the proxy's client to POST ``jobs`` bodies."""
+    numbers = iter(range(jobs))
+    client = http_client(30)
+
+    async def worker() -> None:
+        for n in numbers:
+            await post_same_client(client, url, orjson.dumps({"n": n}), str(n))
+
+    try:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - started, time.process_time() - cpu_started
+    finally:
+        await client.close()
+
+
 async def baseline(url: str, jobs: int, concurrency: int) -> tuple[float, float]:
     """Seconds (wall clock, then CPU) for a plain aiohttp loop to POST ``jobs`` bodies."""
     numbers = iter(range(jobs))
@@ -120,8 +154,8 @@ async def ours(
     amqp_url: str, namespace: str, url: str, jobs: int, concurrency: int, handler: str = "proxy"
 ) -> tuple[float, float]:
     """Seconds (wall clock, then CPU) for a pool with one consumer to drain ``jobs`` messages: the proxy
-    (``handler="proxy"``), a plain consumer making the baseline's request (``"aiohttp"``), or one that
-    only suspends once (``"suspend"``)."""
+    (``handler="proxy"``), a plain consumer making the same-client loop's request (``"client"``), or one
+    that only suspends once (``"suspend"``)."""
     queue = wire.queue_name(namespace, "bench.proxy")
     connection = await amqp.connect(amqp_url, name="bench-proxy-filler", timeout=10)
     channel = await connection.channel(confirms=True)
@@ -140,15 +174,15 @@ async def ours(
         "prefetch": concurrency * PREFETCH_PER_SLOT,
         "retries": 0,
     }
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    client = http_client(30)
     proxy = None
     if handler == "proxy":
         proxy = pool.proxy("bench.proxy", to=f"{url}/jobs/{{routing_key}}", **options)
-    elif handler == "aiohttp":
+    elif handler == "client":
 
         @pool.consumer("bench.proxy", **options)
         async def request(ctx: Context, msg: Message[Any]) -> None:
-            await post(session, url, msg.raw, msg.message_id or "")
+            await post_same_client(client, url, msg.raw, msg.message_id or "")
     else:
 
         @pool.consumer("bench.proxy", **options)
@@ -177,7 +211,7 @@ async def ours(
     finally:
         if proxy is not None:
             await proxy.close()
-        await session.close()
+        await client.close()
 
 
 async def cleanup(amqp_url: str, namespace: str) -> None:
@@ -199,7 +233,8 @@ async def run(
     amqp_url = resolve_url(None)
     namespace = f"benchproxy{uuid.uuid4().hex[:8]}"
     app, url = await start_app(app_ms / 1000)
-    contestants = ["event", "baseline", *(["pool_aiohttp", "pool_suspend"] if breakdown else [])]
+    breakdowns = ["pool_client", "pool_suspend"] if breakdown else []
+    contestants = ["event", "baseline", "same_client", *breakdowns]
     seconds = dict.fromkeys(contestants, 0.0)
     cpu = dict.fromkeys(contestants, 0.0)  # this process's CPU time, steadier than the wall clock
     try:
@@ -208,8 +243,10 @@ async def run(
             for which in contestants[r % len(contestants) :] + contestants[: r % len(contestants)]:
                 if which == "baseline":
                     wall, used = await baseline(url, share, concurrency)
+                elif which == "same_client":
+                    wall, used = await same_client_loop(url, share, concurrency)
                 else:
-                    handler = {"event": "proxy", "pool_aiohttp": "aiohttp", "pool_suspend": "suspend"}[which]
+                    handler = {"event": "proxy", "pool_client": "client", "pool_suspend": "suspend"}[which]
                     wall, used = await ours(amqp_url, namespace, url, share, concurrency, handler)
                 seconds[which] += wall
                 cpu[which] += used
@@ -224,6 +261,7 @@ async def run(
         "concurrency": concurrency,
         "app_ms": app_ms,
         "ratio": seconds["baseline"] / seconds["event"],
+        "ratio_same_client": seconds["same_client"] / seconds["event"],
     }
     for which in contestants:
         result[f"{which}_jobs_per_s"] = done / seconds[which]
@@ -257,11 +295,15 @@ def main() -> int:
     print(f"{result['jobs']} POSTs at concurrency {args.concurrency} to a keep-alive aiohttp app taking "
           f"{args.app_ms:g} ms, loop: {result['loop']}")  # fmt: skip
     print(f"  event proxy   {result['event_jobs_per_s']:8.0f} jobs/s")
-    print(f"  client loop   {result['baseline_jobs_per_s']:8.0f} requests/s   ratio {result['ratio']:.2f}")
+    print(f"  client loop   {result['baseline_jobs_per_s']:8.0f} requests/s   ratio {result['ratio']:.2f}"
+          "   (aiohttp)")  # fmt: skip
+    print(f"  same client   {result['same_client_jobs_per_s']:8.0f} requests/s   ratio "
+          f"{result['ratio_same_client']:.2f}   (pyreqwest, the proxy's)")  # fmt: skip
     print(f"  CPU per job   {result['event_cpu_us_per_job']:8.0f} us (event), "
-          f"{result['baseline_cpu_us_per_job']:.0f} us (client loop)")  # fmt: skip
+          f"{result['baseline_cpu_us_per_job']:.0f} us (client loop), "
+          f"{result['same_client_cpu_us_per_job']:.0f} us (same client)")  # fmt: skip
     for which, what in (
-        ("pool_aiohttp", "a pool making the request itself"),
+        ("pool_client", "a pool making the same-client request itself"),
         ("pool_suspend", "a pool, no HTTP"),
     ):
         if f"{which}_jobs_per_s" in result:
