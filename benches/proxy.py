@@ -66,6 +66,47 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
+class Span:
+    """One contestant's timed stretch: wall clock, this process's CPU, the app's, and the whole
+    machine's (Linux's /proc; elsewhere those two read 0). What the machine spent beyond this process
+    and the app is the broker's (and anything else running): on a machine whose cores the broker, the
+    app and the worker share, it is what the worker's rate is up against."""
+
+    TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __init__(self, app_pid: int) -> None:
+        self.app_pid = app_pid
+        self.seconds = self.cpu = self.app_cpu = self.machine_cpu = 0.0
+
+    def _read(self) -> tuple[float, float, float, float]:
+        return time.perf_counter(), time.process_time(), self._app(), self._machine()
+
+    def _app(self) -> float:
+        try:
+            with open(f"/proc/{self.app_pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / self.TICK  # utime + stime
+        except OSError:
+            return 0.0
+
+    def _machine(self) -> float:
+        try:
+            with open("/proc/stat") as stat:
+                ticks = [int(n) for n in stat.readline().split()[1:]]
+            return (sum(ticks) - ticks[3] - ticks[4]) / self.TICK  # all but idle and iowait
+        except OSError:
+            return 0.0
+
+    def start(self) -> None:
+        self._started = self._read()
+
+    def stop(self) -> None:
+        ended = self._read()
+        self.seconds, self.cpu, self.app_cpu, self.machine_cpu = (
+            end - start for end, start in zip(ended, self._started, strict=True)
+        )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -119,8 +160,8 @@ async def post_same_client(client: Client, url: str, body: bytes, message_id: st
             raise RuntimeError(f"the app answered {response.status}")
 
 
-async def same_client_loop(url: str, jobs: int, concurrency: int) -> tuple[float, float]:
-    """Seconds (wall clock, then CPU) for a plain loop on the proxy's client to POST ``jobs`` bodies."""
+async def same_client_loop(span: Span, url: str, jobs: int, concurrency: int) -> None:
+    """Time (``span``) a plain loop on the proxy's client POSTing ``jobs`` bodies."""
     numbers = iter(range(jobs))
     client = http_client(30)
 
@@ -129,15 +170,15 @@ async def same_client_loop(url: str, jobs: int, concurrency: int) -> tuple[float
             await post_same_client(client, url, orjson.dumps({"n": n}), str(n))
 
     try:
-        started, cpu_started = time.perf_counter(), time.process_time()
+        span.start()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started, time.process_time() - cpu_started
+        span.stop()
     finally:
         await client.close()
 
 
-async def baseline(url: str, jobs: int, concurrency: int) -> tuple[float, float]:
-    """Seconds (wall clock, then CPU) for a plain aiohttp loop to POST ``jobs`` bodies."""
+async def baseline(span: Span, url: str, jobs: int, concurrency: int) -> None:
+    """Time (``span``) a plain aiohttp loop POSTing ``jobs`` bodies."""
     numbers = iter(range(jobs))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
@@ -145,15 +186,15 @@ async def baseline(url: str, jobs: int, concurrency: int) -> tuple[float, float]
             for n in numbers:
                 await post(session, url, orjson.dumps({"n": n}), str(n))
 
-        started, cpu_started = time.perf_counter(), time.process_time()
+        span.start()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started, time.process_time() - cpu_started
+        span.stop()
 
 
 async def ours(
-    amqp_url: str, namespace: str, url: str, jobs: int, concurrency: int, handler: str = "proxy"
-) -> tuple[float, float]:
-    """Seconds (wall clock, then CPU) for a pool with one consumer to drain ``jobs`` messages: the proxy
+    span: Span, amqp_url: str, namespace: str, url: str, jobs: int, concurrency: int, handler: str = "proxy"
+) -> None:
+    """Time (``span``) a pool with one consumer draining ``jobs`` messages: the proxy
     (``handler="proxy"``), a plain consumer making the same-client loop's request (``"client"``), or one
     that only suspends once (``"suspend"``)."""
     queue = wire.queue_name(namespace, "bench.proxy")
@@ -199,15 +240,15 @@ async def ours(
         # as the baseline has neither.
         while not counted("received") and not runner.done():  # noqa: ASYNC110 (a count, not an event)
             await asyncio.sleep(0.001)
-        started, cpu_started = time.perf_counter(), time.process_time()
+        span.start()
         while counted("handled") < jobs:
             if runner.done():
                 runner.result()
                 raise RuntimeError("the pool stopped before handling every job")
             await asyncio.sleep(0.01)
+        span.stop()
         pool.stop()
         await runner
-        return time.perf_counter() - started, time.process_time() - cpu_started
     finally:
         if proxy is not None:
             await proxy.close()
@@ -235,26 +276,28 @@ async def run(
     app, url = await start_app(app_ms / 1000)
     breakdowns = ["pool_client", "pool_suspend"] if breakdown else []
     contestants = ["event", "baseline", "same_client", *breakdowns]
-    seconds = dict.fromkeys(contestants, 0.0)
-    cpu = dict.fromkeys(contestants, 0.0)  # this process's CPU time, steadier than the wall clock
+    # Per contestant: wall clock, this process's CPU (steadier than the wall clock), the app's, the machine's.
+    totals = {which: [0.0, 0.0, 0.0, 0.0] for which in contestants}
     try:
         share = max(1, jobs // rounds)
         for r in range(rounds):  # turns, in a rotating order: a slow spell falls on all
             for which in contestants[r % len(contestants) :] + contestants[: r % len(contestants)]:
+                span = Span(app.pid)
                 if which == "baseline":
-                    wall, used = await baseline(url, share, concurrency)
+                    await baseline(span, url, share, concurrency)
                 elif which == "same_client":
-                    wall, used = await same_client_loop(url, share, concurrency)
+                    await same_client_loop(span, url, share, concurrency)
                 else:
                     handler = {"event": "proxy", "pool_client": "client", "pool_suspend": "suspend"}[which]
-                    wall, used = await ours(amqp_url, namespace, url, share, concurrency, handler)
-                seconds[which] += wall
-                cpu[which] += used
+                    await ours(span, amqp_url, namespace, url, share, concurrency, handler)
+                for n, value in enumerate((span.seconds, span.cpu, span.app_cpu, span.machine_cpu)):
+                    totals[which][n] += value
     finally:
         app.kill()
         await app.wait()
         await cleanup(amqp_url, namespace)
     done = share * rounds
+    seconds = {which: total[0] for which, total in totals.items()}
     result: dict[str, Any] = {
         "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "jobs": done,
@@ -262,10 +305,15 @@ async def run(
         "app_ms": app_ms,
         "ratio": seconds["baseline"] / seconds["event"],
         "ratio_same_client": seconds["same_client"] / seconds["event"],
+        "cores": os.cpu_count(),
     }
-    for which in contestants:
-        result[f"{which}_jobs_per_s"] = done / seconds[which]
-        result[f"{which}_cpu_us_per_job"] = cpu[which] / done * 1e6
+    for which, (wall, cpu, app_cpu, machine_cpu) in totals.items():
+        result[f"{which}_jobs_per_s"] = done / wall
+        result[f"{which}_cpu_us_per_job"] = cpu / done * 1e6
+        result[f"{which}_app_cpu_us_per_job"] = app_cpu / done * 1e6
+        # the broker's and anything else's: the machine's CPU beyond this process's and the app's
+        result[f"{which}_rest_cpu_us_per_job"] = max(0.0, machine_cpu - cpu - app_cpu) / done * 1e6
+        result[f"{which}_machine_busy"] = machine_cpu / wall / (os.cpu_count() or 1)
     return result
 
 
@@ -299,16 +347,19 @@ def main() -> int:
           "   (aiohttp)")  # fmt: skip
     print(f"  same client   {result['same_client_jobs_per_s']:8.0f} requests/s   ratio "
           f"{result['ratio_same_client']:.2f}   (pyreqwest, the proxy's)")  # fmt: skip
-    print(f"  CPU per job   {result['event_cpu_us_per_job']:8.0f} us (event), "
-          f"{result['baseline_cpu_us_per_job']:.0f} us (client loop), "
-          f"{result['same_client_cpu_us_per_job']:.0f} us (same client)")  # fmt: skip
+    print("  CPU per job (us): this process / the app / the rest (the broker) / the machine busy")
     for which, what in (
+        ("event", "event proxy"),
+        ("baseline", "client loop"),
+        ("same_client", "same client"),
         ("pool_client", "a pool making the same-client request itself"),
         ("pool_suspend", "a pool, no HTTP"),
     ):
-        if f"{which}_jobs_per_s" in result:
-            print(f"  {what}: {result[f'{which}_jobs_per_s']:.0f} jobs/s, "
-                  f"{result[f'{which}_cpu_us_per_job']:.0f} us CPU per job")  # fmt: skip
+        if f"{which}_jobs_per_s" not in result:
+            continue
+        cpu, app_cpu, rest = (result[f"{which}_{part}cpu_us_per_job"] for part in ("", "app_", "rest_"))
+        print(f"    {what}: {result[f'{which}_jobs_per_s']:.0f} jobs/s, "
+              f"{cpu:.0f} / {app_cpu:.0f} / {rest:.0f}, {result[f'{which}_machine_busy']:.0%}")  # fmt: skip
     return 0
 
 

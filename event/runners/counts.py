@@ -15,7 +15,8 @@ class OutcomeCounts(Collector):
 
     Outcomes are bounded: ``"200"``, ``"503"`` (HTTP statuses), ``"exit 0"``, ``"signal 9"``, and the
     words ``"timeout"``, ``"unreachable"``, ``"held back"`` (not sent: the app was found down a moment
-    ago) and ``"bad args"``. Counting is a dict add on the event loop;
+    ago), ``"bad headers"`` (not sent: the message's id or routing key cannot be an HTTP header) and
+    ``"bad args"``. Counting is a dict add on the event loop;
     the metric family is built at scrape time, as the pool's own collector does.
     """
 

@@ -51,6 +51,7 @@ KEEPALIVE_S = 30.0  # an idle kept-alive connection is closed after that long
 # After a refused connection, requests are not sent for a while, doubling up to the longest pause:
 # an app that is down gets one request per pause from this worker, not one per message.
 OUTAGE_PAUSES_S = (0.5, 10.0)
+RETRY_AFTER_STATUSES = (429, 503)  # the answers whose Retry-After says when to try again
 ROUTING_KEY_FIELD = "{routing_key}"
 URL_CACHE = 1000  # URLs per routing key remembered (routing keys are the application's few names)
 _SECONDS = re.compile(r"[0-9]+")
@@ -103,7 +104,7 @@ def judge(status: int, retry_after: str | None, body: bytes, where: str, now: da
     if 200 <= status < 300:
         return None
     text = f"{where} answered {status}: {preview(body)}"
-    if status in (429, 503):
+    if status in RETRY_AFTER_STATUSES:
         delay = retry_after_seconds(retry_after, now)
         if delay is not None:
             return Retry(f"{text}; Retry-After: {retry_after}", in_=delay)
@@ -198,7 +199,9 @@ class HttpProxy:
         started = time.perf_counter()
         try:
             async with request as response:
-                status, retry_after = response.status, response.get_header("Retry-After")
+                status = response.status
+                # Read only where judge() looks at it: each header read is a call into the client.
+                retry_after = response.get_header("Retry-After") if status in RETRY_AFTER_STATUSES else None
                 body = await _read_bounded(response)
         except TimeoutError as exc:  # pyreqwest's timeouts (the total one among them) are TimeoutErrors
             self.counts.count(msg.queue, "timeout")
