@@ -10,12 +10,12 @@ Like nginx in front of an app, the app never talks to the queue::
 
 The client is pyreqwest: the Rust HTTP stack of reqwest and hyper (among the most used HTTP clients of
 any language) behind a typed asyncio API, with keep-alive connection pooling and per-request timeouts,
-released monthly with wheels for every platform we run on. It replaced aiohttp here because the
-proxy's own cost is mostly its HTTP client's: in ``benches/proxy.py`` on this project's 2-core
-machine, one keep-alive POST cost 135-140 us of CPU through pyreqwest against 240-270 us through
-aiohttp, and the proxy went from 0.61-0.76 to 0.95 of a plain aiohttp loop's rate
-(``docs/benchmarks.md``). httpx was slower still (90-150 requests/s against aiohttp's 1,800-5,000: its
-pool serialises under concurrency).
+released about monthly with wheels for every platform we run on. It replaced aiohttp because the
+proxy's cost is mostly its HTTP client's: in ``benches/proxy.py``, on this project's 2-core machine, one
+keep-alive POST cost the worker 126-148 us of CPU through pyreqwest and 261-287 us through aiohttp,
+and the proxy went from 0.61-0.76 to 0.84-0.92 of a plain aiohttp loop's rate (``docs/benchmarks.md``).
+httpx was slower still (90-150 requests/s against aiohttp's 1,800-5,000: its pool serialises under
+concurrency).
 """
 
 from __future__ import annotations
