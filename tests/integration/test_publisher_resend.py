@@ -52,6 +52,10 @@ async def test_publishes_in_flight_when_the_connection_is_closed_all_arrive(
         feeding = asyncio.create_task(feed())
         await eventually(lambda: sum(publisher.stats.published.values()) >= BEFORE, interval=0.005)
         closed = await asyncio.to_thread(management.close_connections, name)
+        # The broker closes the connection in its own time: on a loaded machine 4.3 did so only after
+        # AFTER more publishes (seen in CI), which then interrupted nothing. So the stream goes on until
+        # the publisher has re-sent what the close left unconfirmed, then AFTER more.
+        await eventually(lambda: publisher.stats.resent > 0, timeout=30, interval=0.005)
         closing.set()
         await feeding
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -74,5 +78,4 @@ async def test_publishes_in_flight_when_the_connection_is_closed_all_arrive(
         f"{publisher.stats.resent} re-sent, {duplicates} duplicates"
     )
     assert set(arrived) == set(range(sent))  # none lost
-    assert publisher.stats.resent > 0  # the close did interrupt publishes
     assert duplicates <= publisher.stats.resent  # a duplicate only ever comes from a re-send
