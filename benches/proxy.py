@@ -36,6 +36,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -160,35 +161,34 @@ async def post_same_client(client: Client, url: str, body: bytes, message_id: st
             raise RuntimeError(f"the app answered {response.status}")
 
 
-async def same_client_loop(span: Span, url: str, jobs: int, concurrency: int) -> None:
-    """Time (``span``) a plain loop on the proxy's client POSTing ``jobs`` bodies."""
+async def client_loop(
+    span: Span, jobs: int, concurrency: int, post_one: Callable[[bytes, str], Awaitable[None]]
+) -> None:
+    """Time (``span``) ``concurrency`` tasks POSTing ``jobs`` bodies, each with ``post_one(body, id)``."""
     numbers = iter(range(jobs))
-    client = http_client(30)
 
     async def worker() -> None:
         for n in numbers:
-            await post_same_client(client, url, orjson.dumps({"n": n}), str(n))
+            await post_one(orjson.dumps({"n": n}), str(n))
 
+    span.start()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    span.stop()
+
+
+async def same_client_loop(span: Span, url: str, jobs: int, concurrency: int) -> None:
+    """Time (``span``) a plain loop on the proxy's client POSTing ``jobs`` bodies."""
+    client = http_client(30)
     try:
-        span.start()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        span.stop()
+        await client_loop(span, jobs, concurrency, lambda body, n: post_same_client(client, url, body, n))
     finally:
         await client.close()
 
 
 async def baseline(span: Span, url: str, jobs: int, concurrency: int) -> None:
     """Time (``span``) a plain aiohttp loop POSTing ``jobs`` bodies."""
-    numbers = iter(range(jobs))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-
-        async def worker() -> None:
-            for n in numbers:
-                await post(session, url, orjson.dumps({"n": n}), str(n))
-
-        span.start()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        span.stop()
+        await client_loop(span, jobs, concurrency, lambda body, n: post(session, url, body, n))
 
 
 async def ours(

@@ -78,4 +78,5 @@ async def test_publishes_in_flight_when_the_connection_is_closed_all_arrive(
         f"{publisher.stats.resent} re-sent, {duplicates} duplicates"
     )
     assert set(arrived) == set(range(sent))  # none lost
+    assert publisher.stats.resent > 0  # the close did interrupt publishes
     assert duplicates <= publisher.stats.resent  # a duplicate only ever comes from a re-send
