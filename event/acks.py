@@ -1,9 +1,17 @@
-"""Acknowledgement batching: ack with ``multiple=True`` up to the contiguous finished prefix.
+"""Acknowledgement batching: one ``multiple`` ack for the finished prefix, single acks for the rest.
 
 Handlers finish out of order; the broker's ``multiple`` flag acknowledges every outstanding tag up to
-the one named, so it may only name a tag below which every delivery has finished. :class:`AckLedger`
-keeps that bookkeeping (pure, property-tested); :class:`AckTracker` adds the sending, batched by count
-and by a short timer so that no finished message waits long for its ack.
+the one named, so it may only name a tag below which every delivery has finished. That prefix is what
+makes acking cheap on the hot path (one frame for a whole batch), but it must never cost liveness: the
+broker counts a finished-but-unacked message against the prefetch, so a finished tag held behind one
+slow message would stop the consumer as surely as the slow message itself. So a flush also acks, one
+by one, every finished tag behind an unfinished one: at any moment the broker holds unacked exactly the
+deliveries still running, plus what finished since the last flush (at most one batch, at most one
+interval old).
+
+:class:`AckLedger` keeps that bookkeeping (pure, property-tested); :class:`AckTracker` adds the sending,
+batched by count and by a short timer, and is the one place a consumer's acks, rejects and their
+batching are decided: :func:`tracker_for` builds it from a channel and the consumer's prefetch.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger("event.acks")
 
@@ -20,20 +29,25 @@ SendReject = Callable[[int], None]  # a channel's basic_reject with requeue
 
 
 class AckLedger:
-    """Which delivery tags of one channel are finished, and up to where a multiple-ack may reach."""
+    """Which delivery tags of one channel are finished, and how the broker may be told.
 
-    __slots__ = ("_alone", "_finished", "_outstanding", "ackable_upto", "acked_upto", "ready", "ready_upto")
+    Every finished tag leaves by exactly one of three ways: covered by a ``multiple`` ack (the
+    contiguous finished prefix), acked alone by :meth:`take` (finished behind an unfinished tag), or
+    settled alone by the caller (a reject, an ack sent at once: :meth:`finish` with ``alone``). A
+    ``multiple`` ack must name a tag the broker still holds: a tag settled alone may be covered by it,
+    never named, or the broker closes the channel (406 unknown delivery tag).
+    """
+
+    __slots__ = ("_alone", "_behind", "_finished", "_outstanding", "ackable_upto", "acked_upto", "ready")
 
     def __init__(self) -> None:
         self._outstanding: deque[int] = deque()  # delivered, in delivery (= tag) order
         self._finished: set[int] = set()  # finished, but behind an unfinished tag
-        self.ready_upto = 0  # highest tag with every tag up to it finished
-        # A multiple-ack must name a tag the broker still holds: one settled alone (a reject, an
-        # ack sent at once) may be covered by it, never named, or the broker closes the channel.
-        self._alone: set[int] = set()
-        self.ackable_upto = 0  # highest tag of that prefix not settled alone
-        self.acked_upto = 0  # highest tag a sent multiple-ack covered
-        self.ready = 0  # how many finished tags wait for the next multiple-ack
+        self._behind: set[int] = set()  # of those, the ones the broker has not been told of yet
+        self._alone: set[int] = set()  # of those, the ones already settled alone
+        self.ackable_upto = 0  # highest tag of the finished prefix not settled alone
+        self.acked_upto = 0  # highest tag a multiple-ack named
+        self.ready = 0  # finished prefix tags the next multiple-ack will cover
 
     def delivered(self, tag: int) -> None:
         """Record a new delivery; tags arrive in increasing order on a channel."""
@@ -41,47 +55,66 @@ class AckLedger:
 
     def finish(self, tag: int, *, alone: bool = False) -> None:
         """Record that ``tag``'s handling ended; ``alone``: the broker has settled it already."""
-        if alone:
-            self._alone.add(tag)
         outstanding = self._outstanding
         if outstanding and outstanding[0] == tag:
             outstanding.popleft()
-            self._ready(tag)
-            finished = self._finished
-            while outstanding and outstanding[0] in finished:
-                head = outstanding.popleft()
-                finished.discard(head)
-                self._ready(head)
+            if not alone:
+                self.ackable_upto = tag
+                self.ready += 1
+            if self._finished:
+                self._advance()
         else:
             self._finished.add(tag)
+            if alone:
+                self._alone.add(tag)
+            else:
+                self._behind.add(tag)
 
-    def _ready(self, tag: int) -> None:
-        self.ready_upto = tag
-        self.ready += 1
-        if tag in self._alone:
-            self._alone.discard(tag)
-        else:
-            self.ackable_upto = tag
+    def _advance(self) -> None:
+        """The head finished: the tags finished behind it join the prefix."""
+        outstanding, finished, alone, behind = self._outstanding, self._finished, self._alone, self._behind
+        while outstanding and outstanding[0] in finished:
+            head = outstanding.popleft()
+            finished.discard(head)
+            if head in alone:
+                alone.discard(head)
+            else:
+                behind.discard(head)
+                self.ackable_upto = head
+                self.ready += 1
 
-    def take(self) -> int | None:
-        """The tag for the next multiple-ack, or None when nothing new is ready; marks it as sent."""
-        if self.ready_upto <= self.acked_upto:
-            return None
-        before, self.acked_upto = self.acked_upto, self.ready_upto
-        self.ready = 0
-        return self.ackable_upto if self.ackable_upto > before else None  # else all settled alone
+    @property
+    def pending(self) -> int:
+        """Finished tags the broker still counts as unacked: what the next :meth:`take` settles."""
+        return self.ready + len(self._behind)
 
-    def stragglers(self) -> list[int]:
-        """Finished tags stuck behind an unfinished one: at shutdown they are acked one by one."""
-        tags = sorted(self._finished - self._alone)
-        self._finished.clear()
-        self._alone.clear()
-        return tags
+    def take(self) -> tuple[int | None, list[int]]:
+        """What to send now: the tag for a multiple-ack (or None), and the tags to ack one by one.
+
+        Marks them as sent: the single ones count as settled alone from now on."""
+        upto = None
+        if self.ready:
+            self.ready = 0
+            upto = self.acked_upto = self.ackable_upto
+        singles: list[int] = []
+        if self._behind:
+            singles = sorted(self._behind)
+            self._alone.update(singles)
+            self._behind.clear()
+        return upto, singles
 
     @property
     def unfinished(self) -> int:
         """How many delivered tags have not finished."""
         return len(self._outstanding) - len(self._finished)
+
+
+class AckChannel(Protocol):
+    """What acking needs of a channel (a driver's Channel has it)."""
+
+    def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None: ...
+
+    def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None: ...
 
 
 class AckTracker:
@@ -127,9 +160,10 @@ class AckTracker:
     def _settled(self, tag: int, *, alone: bool = False) -> None:
         ledger = self.ledger
         ledger.finish(tag, alone=alone)
-        if ledger.ready >= self.batch:
+        pending = ledger.pending
+        if pending >= self.batch:
             self.flush()
-        elif ledger.ready and self._timer is None:
+        elif pending and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.interval, self._on_timer)
 
     def reject(self, tag: int) -> None:
@@ -151,30 +185,25 @@ class AckTracker:
             self.flush()
 
     def flush(self) -> None:
-        """Send the multiple-ack for everything finished in order so far."""
+        """Ack everything finished so far: the prefix with one multiple-ack, the rest one by one."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        upto = self.ledger.take()
-        if upto is None or not self.alive:
+        if not self.alive:
             return
+        upto, singles = self.ledger.take()
         try:
-            self._send(upto, True)
+            if upto is not None:
+                self._send(upto, True)
+            for tag in singles:
+                self._send(tag, False)
         except Exception as exc:  # the channel died: its tags died with it, the broker redelivers
-            log.debug("ack of tags up to %d not sent: %s", upto, exc)
+            log.debug("acks not sent (up to %s, %d alone): %s", upto, len(singles), exc)
             self.abandon()
 
     def close(self) -> None:
-        """Final flush at shutdown: the batch, then every finished tag stuck behind an unfinished one."""
+        """Final flush at shutdown, then stop acking."""
         self.flush()
-        for tag in self.ledger.stragglers():
-            if not self.alive:
-                return
-            try:
-                self._send(tag, False)
-            except Exception as exc:
-                log.debug("ack of tag %d not sent: %s", tag, exc)
-                self.abandon()
         self.abandon()
 
     def abandon(self) -> None:
@@ -183,3 +212,18 @@ class AckTracker:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def tracker_for(channel: AckChannel, *, prefetch: int, interval: float) -> AckTracker:
+    """The tracker of a consumer's channel.
+
+    A batch is a quarter of the prefetch: the broker may send the next quarter while this one's ack is
+    on its way, and never more than a quarter of the window is finished-but-unacked."""
+
+    def send_ack(tag: int, multiple: bool) -> None:
+        channel.basic_ack(tag, multiple=multiple)
+
+    def send_reject(tag: int) -> None:
+        channel.basic_reject(tag, requeue=True)
+
+    return AckTracker(send_ack, send_reject, batch=max(1, prefetch // 4), interval=interval)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from event import driver, topology
-from event.acks import AckTracker
+from event.acks import AckTracker, tracker_for
 from event.connection import (
     Channel,
     Connection,
@@ -101,15 +101,7 @@ class ConsumerSupervisor:
         try:
             await topology.declare(channel, self.plan)
 
-            def send_ack(tag: int, multiple: bool) -> None:
-                channel.basic_ack(tag, multiple=multiple)
-
-            def send_reject(tag: int) -> None:
-                channel.basic_reject(tag, requeue=True)
-
-            acks = AckTracker(
-                send_ack, send_reject, batch=max(1, consumer.prefetch // 4), interval=self.ack_interval
-            )
+            acks = tracker_for(channel, prefetch=consumer.prefetch, interval=self.ack_interval)
 
             def cancelled(consumer_tag: str) -> None:
                 if not lost.done():

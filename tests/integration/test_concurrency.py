@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import pytest
 from support import eventually
 
-from event import Message, Publisher, WorkerPool
+from event import Dead, Message, Publisher, WorkerPool
 
 
 class Gauge:
@@ -67,3 +69,39 @@ async def test_pool_concurrency_caps_all_consumers_together(pool_kwargs: dict[st
         )
         await eventually(lambda: len(done) == 30, timeout=20)
     assert gauge.peak == 3
+
+
+@pytest.mark.parametrize("outcome", ["ack", "dead"])
+async def test_one_slow_message_does_not_hold_up_the_finished_ones_behind_it(
+    pool_kwargs: dict[str, Any], outcome: str
+) -> None:
+    """Prefetch 10, one message that runs until the end of the test, 199 quick ones behind it: the
+    quick ones' acks (or, for ``dead``, the acks after their dead copies are confirmed) must reach the
+    broker although a tag before them is unfinished, or the prefetch fills and the consumer stops."""
+    pool = WorkerPool(**pool_kwargs, concurrency=0)
+    release = asyncio.Event()
+    started = asyncio.Event()
+    quick: list[float] = []
+
+    @pool.consumer("app.mixed", max_concurrency=10, prefetch=10, retries=0)
+    async def mixed(ctx: object, msg: Message[Any]) -> None:
+        if msg.body["n"] == 0:
+            started.set()
+            await release.wait()
+            return
+        quick.append(time.monotonic())
+        if outcome == "dead":
+            raise Dead("quick and dead")
+
+    async with pool.running(), Publisher(**pool_kwargs) as publisher:
+        try:
+            await publisher.publish("app.mixed", {"n": 0})
+            await asyncio.wait_for(started.wait(), timeout=10)
+            began = time.monotonic()
+            await asyncio.gather(*(publisher.publish("app.mixed", {"n": n}) for n in range(1, 200)))
+            await eventually(lambda: len(quick) == 199, timeout=15)
+            within_5s = sum(1 for t in quick if t - began <= 5)
+            per_second = [sum(1 for t in quick if s <= t - began < s + 1) for s in range(5)]
+            assert within_5s >= 190, f"{within_5s} of 199 in 5 s behind one slow message: {per_second}/s"
+        finally:
+            release.set()
