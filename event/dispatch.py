@@ -327,6 +327,11 @@ class Dispatcher:
             due_in = wire.due_in_ms(headers, int(self.clock() * 1000))
             if due_in is not None and due_in > 1000:
                 self.stats.count("received", routing_key)
+                if due_in > wire.MAX_DELAY_MS:  # a wrong clock or client: parked for ever otherwise
+                    failures = wire.failures(headers, consumer.routing_keys, consumer.queue, self.exchange)
+                    far = PayloadError(wire.beyond_horizon(headers, due_in))
+                    await self._failed(delivered, tag, acks, routing_key, failures, far)
+                    return
                 await self._park(delivered, tag, acks, routing_key, due_in / 1000)
                 return
             failures = wire.failures(headers, consumer.routing_keys, consumer.queue, self.exchange)

@@ -85,6 +85,8 @@ def delay_seconds(delay: float | timedelta) -> float:
         raise TypeError(f"delay must be seconds (int or float) or a timedelta, not {type(delay).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"delay must be a finite number of seconds, at least 0, not {delay!r}")
+    if seconds > wire.MAX_DELAY_S:
+        raise ValueError(f"delay {delay!r} is beyond the horizon of {wire.MAX_DELAY_S // 86_400} days")
     return seconds
 
 
@@ -305,6 +307,10 @@ class Publisher:
     ) -> None:
         """Publish ``payload`` for delivery at ``when`` (an aware datetime) or later; a past one: now."""
         seconds = seconds_until(when, self.clock())
+        if seconds > wire.MAX_DELAY_S:
+            raise ValueError(
+                f"when {when.isoformat()} is beyond the horizon of {wire.MAX_DELAY_S // 86_400} days from now"
+            )
         due_at_ms = math.ceil(when.timestamp() * 1000)  # exactly the time asked for, not now + a float
         await self._publish_delayed(max(seconds, 0.0), routing_key, payload, headers, message_id, due_at_ms)
 

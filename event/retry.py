@@ -42,4 +42,6 @@ def decide(error: BaseException, failures: int, retries: int, backoff: Backoff |
         delay = (backoff or wire.retry_backoff)(failures)
     if not isinstance(delay, int | float) or not math.isfinite(delay) or delay < 0:
         return Decision(None, f"the back-off gave an unusable delay {delay!r}")
+    if delay > wire.MAX_DELAY_S:
+        return Decision(None, f"the delay {delay:g} s is beyond the horizon of {wire.MAX_DELAY_S} s")
     return Decision(float(delay), f"retry {attempt} of {retries} in {delay:g} s")

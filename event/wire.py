@@ -24,6 +24,12 @@ LEVELS: tuple[int, ...] = (
 )  # fmt: skip
 MAX_LEVEL = LEVELS[-1]
 
+# The furthest a delay may reach: two years, enough for any yearly schedule with slack. Beyond it a
+# delay is a wrong clock or a wrong client (a due time in the year 33,658 would be parked again every
+# three hours for ever), so it is refused at publish and a message carrying one goes to the dead queue.
+MAX_DELAY_S = 2 * 366 * 24 * 3600
+MAX_DELAY_MS = MAX_DELAY_S * 1000
+
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
 DELAY_QUEUE_TTL_MS = THIRTY_DAYS_MS
 DEAD_QUEUE_TTL_MS = THIRTY_DAYS_MS
@@ -441,6 +447,14 @@ def due_in_ms(headers: Mapping[str, Any], now_ms: int) -> int | None:
     """Milliseconds until ``event-due-at``, or None when the header is absent or unusable."""
     due = header_int(headers, H_DUE_AT)
     return None if due is None else due - now_ms
+
+
+def beyond_horizon(headers: Mapping[str, Any], due_in: int) -> str:
+    """Why a message whose ``event-due-at`` is ``due_in`` ms away (over :data:`MAX_DELAY_MS`) is refused."""
+    return (
+        f"header {H_DUE_AT}={headers.get(H_DUE_AT)!r} is {due_in / 86_400_000:,.0f} days ahead, beyond "
+        f"the horizon of {MAX_DELAY_S // 86_400} days: the publisher's clock or client is wrong"
+    )
 
 
 # --- headers of copies -----------------------------------------------------------------------------------

@@ -94,6 +94,37 @@ async def test_a_long_delay_is_parked_again_until_due(
     assert msg.delivery_routing_key == wire.park_queue_name(iso.namespace, iso.exchange, 5)
 
 
+async def test_a_due_time_beyond_the_horizon_goes_to_the_dead_queue_named(
+    pool_kwargs: dict[str, Any], iso: Isolation, probe: Probe
+) -> None:
+    """Another client's event-due-at in the year 33,658 would be parked again every 3 hours for ever."""
+    pool = WorkerPool(**pool_kwargs)
+    handled: list[Message[Any]] = []
+
+    @pool.consumer("app.report")
+    async def report(ctx: object, msg: Message[Any]) -> None:
+        handled.append(msg)
+
+    due_ms = 1_000_000_000_000_000  # 2001-09-09 in microseconds, read as milliseconds: year 33,658
+    async with pool.running():
+        headers = wire.delayed_headers({}, "app.report", due_at_ms=due_ms)
+        await probe.publish(iso.exchange, "app.report", b'{"n": 1}', content_type="application/json",
+                            delivery_mode=2, message_id="far-1", headers=headers)  # fmt: skip
+        dead_queue = wire.dead_queue_name(iso.namespace, iso.exchange)
+
+        async def dead_queued() -> bool:
+            return await probe.depth(dead_queue) == 1
+
+        await eventually(dead_queued, timeout=15)
+    [dead] = await probe.take_all(dead_queue)
+    error = dead.header.properties.headers["event-error"]
+    error = error.decode() if isinstance(error, bytes) else error
+    assert f"event-due-at={due_ms}" in error and "beyond the horizon of 732 days" in error, error
+    assert handled == []
+    for level in wire.LEVELS:  # not parked, not even once
+        assert await probe.depth(wire.park_queue_name(iso.namespace, iso.exchange, level)) == 0
+
+
 @pytest.mark.parametrize("hutch_schedule_first", [True, False], ids=["hutch-schedule first", "event first"])
 async def test_hutch_schedule_declares_its_delay_queues_beside_ours(
     pool_kwargs: dict[str, Any], iso: Isolation, probe: Probe, hutch_schedule_first: bool
@@ -124,4 +155,8 @@ async def test_bad_delays_and_payloads_fail_before_anything_is_sent(
             await publisher.publish_at(datetime(2030, 1, 1), "app.a", {})
         with pytest.raises(TypeError, match=r"'app\.a'.*object"):
             await publisher.publish_in(5, "app.a", {"when": object()})
+        with pytest.raises(ValueError, match="beyond the horizon of 732 days"):
+            await publisher.publish_in(timedelta(days=733), "app.a", {})
+        with pytest.raises(ValueError, match="beyond the horizon of 732 days"):
+            await publisher.publish_at(datetime.now(UTC) + timedelta(days=800), "app.a", {})
     assert await probe.depth(wire.park_queue_name(iso.namespace, iso.exchange, 5)) == 0

@@ -204,3 +204,9 @@ def test_reserved_queue_names() -> None:
         assert wire.is_reserved_queue_name(name, "hutch")
     assert not wire.is_reserved_queue_name("ns:hutch_park_queue_7s", "hutch")
     assert not wire.is_reserved_queue_name("ns:send_email", "hutch")
+
+
+def test_a_retry_beyond_the_horizon_goes_dead_instead_of_parking_for_ever() -> None:
+    far = decide(Retry(in_=wire.MAX_DELAY_S + 1), 0, 3, None)
+    assert far.delay is None and "beyond the horizon" in far.reason
+    assert decide(Retry(in_=wire.MAX_DELAY_S), 0, 3, None).delay == wire.MAX_DELAY_S
