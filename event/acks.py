@@ -104,6 +104,11 @@ class AckLedger:
         return upto, singles
 
     @property
+    def held(self) -> int:
+        """Tags the broker counts as unacked: the unfinished ones and the finished not yet acked."""
+        return len(self._outstanding) - len(self._alone) + self.ready
+
+    @property
     def unfinished(self) -> int:
         """How many delivered tags have not finished."""
         return len(self._outstanding) - len(self._finished)
@@ -124,13 +129,18 @@ class AckTracker:
     frames and the broker sends no answer, so nothing here ever waits (and the hot path never suspends
     for an ack)."""
 
-    __slots__ = ("_reject", "_send", "_timer", "alive", "batch", "interval", "ledger")
+    __slots__ = ("_reject", "_send", "_timer", "alive", "batch", "interval", "ledger", "window")
 
-    def __init__(self, send: SendAck, reject: SendReject, *, batch: int, interval: float) -> None:
+    def __init__(
+        self, send: SendAck, reject: SendReject, *, batch: int, interval: float, window: int = 0
+    ) -> None:
         self._send = send
         self._reject = reject
         self.batch = max(1, batch)
         self.interval = interval
+        # The channel's prefetch (0: none). When every slot of it is taken, the broker sends nothing
+        # more until it hears of an ack: then what is finished is acked at once, not after the timer.
+        self.window = window
         self.ledger = AckLedger()
         self._timer: asyncio.TimerHandle | None = None
         self.alive = True
@@ -161,7 +171,7 @@ class AckTracker:
         ledger = self.ledger
         ledger.finish(tag, alone=alone)
         pending = ledger.pending
-        if pending >= self.batch:
+        if pending >= self.batch or (self.window and pending and ledger.held >= self.window):
             self.flush()
         elif pending and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.interval, self._on_timer)
@@ -218,7 +228,8 @@ def tracker_for(channel: AckChannel, *, prefetch: int, interval: float) -> AckTr
     """The tracker of a consumer's channel.
 
     A batch is a quarter of the prefetch: the broker may send the next quarter while this one's ack is
-    on its way, and never more than a quarter of the window is finished-but-unacked."""
+    on its way, and never more than a quarter of the window is finished-but-unacked. When slow messages
+    take most of the window, the acks go as soon as the window is full (see :class:`AckTracker`)."""
 
     def send_ack(tag: int, multiple: bool) -> None:
         channel.basic_ack(tag, multiple=multiple)
@@ -226,4 +237,4 @@ def tracker_for(channel: AckChannel, *, prefetch: int, interval: float) -> AckTr
     def send_reject(tag: int) -> None:
         channel.basic_reject(tag, requeue=True)
 
-    return AckTracker(send_ack, send_reject, batch=max(1, prefetch // 4), interval=interval)
+    return AckTracker(send_ack, send_reject, batch=max(1, prefetch // 4), interval=interval, window=prefetch)

@@ -299,6 +299,7 @@ def test_the_broker_holds_unacked_only_what_runs_plus_less_than_one_batch(
                 continue
             unfinished.discard(tag)
             getattr(tracker, kind)(tag)
+            assert tracker.ledger.held == len(broker.unacked)  # the ledger knows the broker's count
             assert unfinished <= broker.unacked
             assert len(broker.unacked - unfinished) < batch
         tracker.flush()
@@ -307,3 +308,28 @@ def test_the_broker_holds_unacked_only_what_runs_plus_less_than_one_batch(
         tracker.abandon()
 
     asyncio.run(scenario())
+
+
+async def test_a_full_window_is_acked_at_once_not_after_the_timer() -> None:
+    """Slow messages take 3 of a prefetch of 4: the one quick message finishing fills the window, and
+    the broker would send nothing more until the timer; so its ack goes at once."""
+    sent: list[tuple[int, bool]] = []
+
+    def send(tag: int, multiple: bool) -> None:
+        sent.append((tag, multiple))
+
+    def reject(tag: int) -> None: ...
+
+    tracker = AckTracker(send, reject, batch=2, interval=60, window=4)
+    for tag in (1, 2, 3, 4):
+        tracker.delivered(tag)
+    tracker.ack(4)
+    assert sent == [(4, False)]
+    tracker.abandon()
+
+    roomy = AckTracker(send, reject, batch=2, interval=60, window=8)
+    for tag in (1, 2, 3, 4):
+        roomy.delivered(tag)
+    roomy.ack(4)  # half the window is free: the batch waits for a second tag or the timer
+    assert sent == [(4, False)]
+    roomy.abandon()
