@@ -60,6 +60,7 @@ H = TypeVar("H", bound=Handler)
 M = TypeVar("M", bound=Middleware)
 
 ACK_INTERVAL_S = 0.05
+STARTS_IN_FLIGHT = 32  # consumers starting at once (their channels, declarations and consumes)
 RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -593,14 +594,9 @@ class WorkerPool:
         try:
             await self._declare_shared(connection, first=first)
             await self._sender.open()
+            if first:
+                await self._start_consumers(connection)
             for supervisor in self._supervisors:
-                if first:
-                    try:
-                        await supervisor.start(connection)
-                    except ConfigurationError:
-                        raise
-                    except EventError as exc:
-                        log.error("consumer of queue %r is not consuming yet: %s", supervisor.queue, exc)
                 supervisor.watch(connection)
             await self._listen_for_commands(connection)
             if self._schedules:
@@ -626,6 +622,27 @@ class WorkerPool:
         # cron and the rest are set up, and a start cut off half-way must not have looked ready.
         self._started = True
         self._update_ready()
+
+    async def _start_consumers(self, connection: Connection) -> None:
+        # Several consumers start at once on the one connection, each on its own channel: a start is
+        # a handful of round trips (channel, qos, declare, binds, consume), so one after the other a
+        # pool of 300 took 3 s to become ready, mostly waiting. A queue that exists with other arguments
+        # ends run() (after every start has ended, so that no channel is left half set up).
+        slots = asyncio.Semaphore(STARTS_IN_FLIGHT)
+
+        async def start(supervisor: ConsumerSupervisor) -> None:
+            async with slots:
+                try:
+                    await supervisor.start(connection)
+                except ConfigurationError:
+                    raise
+                except EventError as exc:
+                    log.error("consumer of queue %r is not consuming yet: %s", supervisor.queue, exc)
+
+        results = await asyncio.gather(*(start(s) for s in self._supervisors), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _declare_shared(self, connection: Connection, *, first: bool) -> None:
         failures = await topology.declare_each(
