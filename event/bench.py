@@ -21,18 +21,26 @@ After each child the parent checks the broker: every consumed queue empty (every
 published message in the sink (nothing unconfirmed counted as sent).
 
 The anchors need pika and aio-pika: ``pip install 'rabbit-event[bench]'``.
+
+A fourth contestant, the compiled anchor, runs when Go is installed: a bare consumer and a confirmed
+publisher on amqp091-go, RabbitMQ's own Go client (``event/bench_anchor/main.go``), built here in GOPATH
+mode against Debian's ``golang-github-rabbitmq-amqp091-go-dev`` (nothing is fetched), and run with
+``GOMAXPROCS=1`` unless ``go_maxprocs`` says otherwise. Without Go the result says why it did not run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
+import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -53,6 +61,9 @@ ROUNDS = 3
 DEFAULT_WINDOW = 500
 LOOPS = ("auto", "asyncio", "uvloop")
 INSTALL_HINT = "pip install 'rabbit-event[bench]'"
+GO_SOURCE = Path(__file__).with_name("bench_anchor") / "main.go"
+GO_HINT = "apt-get install golang-go golang-github-rabbitmq-amqp091-go-dev"
+GOPATH = "/usr/share/gocode"  # where Debian's Go library packages put their source
 
 
 @dataclass
@@ -84,6 +95,15 @@ class BenchResult:
     peak_rss_mb: float  # the event consumer's own peak
     hold_rss_mb: float
     held: int
+    # The compiled anchor (amqp091-go), when Go is installed; ``go`` says how it ran, or why it did not.
+    go: str = "not run"
+    go_maxprocs: int | None = None
+    consume_go_per_s: float | None = None
+    publish_go_per_s: float | None = None
+    consume_ratio_go: float | None = None
+    publish_ratio_go: float | None = None
+    consume_go_cpu_us: float | None = None
+    publish_go_cpu_us: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
@@ -103,6 +123,29 @@ def require_anchors() -> None:
             raise ConfigurationError(
                 f"event bench measures against {package}, which is not installed: {INSTALL_HINT} ({exc})"
             ) from exc
+
+
+def go_anchor() -> tuple[Path | None, str]:
+    """The built Go anchor and how it was built, or None and why there is none.
+
+    Built once per version of its source into the user's cache (``$XDG_CACHE_HOME``)."""
+    go = shutil.which("go")
+    if go is None:
+        return None, f"not run: Go is not installed ({GO_HINT})"
+    digest = hashlib.sha256(GO_SOURCE.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "event-bench"
+    binary = cache / f"amqp091-anchor-{digest}"
+    if not binary.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "GOPATH": GOPATH, "GO111MODULE": "off"}  # no module proxy is reachable
+        env.setdefault("GOCACHE", str(cache / "go-build"))
+        built = subprocess.run(
+            [go, "build", "-o", str(binary), str(GO_SOURCE)], capture_output=True, text=True, env=env
+        )
+        if built.returncode != 0:
+            return None, f"not run: the Go anchor did not build ({GO_HINT}): {built.stderr.strip()[-400:]}"
+    version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.split()
+    return binary, f"amqp091-go, {version[2] if len(version) > 2 else 'go'}"
 
 
 def resolve_loop(loop: str) -> str:
@@ -128,6 +171,7 @@ def run_bench(
     window: int = DEFAULT_WINDOW,
     loop: str = "auto",
     progress: Progress = _no_progress,
+    go_maxprocs: int = 1,
 ) -> BenchResult:
     """Run every phase against the broker at ``url`` (blocking: it waits on child processes)."""
     check_count("jobs", jobs, minimum=1)
@@ -135,16 +179,28 @@ def run_bench(
     check_count("window", window, minimum=1)
     require_anchors()
     loop = resolve_loop(loop)
-    bench = _Bench(url, jobs, routing_keys, window, loop, progress)
+    check_count("go_maxprocs", go_maxprocs, minimum=1)
+    anchor, go = go_anchor()
+    bench = _Bench(url, jobs, routing_keys, window, loop, progress, anchor, go_maxprocs)
     with bench.broker():
         consume, publish = bench.rounds()
         held = min(jobs, HOLD)
         hold_rss = bench.hold(held)
-    cpu_us = {
+    cpu_us: dict[str, Any] = {
         f"{phase}_{system.replace('-', '_')}_cpu_us": spent.cpu[system] / jobs * 1e6
         for phase, spent in (("consume", consume), ("publish", publish))
-        for system in SYSTEMS
+        for system in bench.systems
     }
+    compiled: dict[str, Any] = {"go": go}
+    if anchor is not None:
+        compiled.update(
+            go=f"{go}, GOMAXPROCS={go_maxprocs}",
+            go_maxprocs=go_maxprocs,
+            consume_go_per_s=jobs / consume.wall["go"],
+            publish_go_per_s=jobs / publish.wall["go"],
+            consume_ratio_go=consume.wall["go"] / consume.wall["event"],
+            publish_ratio_go=publish.wall["go"] / publish.wall["event"],
+        )
     return BenchResult(
         jobs=jobs,
         routing_keys=routing_keys,
@@ -164,15 +220,16 @@ def run_bench(
         peak_rss_mb=bench.peak_rss_mb,
         hold_rss_mb=hold_rss,
         held=held,
+        **compiled,
     )
 
 
 class _Spent:
     """Wall-clock and CPU seconds of each system in one phase, summed over the rounds."""
 
-    def __init__(self) -> None:
-        self.wall = dict.fromkeys(SYSTEMS, 0.0)
-        self.cpu = dict.fromkeys(SYSTEMS, 0.0)
+    def __init__(self, systems: tuple[str, ...]) -> None:
+        self.wall = dict.fromkeys(systems, 0.0)
+        self.cpu = dict.fromkeys(systems, 0.0)
 
     def add(self, system: str, figures: dict[str, Any]) -> None:
         self.wall[system] += float(figures["seconds"])
@@ -183,9 +240,20 @@ class _Bench:
     """One run's names, its admin connection, and the phases the parent drives."""
 
     def __init__(
-        self, url: str, jobs: int, routing_keys: int, window: int, loop: str, progress: Progress
+        self,
+        url: str,
+        jobs: int,
+        routing_keys: int,
+        window: int,
+        loop: str,
+        progress: Progress,
+        anchor: Path | None,
+        go_maxprocs: int,
     ) -> None:
         self.url = url
+        self.anchor = anchor
+        self.go_maxprocs = go_maxprocs
+        self.systems = (*SYSTEMS, "go") if anchor is not None else SYSTEMS
         self.jobs = jobs
         self.window = window
         self.loop = loop
@@ -273,7 +341,7 @@ class _Bench:
     def _child(self, argv: list[str], what: str) -> dict[str, Any]:
         # The URL goes by environment, not argv, where `ps` would show its password to every user.
         timeout = 120 + self.jobs / 200  # a stuck child fails the run rather than hanging it
-        env = {**os.environ, "AMQP_URL": self.url}
+        env = {**os.environ, "AMQP_URL": self.url, "GOMAXPROCS": str(self.go_maxprocs)}
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired as exc:
@@ -281,22 +349,23 @@ class _Bench:
         if done.returncode != 0:
             raise RuntimeError(f"{what} failed with exit code {done.returncode}:\n{done.stderr[-3000:]}")
         figures: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
-        if figures["loop"] != self.loop:
+        if figures["loop"] not in (self.loop, "go"):
             raise RuntimeError(f"{what} ran on {figures['loop']}, not {self.loop}")
         return figures
 
     def rounds(self) -> tuple[_Spent, _Spent]:
         """The time each system took to consume, then to publish, all the jobs in ``ROUNDS`` turns."""
-        consume, publish = _Spent(), _Spent()
+        systems = self.systems
+        consume, publish = _Spent(systems), _Spent(systems)
         shares = [self.jobs // ROUNDS + (1 if r < self.jobs % ROUNDS else 0) for r in range(ROUNDS)]
-        steps = 2 * len(SYSTEMS) * sum(1 for share in shares if share)
+        steps = 2 * len(systems) * sum(1 for share in shares if share)
         step = 0
         for phase, spent in (("consume", consume), ("publish", publish)):
             for r, share in enumerate(shares):
                 if not share:
                     continue
-                for k in range(len(SYSTEMS)):
-                    system = SYSTEMS[(r + k) % len(SYSTEMS)]
+                for k in range(len(systems)):
+                    system = systems[(r + k) % len(systems)]
                     self.progress(f"{phase} ({system})", step, steps)
                     measure = self._consume if phase == "consume" else self._publish
                     spent.add(system, measure(system, share))
@@ -319,9 +388,11 @@ class _Bench:
                 self._declare(name)
             options = {"queues": queues}
         self._fill(queues, count, f"fill for {system}")
-        figures = self._child(
-            child_argv("consume", system, self.loop, jobs=count, **options), f"consume ({system})"
-        )
+        if system == "go":
+            argv = self._go_argv("consume", jobs=count, queues=queues)
+        else:
+            argv = child_argv("consume", system, self.loop, jobs=count, **options)
+        figures = self._child(argv, f"consume ({system})")
         left = sum(self._depth(name) for name in queues)
         if left:
             raise RuntimeError(f"consume ({system}) left {left} of {count} messages in its queues")
@@ -329,14 +400,24 @@ class _Bench:
             self.peak_rss_mb = max(self.peak_rss_mb, float(figures["peak_rss_mb"]))
         return figures
 
+    def _go_argv(self, phase: str, **options: Any) -> list[str]:
+        assert self.anchor is not None
+        argv = [str(self.anchor)]
+        for name, value in options.items():
+            argv += [f"--{name}", ",".join(value) if isinstance(value, list) else str(value)]
+        return [*argv, phase]
+
     def _publish(self, system: str, count: int) -> dict[str, Any]:
-        figures = self._child(
-            child_argv(
+        if system == "go":
+            argv = self._go_argv(
+                "publish", jobs=count, window=self.window, exchange=self.exchange, keys=self.publish_keys
+            )
+        else:
+            argv = child_argv(
                 "publish", system, self.loop, jobs=count, window=self.window,
                 namespace=self.namespace, exchange=self.exchange, keys=self.publish_keys,
-            ),
-            f"publish ({system})",
-        )  # fmt: skip
+            )  # fmt: skip
+        figures = self._child(argv, f"publish ({system})")
         arrived = self._depth(self.sink)
         if arrived != count:
             raise RuntimeError(f"publish ({system}) reported {count} confirmed, the sink holds {arrived}")

@@ -373,6 +373,7 @@ async def _bench(args: argparse.Namespace) -> int:
         window=args.window,
         loop=args.loop,
         progress=progress,
+        go_maxprocs=args.go_maxprocs,
     )
     if args.json:
         print(orjson.dumps(r.as_dict()).decode())
@@ -382,15 +383,20 @@ async def _bench(args: argparse.Namespace) -> int:
         ("consume", "event", r.consume_event_per_s, r.consume_event_cpu_us, None),
         ("", "pika", r.consume_pika_per_s, r.consume_pika_cpu_us, r.consume_ratio_pika),
         ("", "aio-pika", r.consume_aio_pika_per_s, r.consume_aio_pika_cpu_us, r.consume_ratio_aio_pika),
+        ("", "go", r.consume_go_per_s, r.consume_go_cpu_us, r.consume_ratio_go),
         ("publish", "event", r.publish_event_per_s, r.publish_event_cpu_us, None),
         ("", "pika", r.publish_pika_per_s, r.publish_pika_cpu_us, r.publish_ratio_pika),
         ("", "aio-pika", r.publish_aio_pika_per_s, r.publish_aio_pika_cpu_us, r.publish_ratio_aio_pika),
+        ("", "go", r.publish_go_per_s, r.publish_go_cpu_us, r.publish_ratio_go),
     ]
     print(f"  {'':<8} {'':<9} {'msg/s':>10} {'CPU µs/msg':>11}   event's ratio")
     for phase, system, rate, cpu_us, ratio in rows:
+        if rate is None or cpu_us is None:
+            continue  # the Go anchor, when Go is not installed (said below)
         tail = f"   {ratio:.2f}" if ratio is not None else ""
         print(f"  {phase:<8} {system:<9} {rate:10.0f} {cpu_us:11.1f}{tail}")
     print(f"  (publish: with confirms, {r.window} in flight; ratio: event's rate over the anchor's)")
+    print(f"  go: {r.go}")
     print(f"  RSS      {r.hold_rss_mb:.0f} MB in a worker holding {r.held} messages in flight")
     print(f"           {r.peak_rss_mb:.0f} MB peak of the event consumer")
     return EXIT_OK
@@ -583,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.set_defaults(run=_serve)
 
     bench = commands.add_parser(
-        "bench", help="measure throughput against bare pika and aio-pika (needs the bench extra)"
+        "bench", help="measure throughput against bare pika, aio-pika and (with Go) amqp091-go"
     )
     _broker_options(bench, names=False)
     bench.add_argument("--jobs", type=int, default=100_000, help="messages per phase (default: 100000)")
@@ -595,6 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--loop", choices=LOOPS, default="auto",
         help="the event loop of every contestant (default: auto, uvloop when installed)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--go-maxprocs", type=int, default=1,
+        help="GOMAXPROCS of the Go anchor, run when Go is installed (default: 1)",
     )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(run=_bench)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,11 @@ SYSTEMS = ("event", "pika", "aio_pika")
 RATES = [f"{phase}_{system}_per_s" for phase in ("consume", "publish") for system in SYSTEMS]
 CPU = [f"{phase}_{system}_cpu_us" for phase in ("consume", "publish") for system in SYSTEMS]
 RATIOS = [f"{phase}_ratio_{anchor}" for phase in ("consume", "publish") for anchor in ("pika", "aio_pika")]
+GO = [
+    "go",
+    "go_maxprocs",
+    *(f"{phase}_{f}" for phase in ("consume", "publish") for f in ("go_per_s", "ratio_go", "go_cpu_us")),
+]
 
 
 def bench(
@@ -38,7 +44,16 @@ def test_bench_json_reports_every_figure_and_ratio(amqp_url: str, loop: str) -> 
     figures = json.loads(line)
     assert set(figures) == {
         "jobs", "routing_keys", "window", "loop", *RATES, *RATIOS, *CPU, "peak_rss_mb", "hold_rss_mb", "held",
+        *GO,
     }  # fmt: skip
+    if shutil.which("go") is None:
+        assert figures["go"].startswith("not run: Go is not installed"), figures["go"]
+    else:  # the compiled anchor ran beside the others, on one core
+        assert figures["go"].startswith("amqp091-go") and figures["go_maxprocs"] == 1, figures["go"]
+        for phase in ("consume", "publish"):
+            assert figures[f"{phase}_go_per_s"] > 0 and figures[f"{phase}_go_cpu_us"] > 0
+            expected = figures[f"{phase}_event_per_s"] / figures[f"{phase}_go_per_s"]
+            assert figures[f"{phase}_ratio_go"] == pytest.approx(expected, rel=0.01), phase
     for key in [*RATES, *RATIOS, *CPU, "peak_rss_mb"]:
         assert figures[key] > 0, key
     for phase in ("consume", "publish"):
@@ -49,6 +64,17 @@ def test_bench_json_reports_every_figure_and_ratio(amqp_url: str, loop: str) -> 
     assert figures["loop"] == loop  # every child checked that it ran on it
     assert figures["held"] == 3000
     assert 0 < figures["hold_rss_mb"] < 100
+
+
+def test_bench_without_go_says_so_and_measures_the_rest(amqp_url: str) -> None:
+    path = os.path.dirname(sys.executable)  # the interpreter's own folder: no go on it
+    result = bench(
+        "--jobs", "300", "--routing-keys", "1", "--window", "50", "--loop", "asyncio",
+        env={**os.environ, "AMQP_URL": amqp_url, "PATH": path}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "  go: not run: Go is not installed (apt-get install golang-go" in result.stdout
+    assert "  consume  event" in result.stdout and "           go " not in result.stdout
 
 
 def test_bench_rejects_bad_arguments() -> None:

@@ -1,0 +1,199 @@
+// The compiled anchor of `event bench`: a bare consumer and a confirmed publisher on amqp091-go,
+// RabbitMQ's own Go client, doing what the Python contestants do (event/bench_child.py), so that the
+// price of Python is measured in the same run on the same broker.
+//
+//	consume: a channel per queue at prefetch 200, each body decoded as JSON, a multiple ack every 50th
+//	         message of a channel; timed from the first message to every message acked.
+//	publish: persistent JSON messages with publisher confirms, `window` in flight; timed from the first
+//	         publish to the last confirm. A nack fails the run.
+//
+// Built by event/bench.py with the machine's Go in GOPATH mode (GO111MODULE=off; Debian's
+// golang-github-rabbitmq-amqp091-go-dev provides the client), never fetched. The broker URL comes in
+// $AMQP_URL, like the Python children's. It prints one JSON line of figures.
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+const prefetch = 200
+const ackEvery = 50
+
+type span struct {
+	start    time.Time
+	startCPU float64
+	once     sync.Once
+}
+
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
+}
+
+func (s *span) begin() {
+	s.once.Do(func() { s.start, s.startCPU = time.Now(), cpuSeconds() })
+}
+
+func peakRSSMB() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Maxrss) / 1024
+}
+
+func fail(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+	os.Exit(1)
+}
+
+func consume(conn *amqp.Connection, queues []string, jobs int64) *span {
+	s := &span{}
+	var total int64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, queue := range queues {
+		ch, err := conn.Channel()
+		if err != nil {
+			fail("channel: %v", err)
+		}
+		if err := ch.Qos(prefetch, 0, false); err != nil {
+			fail("qos: %v", err)
+		}
+		deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
+		if err != nil {
+			fail("consume %s: %v", queue, err)
+		}
+		wg.Add(1)
+		go func(ch *amqp.Channel, deliveries <-chan amqp.Delivery) {
+			defer wg.Done()
+			unacked, last := 0, uint64(0)
+			for {
+				select {
+				case d, ok := <-deliveries:
+					if !ok {
+						return
+					}
+					s.begin()
+					var body map[string]any
+					if err := json.Unmarshal(d.Body, &body); err != nil {
+						fail("body: %v", err)
+					}
+					unacked, last = unacked+1, d.DeliveryTag
+					if unacked == ackEvery {
+						ch.Ack(last, true)
+						unacked = 0
+					}
+					if atomic.AddInt64(&total, 1) == jobs {
+						close(done)
+					}
+				case <-done:
+					if unacked > 0 {
+						ch.Ack(last, true)
+					}
+					return
+				}
+			}
+		}(ch, deliveries)
+	}
+	wg.Wait()
+	return s
+}
+
+func messageID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func publish(conn *amqp.Connection, exchange string, keys []string, jobs int64, window int64) *span {
+	ch, err := conn.Channel()
+	if err != nil {
+		fail("channel: %v", err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		fail("confirm: %v", err)
+	}
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, window+1))
+	s := &span{}
+	s.begin()
+	var sent, confirmed int64
+	for confirmed < jobs {
+		if sent < jobs && sent-confirmed < window {
+			body, _ := json.Marshal(map[string]int64{"n": sent})
+			err := ch.Publish(exchange, keys[sent%int64(len(keys))], false, false, amqp.Publishing{
+				ContentType:  "application/json",
+				DeliveryMode: amqp.Persistent,
+				MessageId:    messageID(),
+				Timestamp:    time.Now(),
+				Body:         body,
+			})
+			if err != nil {
+				fail("publish: %v", err)
+			}
+			sent++
+			continue
+		}
+		c, ok := <-confirms
+		if !ok {
+			fail("the channel closed with %d of %d confirmed", confirmed, jobs)
+		}
+		if !c.Ack {
+			fail("the broker nacked publish %d", c.DeliveryTag)
+		}
+		confirmed++
+	}
+	return s
+}
+
+func main() {
+	jobs := flag.Int64("jobs", 0, "messages")
+	queues := flag.String("queues", "", "consume: comma-separated queues")
+	exchange := flag.String("exchange", "", "publish: the exchange")
+	keys := flag.String("keys", "", "publish: comma-separated routing keys")
+	window := flag.Int64("window", 500, "publish: confirms in flight")
+	flag.Parse()
+	if flag.NArg() != 1 || *jobs <= 0 {
+		fail("usage: anchor consume|publish --jobs N ...")
+	}
+	url := os.Getenv("AMQP_URL")
+	if url == "" {
+		url = "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		fail("connect: %v", err)
+	}
+	var s *span
+	switch flag.Arg(0) {
+	case "consume":
+		s = consume(conn, strings.Split(*queues, ","), *jobs)
+	case "publish":
+		s = publish(conn, *exchange, strings.Split(*keys, ","), *jobs, *window)
+	default:
+		fail("unknown phase %q", flag.Arg(0))
+	}
+	conn.Close()
+	figures := map[string]any{
+		"seconds":     time.Since(s.start).Seconds(),
+		"cpu_seconds": cpuSeconds() - s.startCPU,
+		"count":       *jobs,
+		"loop":        "go",
+		"gomaxprocs":  runtime.GOMAXPROCS(0),
+		"peak_rss_mb": peakRSSMB(),
+	}
+	out, _ := json.Marshal(figures)
+	fmt.Println(string(out))
+}
