@@ -26,6 +26,12 @@ A fourth contestant, the compiled anchor, runs when Go is installed: a bare cons
 publisher on amqp091-go, RabbitMQ's own Go client (``event/bench_anchor/main.go``), built here in GOPATH
 mode against Debian's ``golang-github-rabbitmq-amqp091-go-dev`` (nothing is fetched), and run with
 ``GOMAXPROCS=1`` unless ``go_maxprocs`` says otherwise. Without Go the result says why it did not run.
+
+With ``latency`` (``event bench --latency``), each consumer then takes a stream paced at
+:data:`LATENCY_SHARES` of event's own consume rate just measured, one contestant at a time (each on the
+whole machine, the order rotating by rate), for ``latency_seconds`` each: publish → handler p50, p99
+and p99.9, read from the publish time each body carries. The pacer publishes without confirms, a tick
+a millisecond, so the stream's pace is the experiment's and not the broker's answer.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ Progress = Callable[[str, int, int], None]
 HOLD = 10_000  # messages a worker holds prefetched and in flight while its memory is read
 ROUNDS = 3
 DEFAULT_WINDOW = 500
+LATENCY_SHARES = (0.2, 0.5, 0.8)  # of event's own consume rate
+LATENCY_SYSTEMS = ("event", "pika", "go")
 LOOPS = ("auto", "asyncio", "uvloop")
 INSTALL_HINT = "pip install 'rabbit-event[bench]'"
 GO_SOURCE = Path(__file__).with_name("bench_anchor") / "main.go"
@@ -104,6 +112,8 @@ class BenchResult:
     publish_ratio_go: float | None = None
     consume_go_cpu_us: float | None = None
     publish_go_cpu_us: float | None = None
+    # With latency: one row per rate and contestant (rate, share, system, p50_ms, p99_ms, p999_ms, count).
+    latency: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
@@ -172,6 +182,8 @@ def run_bench(
     loop: str = "auto",
     progress: Progress = _no_progress,
     go_maxprocs: int = 1,
+    latency: bool = False,
+    latency_seconds: float = 5.0,
 ) -> BenchResult:
     """Run every phase against the broker at ``url`` (blocking: it waits on child processes)."""
     check_count("jobs", jobs, minimum=1)
@@ -186,6 +198,7 @@ def run_bench(
         consume, publish = bench.rounds()
         held = min(jobs, HOLD)
         hold_rss = bench.hold(held)
+        rows = bench.latency(jobs / consume.wall["event"], latency_seconds) if latency else None
     cpu_us: dict[str, Any] = {
         f"{phase}_{system.replace('-', '_')}_cpu_us": spent.cpu[system] / jobs * 1e6
         for phase, spent in (("consume", consume), ("publish", publish))
@@ -221,6 +234,7 @@ def run_bench(
         hold_rss_mb=hold_rss,
         held=held,
         **compiled,
+        latency=rows,
     )
 
 
@@ -274,7 +288,13 @@ class _Bench:
         for prefix in ("job", "hold"):
             for k, key in enumerate(self.consume_keys):
                 pool.consumer(key, queue=f"{prefix}{k}")(_never_called)
+        pool.consumer(self.latency_key("event"), queue="latency")(_never_called)
         return pool.topology()
+
+    def latency_key(self, system: str) -> str:
+        """The routing key of ``system``'s latency stream: one each, so that the queue of a contestant
+        not running collects nothing."""
+        return f"bench.latency.{system}"
 
     @property
     def channel(self) -> BlockingChannel:
@@ -423,6 +443,77 @@ class _Bench:
             raise RuntimeError(f"publish ({system}) reported {count} confirmed, the sink holds {arrived}")
         self.channel.queue_purge(self.sink)
         return figures
+
+    def latency(self, top_rate: float, seconds: float) -> list[dict[str, Any]]:
+        """Publish → handler percentiles of each contestant at each share of ``top_rate``."""
+        systems = [s for s in LATENCY_SYSTEMS if s != "go" or self.anchor is not None]
+        for system in systems:
+            if system != "event":
+                name = f"{self.namespace}-{system}-latency"
+                self._declare(name)
+                self.channel.queue_bind(name, self.exchange, routing_key=self.latency_key(system))
+        rows: list[dict[str, Any]] = []
+        steps = len(LATENCY_SHARES) * len(systems)
+        for r, share in enumerate(LATENCY_SHARES):
+            rate = max(1, round(top_rate * share))
+            for k in range(len(systems)):
+                system = systems[(r + k) % len(systems)]
+                self.progress(f"latency ({system}, {rate}/s)", len(rows), steps)
+                figures = self._latency(system, rate, max(1, round(rate * seconds)))
+                rows.append({"rate": rate, "share": share, "system": system, **figures})
+        self.progress("done", steps, steps)
+        return rows
+
+    def _latency(self, system: str, rate: int, count: int) -> dict[str, Any]:
+        env = {**os.environ, "AMQP_URL": self.url, "GOMAXPROCS": str(self.go_maxprocs)}
+        queue = f"{self.namespace}-{system}-latency"
+        if system == "go":
+            argv = self._go_argv("latency", jobs=count, queues=[queue])
+        elif system == "event":
+            queue = wire.queue_name(self.namespace, "latency")
+            argv = child_argv(
+                "latency", "event", self.loop, jobs=count, namespace=self.namespace, exchange=self.exchange,
+                keys=[self.latency_key("event")],
+            )  # fmt: skip
+        else:
+            argv = child_argv("latency", "pika", self.loop, jobs=count, queues=[queue])
+        if system != "event" or self._depth_if_any(queue):  # what a stopped contestant left behind
+            self.channel.queue_purge(queue)
+        timeout = 120 + count / max(1, rate) * 4
+        pipes: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        with subprocess.Popen(argv, env=env, **pipes) as child:
+            assert child.stdout is not None
+            try:
+                if child.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"latency ({system}) did not start: {child.communicate()[1][-3000:]}")
+                self._child(
+                    child_argv(
+                        "pace", "event", self.loop, jobs=count, rate=rate, exchange=self.exchange,
+                        keys=[self.latency_key(system)],
+                    ),
+                    f"pacer for {system}",
+                )  # fmt: skip
+                out, err = child.communicate(timeout=timeout)
+            except BaseException:
+                child.kill()
+                raise
+        if child.returncode != 0:
+            raise RuntimeError(f"latency ({system}) failed with exit code {child.returncode}:\n{err[-3000:]}")
+        figures: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+        return {key: figures[key] for key in ("p50_ms", "p99_ms", "p999_ms", "count")} | {"sent": count}
+
+    def _depth_if_any(self, name: str) -> int:
+        # A passive declare of a queue not there yet closes the channel: ask a throwaway one.
+        import pika.exceptions
+
+        channel = self.channel.connection.channel()
+        try:
+            return int(channel.queue_declare(name, durable=True, passive=True).method.message_count or 0)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0
+        finally:
+            if channel.is_open:
+                channel.close()
 
     def hold(self, held: int) -> float:
         """RSS of a fresh event worker holding ``held`` messages prefetched, each in a waiting handler."""

@@ -410,6 +410,136 @@ async def hold_event(url: str, namespace: str, exchange: str, keys: list[str], h
     return rss
 
 
+# --- latency ----------------------------------------------------------------------------------------------
+#
+# Every latency contestant consumes its own queue, bound with the same key to the same exchange, so that
+# one paced stream reaches all of them at once; each body carries its publish time (µs since the epoch,
+# exact in a JSON number and in Go's float64), and each contestant reads the clock in its handler.
+
+
+def percentiles(latencies_us: list[float]) -> Figures:
+    """p50, p99 and p99.9 of ``latencies_us``, in milliseconds (nearest rank)."""
+    ordered = sorted(latencies_us) or [float("nan")]
+    last = len(ordered) - 1
+
+    def rank(q: float) -> float:
+        return ordered[min(last, int(q * len(ordered)))] / 1000
+
+    return {"p50_ms": rank(0.50), "p99_ms": rank(0.99), "p999_ms": rank(0.999), "count": len(ordered)}
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+LATENCY_IDLE_S = 10.0  # a contestant that got nothing for this long has fallen behind for good: stop it
+
+
+async def _watch(done: Awaitable[Any], count: Callable[[], int], stop: Callable[[], None]) -> None:
+    """Wait for ``done``; if ``count()`` stands still for :data:`LATENCY_IDLE_S`, ``stop()`` the
+    contestant, which then reports what it got (the parent says how many of the stream arrived)."""
+    waiting = asyncio.ensure_future(done)
+    seen, since = -1, time.monotonic()
+    while not waiting.done():
+        await asyncio.wait({waiting}, timeout=1.0)
+        if count() != seen:
+            seen, since = count(), time.monotonic()
+        elif time.monotonic() - since > LATENCY_IDLE_S:
+            stop()
+            await waiting
+    waiting.result()
+
+
+async def latency_event(url: str, namespace: str, exchange: str, key: str, jobs: int) -> Figures:
+    """A WorkerPool with full dispatch (context, middleware, batched acks) at prefetch 200."""
+    pool = event_pool(url, namespace, exchange)
+    pool.middleware(_mark)
+    latencies: list[float] = []
+
+    async def job(ctx: _JobContext, msg: Message[Any]) -> None:
+        latencies.append(_now_us() - msg.body["t"])
+        if len(latencies) == jobs:
+            pool.stop()
+
+    pool.consumer(key, queue="latency", context=_JobContext, prefetch=PREFETCH)(job)
+    run = asyncio.create_task(pool.run(install_signal_handlers=False))
+    await asyncio.sleep(0)  # run() makes its events
+    await pool.wait_until_ready(60)
+    print("ready", flush=True)
+    await _watch(run, latencies.__len__, pool.stop)  # until the handler stopped it, the acks flushed
+    return percentiles(latencies)
+
+
+async def latency_pika(url: str, queue: str, jobs: int) -> Figures:
+    """pika's AsyncioConnection at prefetch 200, a `multiple` ack every 50th message."""
+    import pika
+    from pika.adapters.asyncio_connection import AsyncioConnection
+    from pika.channel import Channel
+    from pika.spec import Basic, BasicProperties
+
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+    latencies: list[float] = []
+
+    def on_message(channel: Channel, deliver: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
+        latencies.append(_now_us() - orjson.loads(body)["t"])
+        _run_to_completion(_noop())
+        tag = deliver.delivery_tag
+        assert tag is not None
+        if len(latencies) % ACK_EVERY == 0 or len(latencies) == jobs:
+            channel.basic_ack(tag, multiple=True)
+        if len(latencies) == jobs:
+            connection.close()
+
+    def on_consuming(frame: Any) -> None:
+        print("ready", flush=True)
+
+    def on_channel(channel: Channel) -> None:
+        channel.basic_qos(
+            prefetch_count=PREFETCH,
+            callback=lambda _: channel.basic_consume(queue, on_message, callback=on_consuming),
+        )
+
+    def on_close(connection: AsyncioConnection, reason: BaseException) -> None:
+        if not closed.done():
+            closed.set_result(None)  # a contestant stopped by the watch reports what it got
+
+    connection = AsyncioConnection(
+        pika.URLParameters(url),
+        lambda c: c.channel(on_open_callback=on_channel),
+        lambda c, error: closed.set_exception(error),
+        on_close,
+        custom_ioloop=loop,
+    )
+    await _watch(closed, latencies.__len__, connection.close)
+    return percentiles(latencies)
+
+
+async def pace(url: str, exchange: str, key: str, jobs: int, rate: int) -> Figures:
+    """Publish ``jobs`` messages at ``rate`` a second, evenly (a tick every millisecond), without
+    confirms: the stream's pace is the experiment's, not the broker's answer."""
+    from event.amqp import connect
+    from event.driver import Properties
+
+    paced = Properties(content_type="application/json", delivery_mode=1)
+    connection = await connect(url, name="event bench pacer")
+    try:
+        channel = await connection.channel()
+        started = time.perf_counter()
+        sent = 0
+        while sent < jobs:
+            due = min(jobs, int((time.perf_counter() - started) * rate) + 1)
+            while sent < due:
+                body = orjson.dumps({"n": sent, "t": _now_us()})
+                await channel.basic_publish(body, exchange=exchange, routing_key=key, properties=paced)
+                sent += 1
+            await asyncio.sleep(0.001)
+        seconds = time.perf_counter() - started
+    finally:
+        await connection.close()
+    return {"count": jobs, "seconds": seconds, "rate": jobs / seconds}
+
+
 # --- the command ------------------------------------------------------------------------------------------
 
 
@@ -423,7 +553,7 @@ def child_argv(phase: str, system: str, loop: str, **options: Any) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m event.bench_child")
-    parser.add_argument("phase", choices=("consume", "publish", "hold"))
+    parser.add_argument("phase", choices=("consume", "publish", "hold", "latency", "pace"))
     parser.add_argument("system", choices=SYSTEMS)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), required=True)
     parser.add_argument("--jobs", type=int, required=True)
@@ -432,6 +562,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--exchange", default="")
     parser.add_argument("--keys", default="", help="routing keys, comma-separated")
     parser.add_argument("--queues", default="", help="queues, comma-separated (the anchors' consume)")
+    parser.add_argument("--rate", type=int, default=0, help="pace: messages a second")
     return parser
 
 
@@ -451,6 +582,14 @@ async def _measure(args: argparse.Namespace, url: str) -> Figures:
         ("publish", "aio-pika"): lambda: publish_aio_pika(url, args.exchange, keys, args.jobs, args.window),
     }
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    if args.phase == "latency":
+        if args.system == "event":
+            figures = await latency_event(url, args.namespace, args.exchange, keys[0], args.jobs)
+        else:
+            figures = await latency_pika(url, queues[0], args.jobs)
+        return {**figures, "loop": loop}
+    if args.phase == "pace":
+        return {**await pace(url, args.exchange, keys[0], args.jobs, args.rate), "loop": loop}
     if args.phase == "hold":
         if args.system != "event":
             raise SystemExit("the hold phase measures event only")

@@ -374,6 +374,8 @@ async def _bench(args: argparse.Namespace) -> int:
         loop=args.loop,
         progress=progress,
         go_maxprocs=args.go_maxprocs,
+        latency=args.latency,
+        latency_seconds=args.latency_seconds,
     )
     if args.json:
         print(orjson.dumps(r.as_dict()).decode())
@@ -399,6 +401,15 @@ async def _bench(args: argparse.Namespace) -> int:
     print(f"  go: {r.go}")
     print(f"  RSS      {r.hold_rss_mb:.0f} MB in a worker holding {r.held} messages in flight")
     print(f"           {r.peak_rss_mb:.0f} MB peak of the event consumer")
+    if r.latency:
+        print("  latency, publish → handler (ms), one contestant at a time on a paced stream:")
+        print(f"  {'msg/s':>8} {'share':>6} {'system':<7} {'p50':>8} {'p99':>8} {'p99.9':>8}")
+        for row in r.latency:
+            behind = "" if row["count"] == row["sent"] else f"  fell behind: {row['count']} of {row['sent']}"
+            print(
+                f"  {row['rate']:8d} {row['share']:6.0%} {row['system']:<7} "
+                f"{row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {row['p999_ms']:8.2f}{behind}"
+            )
     return EXIT_OK
 
 
@@ -605,6 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--go-maxprocs", type=int, default=1,
         help="GOMAXPROCS of the Go anchor, run when Go is installed (default: 1)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--latency", action="store_true",
+        help="then publish → handler latency at 20%%, 50%% and 80%% of event's consume rate",
+    )  # fmt: skip
+    bench.add_argument(
+        "--latency-seconds", type=float, default=5.0,
+        help="how long each contestant takes the paced stream, per rate (default: 5)",
     )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(run=_bench)

@@ -6,6 +6,8 @@
 //	         message of a channel; timed from the first message to every message acked.
 //	publish: persistent JSON messages with publisher confirms, `window` in flight; timed from the first
 //	         publish to the last confirm. A nack fails the run.
+//	latency: one queue as consume does; each body's "t" (µs since the epoch at its publish) against
+//	         the clock when it is handled; prints "ready" once consuming, then p50, p99 and p99.9.
 //
 // Built by event/bench.py with the machine's Go in GOPATH mode (GO111MODULE=off; Debian's
 // golang-github-rabbitmq-amqp091-go-dev provides the client), never fetched. The broker URL comes in
@@ -20,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -112,6 +115,46 @@ func consume(conn *amqp.Connection, queues []string, jobs int64) *span {
 	return s
 }
 
+func latency(conn *amqp.Connection, queue string, jobs int64) map[string]any {
+	ch, err := conn.Channel()
+	if err != nil {
+		fail("channel: %v", err)
+	}
+	if err := ch.Qos(prefetch, 0, false); err != nil {
+		fail("qos: %v", err)
+	}
+	deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
+	if err != nil {
+		fail("consume %s: %v", queue, err)
+	}
+	fmt.Println("ready")
+	latencies := make([]float64, 0, jobs)
+	for d := range deliveries {
+		var body map[string]any
+		if err := json.Unmarshal(d.Body, &body); err != nil {
+			fail("body: %v", err)
+		}
+		t, _ := body["t"].(float64)
+		latencies = append(latencies, float64(time.Now().UnixMicro())-t)
+		n := int64(len(latencies))
+		if n%ackEvery == 0 || n == jobs {
+			ch.Ack(d.DeliveryTag, true)
+		}
+		if n == jobs {
+			break
+		}
+	}
+	sort.Float64s(latencies)
+	rank := func(q float64) float64 {
+		i := int(q * float64(len(latencies)))
+		if i >= len(latencies) {
+			i = len(latencies) - 1
+		}
+		return latencies[i] / 1000
+	}
+	return map[string]any{"p50_ms": rank(0.5), "p99_ms": rank(0.99), "p999_ms": rank(0.999), "count": len(latencies)}
+}
+
 func messageID() string {
 	b := make([]byte, 16)
 	rand.Read(b)
@@ -175,6 +218,14 @@ func main() {
 	conn, err := amqp.Dial(url)
 	if err != nil {
 		fail("connect: %v", err)
+	}
+	if flag.Arg(0) == "latency" {
+		figures := latency(conn, *queues, *jobs)
+		conn.Close()
+		figures["loop"], figures["gomaxprocs"] = "go", runtime.GOMAXPROCS(0)
+		out, _ := json.Marshal(figures)
+		fmt.Println(string(out))
+		return
 	}
 	var s *span
 	switch flag.Arg(0) {

@@ -44,8 +44,9 @@ def test_bench_json_reports_every_figure_and_ratio(amqp_url: str, loop: str) -> 
     figures = json.loads(line)
     assert set(figures) == {
         "jobs", "routing_keys", "window", "loop", *RATES, *RATIOS, *CPU, "peak_rss_mb", "hold_rss_mb", "held",
-        *GO,
+        *GO, "latency",
     }  # fmt: skip
+    assert figures["latency"] is None  # only with --latency
     if shutil.which("go") is None:
         assert figures["go"].startswith("not run: Go is not installed"), figures["go"]
     else:  # the compiled anchor ran beside the others, on one core
@@ -75,6 +76,25 @@ def test_bench_without_go_says_so_and_measures_the_rest(amqp_url: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "  go: not run: Go is not installed (apt-get install golang-go" in result.stdout
     assert "  consume  event" in result.stdout and "           go " not in result.stdout
+
+
+def test_bench_latency_reports_percentiles_of_every_contestant_at_three_rates(amqp_url: str) -> None:
+    result = bench(
+        "--jobs", "900", "--routing-keys", "1", "--window", "50", "--latency", "--latency-seconds", "1",
+        "--json", env={**os.environ, "AMQP_URL": amqp_url}, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.splitlines()[-1])
+    systems = {"event", "pika"} | ({"go"} if shutil.which("go") else set())
+    rows = figures["latency"]
+    assert {(row["share"], row["system"]) for row in rows} == {
+        (share, system) for share in (0.2, 0.5, 0.8) for system in systems
+    }
+    top = figures["consume_event_per_s"]
+    for row in rows:
+        assert row["rate"] == max(1, round(top * row["share"])), row
+        assert row["count"] == row["sent"] == max(1, round(row["rate"] * 1.0)), row  # every one arrived
+        assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["p999_ms"], row
 
 
 def test_bench_rejects_bad_arguments() -> None:
