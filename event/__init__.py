@@ -43,11 +43,12 @@ from event.message import Context, Message
 from event.middleware import CallNext, Middleware
 from event.pool import WorkerPool
 from event.publisher import Publisher
-from event.signals import Dead, Retry
+from event.signals import BatchFailed, Dead, Retry
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchFailed",
     "CallNext",
     "ConfigurationError",
     "ConnectionFailed",

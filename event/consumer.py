@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from event import wire
+from event.batching import DEFAULT_BATCH_WAIT_S
 from event.config import check_count, check_name, check_seconds
 from event.errors import ConfigurationError
 from event.middleware import Middleware
@@ -42,6 +43,8 @@ class Consumer:
     payload: PayloadSpec | None = None
     rate: RateLimit | None = None
     max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES
+    batch: int = 0  # a batch consumer's largest list (0: one message per call)
+    batch_wait: float = DEFAULT_BATCH_WAIT_S  # how long a list gathers after its first message
 
     @property
     def is_async(self) -> bool:
@@ -71,6 +74,8 @@ def define_consumer(
     rate_limit: str | None = None,
     rate_burst: int = 1,
     max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES,
+    batch: int = 0,
+    batch_wait: float = DEFAULT_BATCH_WAIT_S,
 ) -> Consumer:
     """Validate the options of ``@pool.consumer`` and build the :class:`Consumer`; errors name the handler."""
     where = getattr(handler, "__qualname__", repr(handler))
@@ -99,8 +104,16 @@ def define_consumer(
         raise ConfigurationError(
             f"x-queue-type of consumer {where} must be one of {KNOWN_QUEUE_TYPES}, not {queue_type!r}"
         )
+    batch = check_count(f"batch of consumer {where}", batch)
+    if batch and prefetch < batch:
+        raise ConfigurationError(
+            f"prefetch of consumer {where} ({prefetch}) is below its batch ({batch}): the broker would "
+            f"never send a whole batch; give prefetch={2 * batch} (two batches: one gathering while one runs)"
+        )
     return Consumer(
         handler=handler,
+        batch=batch,
+        batch_wait=check_seconds(f"batch_wait of consumer {where}", batch_wait, allow_zero=True),
         routing_keys=routing_keys,
         queue=full,
         context=context,

@@ -20,6 +20,7 @@ import orjson
 
 from event import tracing, wire
 from event.acks import AckTracker
+from event.batching import Batcher
 from event.consumer import Consumer
 from event.driver import Delivery, Properties
 from event.eager import EagerRunner
@@ -30,11 +31,23 @@ from event.middleware import Middleware, Step, compose
 from event.ratelimit import RateLimiter
 from event.retry import decide
 from event.sending import Sender, copy_properties
-from event.signals import Dead, Retry
+from event.signals import BatchFailed, Dead, Retry
 
 log = logging.getLogger("event.dispatch")
 
 REQUEUE_PAUSE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Gathered:
+    """A message of a batch consumer, taken and decoded, waiting for its batch to run."""
+
+    msg: Message[Any]
+    delivered: Delivery
+    tag: int
+    acks: AckTracker
+    routing_key: str
+    failures: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +166,15 @@ class Dispatcher:
         self._suspect_running = False  # a counted copy (see _run_counted_copy) is running now
         # Deliveries being replaced by a copy here, done once the original's ack has gone out.
         self._replacing: set[asyncio.Future[None]] = set()
+        self._batcher: Batcher[_Gathered] | None = None
+        if consumer.batch:
+            self._batcher = Batcher(
+                self._run_batch,
+                size=consumer.batch,
+                wait=consumer.batch_wait,
+                limit=consumer.max_concurrency,
+                accepting=lambda: self.accepting,
+            )
 
     def attach(self, acks: AckTracker) -> None:
         """Use ``acks`` for the deliveries of a newly opened channel."""
@@ -161,11 +183,15 @@ class Dispatcher:
     @property
     def tasks(self) -> set[asyncio.Task[None]]:
         """The tasks running this consumer's deliveries now (a shutdown waits for them, or cancels them)."""
+        if self._batcher is not None:
+            return self._runner.tasks | self._batcher.tasks
         return self._runner.tasks
 
     @property
     def in_hand(self) -> int:
         """Deliveries taken and not yet settled: waiting to start, for a slot or a rate, or running."""
+        if self._batcher is not None:
+            return self._runner.in_hand + self._batcher.in_hand
         return self._runner.in_hand
 
     def on_delivery(self, delivery: Delivery) -> None:
@@ -367,6 +393,9 @@ class Dispatcher:
             delivery_routing_key=delivery_routing_key,
             exchange=delivered.exchange,
         )
+        if self._batcher is not None:
+            self._batcher.add(_Gathered(msg, delivered, tag, acks, routing_key, failures))
+            return
         error: Exception | None = None
         started = time.perf_counter()
         self.running += 1
@@ -387,6 +416,56 @@ class Dispatcher:
             return
         stats.count("handled", routing_key)
         acks.ack(tag)
+
+    async def _run_batch(self, batch: list[_Gathered]) -> None:
+        """One call of a batch consumer's handler with the messages gathered; each then settled."""
+        batch = [item for item in batch if item.acks.alive]  # those of a channel gone come again
+        if not batch:
+            return
+        consumer = self.consumer
+        pool_slots = self.pool_slots
+        if pool_slots is not None:
+            await pool_slots.acquire()
+        error: Exception | None = None
+        started = time.perf_counter()
+        self.running += len(batch)
+        try:
+            if not self.accepting:
+                return  # shutting down: left unacked, handed back
+            ctx = consumer.context()
+            messages = [item.msg for item in batch]
+            if consumer.timeout is None:
+                await self.chain(ctx, messages)  # type: ignore[arg-type]
+            else:
+                async with asyncio.timeout(consumer.timeout):
+                    await self.chain(ctx, messages)  # type: ignore[arg-type]
+        except Exception as exc:
+            error = exc
+        finally:
+            self.running -= len(batch)
+            self.stats.durations.observe(time.perf_counter() - started)
+            if pool_slots is not None:
+                pool_slots.release()
+        if error is None:
+            for item in batch:
+                self.stats.count("handled", item.routing_key)
+                item.acks.ack(item.tag)
+            return
+        if isinstance(error, BatchFailed):
+            failed = {id(msg) for msg in error.failed}
+            cause: BaseException = error.error if error.error is not None else error
+        else:
+            failed, cause = {id(item.msg) for item in batch}, error
+        settling = []
+        for item in batch:
+            if id(item.msg) in failed:
+                settling.append(
+                    self._failed(item.delivered, item.tag, item.acks, item.routing_key, item.failures, cause)
+                )
+            else:
+                self.stats.count("handled", item.routing_key)
+                item.acks.ack(item.tag)
+        await asyncio.gather(*settling)
 
     async def _failed(
         self,

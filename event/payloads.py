@@ -10,6 +10,7 @@ retrying cannot fix it. Keys the type does not know are ignored, so publishers c
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import types
@@ -45,7 +46,10 @@ def payload_spec(handler: Callable[..., Any]) -> PayloadSpec | None:
     params = list(inspect.signature(handler).parameters.values())
     if len(params) >= 3 and params[2].name == "payload":
         wanted, as_argument = _annotation(handler, "payload", where), True
-    elif len(params) >= 2 and get_origin(message := _annotation(handler, params[1].name, where)) is Message:
+    elif (
+        len(params) >= 2
+        and get_origin(message := _batch_item(_annotation(handler, params[1].name, where))) is Message
+    ):
         wanted, as_argument = get_args(message)[0], False
     else:
         return None
@@ -53,6 +57,13 @@ def payload_spec(handler: Callable[..., Any]) -> PayloadSpec | None:
         return None if not as_argument else PayloadSpec(wanted, lambda body: body, True)
     load = protobuf.loader(wanted) if protobuf.is_message_type(wanted) else None
     return PayloadSpec(wanted, converter(wanted, where), as_argument, load)
+
+
+def _batch_item(annotation: Any) -> Any:
+    """``Message[T]`` of a batch consumer's ``list[Message[T]]`` (or a sequence of it); else as given."""
+    if get_origin(annotation) in (list, collections.abc.Sequence) and get_args(annotation):
+        return get_args(annotation)[0]
+    return annotation
 
 
 def _annotation(handler: Callable[..., Any], name: str, where: str) -> Any:

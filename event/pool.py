@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from event import control, topology, wire
+from event.batching import DEFAULT_BATCH_WAIT_S
 from event.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_EXCHANGE,
@@ -62,6 +63,12 @@ M = TypeVar("M", bound=Middleware)
 ACK_INTERVAL_S = 0.05
 STARTS_IN_FLIGHT = 32  # consumers starting at once (their channels, declarations and consumes)
 RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def default_prefetch(batch: int) -> int:
+    """The prefetch of a consumer that names none: two batches for a batch consumer (one gathering
+    while one runs), else :data:`DEFAULT_PREFETCH`."""
+    return min(65535, 2 * batch) if batch else DEFAULT_PREFETCH
 
 
 def _is_async(func: object) -> bool:
@@ -171,7 +178,7 @@ class WorkerPool:
         *routing_keys: str,
         queue: str | None = None,
         context: Callable[[], Any] = Context,
-        prefetch: int = DEFAULT_PREFETCH,
+        prefetch: int | None = None,
         max_concurrency: int = 0,
         arguments: Mapping[str, Any] | None = None,
         middleware: tuple[Middleware, ...] = (),
@@ -181,6 +188,8 @@ class WorkerPool:
         rate_limit: str | None = None,
         rate_burst: int = 1,
         max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES,
+        batch: int = 0,
+        batch_wait: float = DEFAULT_BATCH_WAIT_S,
     ) -> Callable[[H], H]:
         """Register the decorated function as the consumer of ``routing_keys`` (topic patterns allowed).
 
@@ -202,6 +211,12 @@ class WorkerPool:
         A handler typed ``msg: Message[SendEmail]``, or taking a third parameter ``payload: SendEmail``,
         gets the body validated into a ``SendEmail`` (a dataclass, a TypedDict or a pydantic model);
         a body that does not fit goes to the dead queue with the fields named.
+
+        ``batch=N`` makes it a batch consumer: the handler gets ``list[Message[T]]`` of up to ``N``
+        messages, gathered for at most ``batch_wait`` seconds, and middleware gets that list as its
+        message. Returning acks them all; raising retries each; raising :class:`BatchFailed` retries
+        only the ones it names. ``prefetch`` defaults to 50, or to two batches for a batch consumer;
+        ``max_concurrency`` then counts batches (see docs/consumers.md).
         """
 
         def register(handler: H) -> H:
@@ -211,7 +226,7 @@ class WorkerPool:
                 namespace=self.namespace,
                 queue=queue,
                 context=context,
-                prefetch=prefetch,
+                prefetch=prefetch if prefetch is not None else default_prefetch(batch),
                 max_concurrency=max_concurrency,
                 arguments=arguments,
                 middleware=middleware,
@@ -221,6 +236,8 @@ class WorkerPool:
                 rate_limit=rate_limit,
                 rate_burst=rate_burst,
                 max_deliveries=max_deliveries,
+                batch=batch,
+                batch_wait=batch_wait,
             )
             if defined.queue == self.dead_queue or wire.is_reserved_queue_name(defined.queue, self.exchange):
                 raise ConfigurationError(

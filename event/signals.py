@@ -6,7 +6,11 @@ They are not errors of the library (see ``event.errors``): they are the handler'
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
+
+from event.message import Message
 
 
 class Retry(Exception):
@@ -27,3 +31,17 @@ class Dead(Exception):
     def __init__(self, reason: str = "sent to the dead queue by the handler") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class BatchFailed(Exception):
+    """Raised by a batch handler: these messages of the batch failed, the others are done.
+
+    ``failed`` lists the messages (as the handler got them) to retry through the consumer's retry
+    rules, each with ``error`` (or this exception) as its failure; the rest of the batch is acked."""
+
+    def __init__(
+        self, failed: Iterable[Message[Any]], error: BaseException | None = None, reason: str = ""
+    ) -> None:
+        self.failed = list(failed)
+        self.error = error
+        super().__init__(reason or (str(error) if error is not None else f"{len(self.failed)} failed"))
