@@ -144,3 +144,20 @@ async def test_leaving_with_rate_limited_messages_waiting_hands_them_back_at_onc
     assert time.monotonic() - started < 5  # not the pool's 30 s grace period
     queue = broker.queues["t:rare"]
     assert [m.redelivered for m in queue.messages] == [True, True]
+
+
+async def test_a_batch_consumer_runs_its_lists_in_memory_too() -> None:
+    pool = WorkerPool(URL, namespace="t")
+    publisher = Publisher(URL, namespace="t")
+    calls: list[list[int]] = []
+
+    @pool.consumer("app.rows", batch=4, batch_wait=0.05)
+    async def rows(ctx: object, msgs: list[Message[Any]]) -> None:
+        calls.append([m.body["n"] for m in msgs])
+
+    async with TestBroker(pool, publisher) as broker:
+        for n in range(10):
+            await publisher.publish("app.rows", {"n": n})
+        await broker.drain()
+    assert sorted(n for call in calls for n in call) == list(range(10))
+    assert all(len(call) <= 4 for call in calls) and len(calls) >= 3
