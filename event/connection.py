@@ -50,6 +50,18 @@ def rotated(urls: list[str], first: int) -> list[str]:
     return urls[first:] + urls[:first]
 
 
+def broker_version(connection: Connection) -> tuple[int, ...]:
+    """The broker's version, e.g. ``(4, 3, 6)``, as it said at connection; ``()`` when it did not."""
+    raw = connection.server_properties.get("version", "")
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    parts = []
+    for part in text.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
 def connected_url(connection: Connection) -> str:
     """The node ``connection`` reached, password hidden (for logs naming the node of a cluster)."""
     return connection.node

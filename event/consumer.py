@@ -14,7 +14,7 @@ from event.errors import ConfigurationError
 from event.middleware import Middleware
 from event.payloads import PayloadSpec, payload_spec
 from event.ratelimit import RateLimit, parse_rate
-from event.retry import Backoff
+from event.retry import RETRY_MODES, Backoff, broker_retry_arguments
 
 # (ctx, msg) or (ctx, msg, payload): see event.payloads for the typed forms.
 AsyncHandler = Callable[..., Awaitable[None]]
@@ -45,6 +45,7 @@ class Consumer:
     max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES
     batch: int = 0  # a batch consumer's largest list (0: one message per call)
     batch_wait: float = DEFAULT_BATCH_WAIT_S  # how long a list gathers after its first message
+    retry: str = "park"  # "broker": RabbitMQ 4.3's delayed retry on the quorum queue itself
 
     @property
     def is_async(self) -> bool:
@@ -76,6 +77,8 @@ def define_consumer(
     max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES,
     batch: int = 0,
     batch_wait: float = DEFAULT_BATCH_WAIT_S,
+    queue_type: str | None = None,
+    retry: str = "park",
 ) -> Consumer:
     """Validate the options of ``@pool.consumer`` and build the :class:`Consumer`; errors name the handler."""
     where = getattr(handler, "__qualname__", repr(handler))
@@ -99,11 +102,27 @@ def define_consumer(
     if backoff is not None and not callable(backoff):
         raise ConfigurationError(f"backoff of consumer {where} must be a function of the failure count")
     args = dict(arguments or {})
+    if queue_type is not None:
+        if args.get("x-queue-type", queue_type) != queue_type:
+            raise ConfigurationError(
+                f"consumer {where} asks for queue_type={queue_type!r} but its arguments say "
+                f"x-queue-type={args['x-queue-type']!r}"
+            )
+        args["x-queue-type"] = queue_type
     queue_type = args.get("x-queue-type")
     if queue_type is not None and queue_type not in KNOWN_QUEUE_TYPES:
         raise ConfigurationError(
             f"x-queue-type of consumer {where} must be one of {KNOWN_QUEUE_TYPES}, not {queue_type!r}"
         )
+    if retry not in RETRY_MODES:
+        raise ConfigurationError(f"retry of consumer {where} must be one of {RETRY_MODES}, not {retry!r}")
+    if retry == "broker":
+        if queue_type != "quorum":
+            raise ConfigurationError(
+                f'consumer {where} has retry="broker", which RabbitMQ 4.3 offers on quorum queues only: '
+                f'add queue_type="quorum" (its queue is {queue_type or "classic"})'
+            )
+        args.update(broker_retry_arguments(check_count(f"retries of consumer {where}", retries), backoff))
     batch = check_count(f"batch of consumer {where}", batch)
     if batch and prefetch < batch:
         raise ConfigurationError(
@@ -113,6 +132,7 @@ def define_consumer(
     return Consumer(
         handler=handler,
         batch=batch,
+        retry=retry,
         batch_wait=check_seconds(f"batch_wait of consumer {where}", batch_wait, allow_zero=True),
         routing_keys=routing_keys,
         queue=full,

@@ -29,7 +29,7 @@ from event.message import Message
 from event.metrics import ConsumerStats
 from event.middleware import Middleware, Step, compose
 from event.ratelimit import RateLimiter
-from event.retry import decide
+from event.retry import H_DELIVERY_COUNT, decide
 from event.sending import Sender, copy_properties
 from event.signals import BatchFailed, Dead, Retry
 
@@ -64,6 +64,11 @@ class DeadLetter:
 
 # Called once the dead copy is confirmed; it must not block (it runs on the hot path, before the ack).
 OnDead = Callable[[DeadLetter], None]
+
+
+def _explicit_delay(error: BaseException) -> bool:
+    """A ``Retry(in_=...)``: a delay the broker's retry cannot give, so it goes through a park queue."""
+    return isinstance(error, Retry) and error.delay is not None
 
 
 class HandlerAborted(Exception):
@@ -166,6 +171,7 @@ class Dispatcher:
         self._suspect_running = False  # a counted copy (see _run_counted_copy) is running now
         # Deliveries being replaced by a copy here, done once the original's ack has gone out.
         self._replacing: set[asyncio.Future[None]] = set()
+        self._broker_retry = consumer.retry == "broker"
         self._batcher: Batcher[_Gathered] | None = None
         if consumer.batch:
             self._batcher = Batcher(
@@ -212,7 +218,8 @@ class Dispatcher:
         # vain at each of a handler's awaits.
         delivered, acks = item
         tag = delivered.delivery_tag
-        if delivered.redelivered:  # the hot path's only extra test
+        if delivered.redelivered and not self._broker_retry:  # the hot path's only extra test
+            # (with broker retry, the broker counts every delivery that ended unacked itself)
             return self._redelivered(delivered, tag, acks)
         headers = delivered.properties.headers
         if not headers or wire.H_DELIVERIES not in headers:
@@ -361,6 +368,17 @@ class Dispatcher:
                 await self._park(delivered, tag, acks, routing_key, due_in / 1000)
                 return
             failures = wire.failures(headers, consumer.routing_keys, consumer.queue, self.exchange)
+            if self._broker_retry:
+                # Every earlier delivery that ended unacked: our rejects, and a worker that died with
+                # it. One past the retries already (deaths): dead now, not run again.
+                failures += wire.header_int(headers, H_DELIVERY_COUNT) or 0
+                if failures > consumer.retries:
+                    exhausted = PayloadError(
+                        f"{H_DELIVERY_COUNT} is {failures}: delivered {failures} times without success, "
+                        f"past the {consumer.retries} retries (a worker likely died handling it)"
+                    )
+                    await self._failed(delivered, tag, acks, routing_key, failures, exhausted)
+                    return
         else:  # the common case, a plain publish: every header rule has its default answer
             routing_key, failures = delivery_routing_key, 0
         stats = self.stats
@@ -488,6 +506,17 @@ class Dispatcher:
             "attempt": failures + 1,
         }
         traceback = error if not isinstance(error, PayloadError | Dead | Retry) else None
+        if decision.delay is not None and self._broker_retry and not _explicit_delay(error):
+            # The broker waits before it delivers it again (x-delayed-retry-*): reject it alone, never a
+            # nack (4.3 does not count a nack, so a nack-based retry would never end).
+            log.warning(
+                "message %s (%s) failed in %s on attempt %d: %s: %s; the broker redelivers it later",
+                props.message_id, routing_key, consumer.queue, failures + 1, type(error).__name__, error,
+                exc_info=traceback, extra=context,
+            )  # fmt: skip
+            self.stats.count("retried", routing_key)
+            acks.reject(tag)
+            return
         if decision.delay is not None:
             log.warning(
                 "message %s (%s) failed in %s on attempt %d: %s: %s; %s",

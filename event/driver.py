@@ -267,6 +267,11 @@ class Connection(Protocol):
         ...
 
     @property
+    def server_properties(self) -> dict[str, Any]:
+        """What the broker said of itself at ``Connection.Start`` (``product``, ``version``, ...)."""
+        ...
+
+    @property
     def blocked(self) -> str | None:
         """The broker's reason while it blocks publishing on this connection (``Connection.Blocked``)."""
         ...

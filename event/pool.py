@@ -32,6 +32,7 @@ from event.connection import (
     Connection,
     Connector,
     broker_reason,
+    broker_version,
     close_quietly,
     connect,
     connected_url,
@@ -45,7 +46,7 @@ from event.message import Context
 from event.metrics import ConsumerStats, PoolStats, registry_for
 from event.middleware import Middleware
 from event.pausing import PauseSwitch
-from event.retry import DEFAULT_RETRIES, Backoff
+from event.retry import BROKER_RETRY_SINCE, DEFAULT_RETRIES, Backoff
 from event.runners.command import CommandRunner
 from event.runners.counts import OutcomeCounts
 from event.sending import Sender
@@ -190,6 +191,8 @@ class WorkerPool:
         max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES,
         batch: int = 0,
         batch_wait: float = DEFAULT_BATCH_WAIT_S,
+        queue_type: str | None = None,
+        retry: str = "park",
     ) -> Callable[[H], H]:
         """Register the decorated function as the consumer of ``routing_keys`` (topic patterns allowed).
 
@@ -216,7 +219,12 @@ class WorkerPool:
         messages, gathered for at most ``batch_wait`` seconds, and middleware gets that list as its
         message. Returning acks them all; raising retries each; raising :class:`BatchFailed` retries
         only the ones it names. ``prefetch`` defaults to 50, or to two batches for a batch consumer;
-        ``max_concurrency`` then counts batches (see docs/consumers.md).
+        ``max_concurrency`` then counts batches (see docs/batches.md).
+
+        ``queue_type`` (``"classic"`` or ``"quorum"``) sets the queue's ``x-queue-type``. With
+        ``retry="broker"`` (quorum queues on RabbitMQ 4.3 or later) a failed message is rejected and the
+        broker itself redelivers it after a delay derived from ``backoff``, instead of a copy through a
+        park queue; an older broker is a :class:`ConfigurationError` at start (docs/delays-and-retries.md).
         """
 
         def register(handler: H) -> H:
@@ -238,6 +246,8 @@ class WorkerPool:
                 max_deliveries=max_deliveries,
                 batch=batch,
                 batch_wait=batch_wait,
+                queue_type=queue_type,
+                retry=retry,
             )
             if defined.queue == self.dead_queue or wire.is_reserved_queue_name(defined.queue, self.exchange):
                 raise ConfigurationError(
@@ -612,6 +622,7 @@ class WorkerPool:
             await self._declare_shared(connection, first=first)
             await self._sender.open()
             if first:
+                self._check_broker(connection)
                 await self._start_consumers(connection)
             for supervisor in self._supervisors:
                 supervisor.watch(connection)
@@ -639,6 +650,18 @@ class WorkerPool:
         # cron and the rest are set up, and a start cut off half-way must not have looked ready.
         self._started = True
         self._update_ready()
+
+    def _check_broker(self, connection: Connection) -> None:
+        """What a consumer needs of the broker, it has: else a ConfigurationError, before any consumes."""
+        by_broker = [c.queue for c in self._consumers.values() if c.retry == "broker"]
+        version = broker_version(connection)
+        if by_broker and version < BROKER_RETRY_SINCE:
+            since = ".".join(map(str, BROKER_RETRY_SINCE))
+            raise ConfigurationError(
+                f'queue(s) {", ".join(by_broker)} have retry="broker", which needs RabbitMQ {since} or '
+                f"later (quorum queues' delayed retry); {connected_url(connection)} is "
+                f'{".".join(map(str, version)) or "of unknown version"}: use retry="park" (the default)'
+            )
 
     async def _start_consumers(self, connection: Connection) -> None:
         # Several consumers start at once on the one connection, each on its own channel: a start is

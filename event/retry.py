@@ -14,6 +14,30 @@ Backoff = Callable[[int], float]
 
 DEFAULT_RETRIES = 3
 
+# Broker-side retry (``retry="broker"``): RabbitMQ 4.3's delayed retry on quorum queues.
+RETRY_MODES = ("park", "broker")
+BROKER_RETRY_SINCE = (4, 3)
+H_DELIVERY_COUNT = "x-delivery-count"  # the quorum queue's count of deliveries that ended unacked
+
+
+def broker_retry_arguments(retries: int, backoff: Backoff | None) -> dict[str, int | str]:
+    """The quorum queue arguments that make RabbitMQ 4.3 wait before each redelivery of a rejected message.
+
+    The broker waits ``min * n`` before the ``n``-th redelivery, capped at ``max``: a line through the
+    consumer's first and last back-off delays (hutch-schedule's ``failures**4 + 2`` gives 2 s, then
+    at most 83 s for 3 retries). A curve (exponential, hutch-schedule's) is thus followed at its two
+    ends only. ``x-delivery-limit`` lies beyond the retries, so that the last failure reaches our own
+    dead queue (with its headers) before the broker would drop the message."""
+    delay = backoff or wire.retry_backoff
+    first = max(1, math.ceil(float(delay(0)) * 1000))
+    last = max(first, math.ceil(float(delay(max(0, retries - 1))) * 1000))
+    return {
+        "x-delayed-retry-type": "failed",
+        "x-delayed-retry-min": first,
+        "x-delayed-retry-max": last,
+        "x-delivery-limit": retries + 2,
+    }
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:

@@ -24,6 +24,7 @@ failures, publisher nacks or memory alarms.
 from __future__ import annotations
 
 import asyncio
+import copy
 import heapq
 import itertools
 import time
@@ -78,6 +79,8 @@ _NOT_EMULATED_ARGUMENTS = {
 
 def _warn_not_emulated(queue: str, arguments: dict[str, Any]) -> None:
     for key, how in _NOT_EMULATED_ARGUMENTS.items():
+        if key == "x-delivery-limit" and "x-delayed-retry-type" in arguments:
+            continue  # played with the delayed retry (see _Channel._retry_later)
         if key in arguments:
             warnings.warn(
                 f"TestBroker does not emulate {key} (queue '{queue}'): {how}", NotEmulatedWarning, 3
@@ -229,6 +232,7 @@ class TestBroker:
         self._saved: list[tuple[Any, Any, Any]] = []
         self._running: list[AsyncExitStack] = []
         self._handing = 0  # deliveries on their way to a consumer's callback (see _deliver)
+        self._retrying: set[asyncio.Task[None]] = set()  # rejected messages waiting out a delayed retry
 
     # --- the user's side ----------------------------------------------------------------------------------
 
@@ -622,6 +626,11 @@ class _Connection:
     def blocked(self) -> str | None:
         return None  # no memory alarms here
 
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        # The version whose features it plays where they differ (the delayed retry of a quorum queue).
+        return {"product": "RabbitMQ (event.testing.TestBroker)", "version": "4.3.0"}
+
     async def channel(self, *, confirms: bool = False) -> _Channel:
         if self.is_closed:
             raise driver.ChannelInvalidState(f"connection {self.name!r} is closed")
@@ -889,7 +898,9 @@ class _Channel:
     def basic_nack(self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True) -> None:
         settled = self._settle(delivery_tag, multiple)
         for queue, message in reversed(settled):
-            if requeue:
+            if requeue and "x-delayed-retry-type" in queue.arguments:
+                self._retry_later(queue, message)
+            elif requeue:
                 message.redelivered = True
                 queue.messages.appendleft(message)
         if not requeue:
@@ -897,6 +908,34 @@ class _Channel:
                 self.broker._dead_letter(queue, message, "rejected")
         for queue in {q.name: q for q, _ in settled}.values():
             self.broker._deliver(queue)
+
+    def _retry_later(self, queue: _Queue, message: _Message) -> None:
+        """RabbitMQ 4.3's delayed retry of a quorum queue (``x-delayed-retry-*``), on the virtual clock:
+        the message's ``x-delivery-count`` rises, and it comes back after ``min * count`` ms, capped at
+        ``max``; past ``x-delivery-limit`` it is dead-lettered instead. (4.3 counts a nack too, unlike
+        a reject, only for its retry; here both count.)"""
+        headers = dict(message.props.headers or {})
+        count = (wire.header_int(headers, "x-delivery-count") or 0) + 1
+        headers["x-delivery-count"] = headers["x-acquired-count"] = count
+        message.props = copy.copy(message.props)  # another queue's copy may share it
+        message.props.headers = headers
+        message.redelivered = True
+        limit = queue.arguments.get("x-delivery-limit")
+        if limit is not None and count > int(limit):
+            self.broker._dead_letter(queue, message, "delivery_limit")
+            return
+        low = int(queue.arguments.get("x-delayed-retry-min", 0))
+        delay_ms = min(low * count, int(queue.arguments.get("x-delayed-retry-max", low * count)))
+        broker = self.broker
+
+        async def later() -> None:
+            await broker.clock.sleep(delay_ms / 1000)
+            queue.messages.append(message)
+            broker._deliver(queue)
+
+        task = asyncio.get_running_loop().create_task(later())
+        broker._retrying.add(task)
+        task.add_done_callback(broker._retrying.discard)
 
     async def basic_publish(
         self,

@@ -210,3 +210,20 @@ def test_a_retry_beyond_the_horizon_goes_dead_instead_of_parking_for_ever() -> N
     far = decide(Retry(in_=wire.MAX_DELAY_S + 1), 0, 3, None)
     assert far.delay is None and "beyond the horizon" in far.reason
     assert decide(Retry(in_=wire.MAX_DELAY_S), 0, 3, None).delay == wire.MAX_DELAY_S
+
+
+def test_broker_retry_follows_the_back_off_at_its_two_ends() -> None:
+    from event.retry import broker_retry_arguments
+
+    assert broker_retry_arguments(3, None) == {  # hutch-schedule's failures**4 + 2: 2 s ... 18 s
+        "x-delayed-retry-type": "failed",
+        "x-delayed-retry-min": 2000,
+        "x-delayed-retry-max": 18000,
+        "x-delivery-limit": 5,
+    }
+    flat = broker_retry_arguments(25, lambda n: 0.5)
+    assert (flat["x-delayed-retry-min"], flat["x-delayed-retry-max"], flat["x-delivery-limit"]) == (
+        500,
+        500,
+        27,
+    )

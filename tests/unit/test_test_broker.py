@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from event import Message, Publisher, Unroutable, WorkerPool
+from event import Message, Publisher, Unroutable, WorkerPool, wire
 from event.driver import PreconditionFailed, Properties, ResourceLocked
 from event.testing import NotEmulatedWarning, TestBroker
 
@@ -161,3 +161,26 @@ async def test_a_batch_consumer_runs_its_lists_in_memory_too() -> None:
         await broker.drain()
     assert sorted(n for call in calls for n in call) == list(range(10))
     assert all(len(call) <= 4 for call in calls) and len(calls) >= 3
+
+
+async def test_broker_retry_is_played_on_the_virtual_clock() -> None:
+    pool = WorkerPool(URL, namespace="t")
+    publisher = Publisher(URL, namespace="t")
+    attempts: list[tuple[int, float]] = []
+    broker = TestBroker(pool, publisher)
+
+    @pool.consumer(
+        "app.flaky", queue_type="quorum", retry="broker", retries=2, backoff=lambda n: 10 * (n + 1)
+    )
+    async def flaky(ctx: object, msg: Message[Any]) -> None:
+        attempts.append((msg.attempt, broker.now))
+        raise RuntimeError("no")
+
+    with pytest.warns(NotEmulatedWarning, match="quorum"):
+        async with broker:
+            start = broker.now
+            await publisher.publish("app.flaky", {})
+            await broker.advance(60)
+    assert [(a, round(t - start)) for a, t in attempts] == [(1, 0), (2, 10), (3, 30)]  # 10 s x count
+    dead = broker.queues[wire.dead_queue_name("t", "hutch")].messages
+    assert len(dead) == 1 and "no" in dead[0].props.headers["event-error"]
