@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from event.consumer import Consumer, Handler, define_consumer
 from event.cron import CronRunner, Schedule, define_schedule
 from event.dispatch import Dispatcher, OnDead
 from event.errors import ConfigurationError, ConnectionFailed, EventError
+from event.management import ManagementApi, configured_base
 from event.message import Context
 from event.metrics import ConsumerStats, PoolStats, registry_for
 from event.middleware import Middleware
@@ -372,7 +374,7 @@ class WorkerPool:
         self.stats.consumers = []
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="event-handler")
         pool_slots = asyncio.Semaphore(self.concurrency) if self.concurrency else None
-        copies = ScheduleCopies(self.exchange, self._queue_exists)
+        copies = ScheduleCopies(self.exchange, self._queue_exists, self._schedule_bound)
         self._dispatchers = [
             Dispatcher(
                 consumer,
@@ -706,6 +708,19 @@ class WorkerPool:
         finally:
             await close_quietly(channel)
         return True
+
+    async def _schedule_bound(self) -> set[str]:
+        # For ScheduleCopies: the namespaces whose delay queues are bound to hutch.schedule, from the
+        # management API ($EVENT_MANAGEMENT_URL, else beside the broker's host); it raises without one.
+        api = ManagementApi.for_url(self.url, configured_base(None, os.environ))
+        bindings = await api.bindings_from(wire.schedule_exchange_name(self.exchange))
+        return {
+            namespace
+            for binding in bindings
+            if binding.get("destination_type") == "queue"
+            and (namespace := wire.delay_queue_namespace(binding.get("destination", ""), self.exchange))
+            is not None
+        }
 
     def _copies_channel_closed(self, exc: BaseException) -> None:
         # A channel error (a queue or exchange deleted under us) closes only the channel: the sender

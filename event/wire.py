@@ -386,9 +386,14 @@ def schedule_copy_origin(
     if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], Mapping):
         return None
     died_in = header_text(deaths[0], "queue")
-    if died_in is None or not is_delay_queue_name(died_in, exchange):
+    return None if died_in is None else delay_queue_namespace(died_in, exchange)
+
+
+def delay_queue_namespace(queue: str, exchange: str) -> str | None:
+    """The namespace of a hutch-schedule delay queue (``""``: none), or None for another queue."""
+    if not is_delay_queue_name(queue, exchange):
         return None
-    head = died_in.rpartition(f"{exchange}_delay_queue_")[0]
+    head = queue.rpartition(f"{exchange}_delay_queue_")[0]
     return head[:-1] if head else ""
 
 
