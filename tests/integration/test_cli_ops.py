@@ -96,7 +96,7 @@ def test_topology_prints_what_the_pool_declares(env: dict[str, str], iso: Isolat
     assert f"    bound to {iso.exchange} with app.user.*" in result.stdout
     assert f"dead queue: {ns}:{iso.exchange}_dead_queue" in result.stdout
     plan = json.loads(event("topology", "topo_app:pool", "--json", env=env).stdout)
-    assert len(plan["queues"]) == 21 + 21 + 1 + 1  # park, hutch-schedule's delay, dead, the consumer
+    assert len(plan["queues"]) == 21 + 1 + 1  # park, dead, the consumer: no hutch-schedule delay queue
     [mine] = [q for q in plan["queues"] if q["name"] == f"{ns}:send_email"]
     assert mine["arguments"] == {"x-queue-type": "classic"}
     assert {b["routing_key"] for b in mine["bindings"] if b["exchange"] == iso.exchange} == {
