@@ -82,11 +82,11 @@ class ScheduleCopies:
     async def take(self, queue: str, origin: str, message_id: str | None) -> bool:
         """Whether ``queue``'s consumer runs this copy, made by namespace ``origin``'s delay queue."""
         taken = self._taken.setdefault(queue, OrderedDict())
-        if message_id is not None and message_id in taken:
-            return False  # another copy of this very publish ran here already
         try:
             await self._list()
-            mine = await self._known(origin)
+            mine = await self._known(origin)  # learnt even when the window drops it: the next one counts
+            if message_id is not None and message_id in taken:
+                return False  # another copy of this very publish ran here already
             better = [name for name, known in self.known.items() if mine is None or known.rank < mine.rank]
             for name in better:
                 await self._known(name)  # forget it if it is gone; it may outrank us only while it exists
