@@ -21,6 +21,7 @@ import orjson
 from event import asyncapi, cron, logs, topology, wire
 from event.bench import DEFAULT_WINDOW, LOOPS, run_bench
 from event.config import check_count, check_seconds, redact_url, resolve_url
+from event.connection import close_quietly, connect
 from event.dead import DeadQueue
 from event.endpoint import serve
 from event.errors import ConfigurationError, ConnectionFailed, EventError
@@ -29,6 +30,7 @@ from event.metrics import exposition
 from event.pool import WorkerPool
 from event.publisher import Publisher, delay_seconds, seconds_until
 from event.runners import files
+from event.schedule_unbind import unbind_schedule
 from event.supervisor import Supervisor, free_ports, process_count, worker_argv
 
 EXIT_OK = 0
@@ -276,6 +278,8 @@ async def _asyncapi(args: argparse.Namespace) -> int:
 
 async def _topology(args: argparse.Namespace) -> int:
     pool = load_pool(args.pool)
+    if args.unbind_schedule:
+        return await _unbind_schedule(pool, args)
     plan = pool.topology()
     if args.json and not args.check:
         print(orjson.dumps(plan.as_dict()).decode())
@@ -301,6 +305,21 @@ async def _topology(args: argparse.Namespace) -> int:
     else:
         print(f"the broker has everything {args.pool} declares, as it declares it")
     return EXIT_FAILURE if problems else EXIT_OK
+
+
+async def _unbind_schedule(pool: WorkerPool, args: argparse.Namespace) -> int:
+    if pool.declare_delay_queues:
+        raise ConfigurationError(
+            f"{args.pool} has declare_delay_queues=True: it would bind its delay queues again when it "
+            f"starts; deploy it without that option first"
+        )
+    api = ManagementApi.for_url(pool.url, configured_base(args.management_url, os.environ))
+    connection = await connect(pool.url, name="event topology --unbind-schedule")
+    try:
+        done = await unbind_schedule(connection, api, pool.namespace, pool.exchange, wait=not args.no_wait)
+    finally:
+        await close_quietly(connection)
+    return EXIT_FAILURE if done.waiting else EXIT_OK
 
 
 async def _queues(args: argparse.Namespace) -> int:
@@ -583,6 +602,15 @@ def build_parser() -> argparse.ArgumentParser:
     topology_cmd.add_argument("--check", action="store_true", help="compare with the broker (management API)")
     topology_cmd.add_argument("--management-url", help=MANAGEMENT_URL_HELP)
     topology_cmd.add_argument("--json", action="store_true")
+    topology_cmd.add_argument(
+        "--unbind-schedule",
+        action="store_true",
+        help="unbind the pool's namespace's hutch-schedule delay queues (as event did before issue 30) and "
+        "delete each once its waiting messages have gone on (docs/hutch.md)",
+    )
+    topology_cmd.add_argument(
+        "--no-wait", action="store_true", help="with --unbind-schedule: do not wait for non-empty queues"
+    )
     topology_cmd.set_defaults(run=_topology)
 
     queues = commands.add_parser("queues", help="depth, consumers and rates of a namespace's queues")

@@ -30,6 +30,7 @@ from event.metrics import ConsumerStats
 from event.middleware import Middleware, Step, compose
 from event.ratelimit import RateLimiter
 from event.retry import H_DELIVERY_COUNT, decide
+from event.schedule_copies import ScheduleCopies
 from event.sending import Sender, copy_properties
 from event.signals import BatchFailed, Dead, Retry
 
@@ -144,8 +145,10 @@ class Dispatcher:
         stats: ConsumerStats | None = None,
         max_body_bytes: int = 0,
         on_dead: OnDead | None = None,
+        schedule_copies: ScheduleCopies | None = None,
     ) -> None:
         self.consumer = consumer
+        self.schedule_copies = schedule_copies  # which copy of a hutch-schedule message runs
         self.on_dead = on_dead
         self.namespace = namespace
         self.exchange = exchange
@@ -352,9 +355,15 @@ class Dispatcher:
             if addressed is not None and addressed != consumer.queue:
                 acks.ack(tag)  # an older retry meant for another queue, seen here through '#'
                 return
-            if wire.is_foreign_schedule_copy(delivery_routing_key, headers, self.namespace, self.exchange):
+            origin = wire.schedule_copy_origin(delivery_routing_key, headers, self.exchange)
+            copies = self.schedule_copies
+            if (
+                origin is not None
+                and copies
+                and not await copies.take(consumer.queue, origin, props.message_id)
+            ):
                 self.stats.count("duplicate", delivery_routing_key)
-                acks.ack(tag)  # this namespace's own schedule queue delivers the copy it takes
+                acks.ack(tag)  # another namespace's copy of the same hutch-schedule publish runs
                 return
             routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
             due_in = wire.due_in_ms(headers, int(self.clock() * 1000))
@@ -533,11 +542,12 @@ class Dispatcher:
                 due_at_ms=due_at_ms,
                 foreign=wire.foreign_failures(received, consumer.routing_keys, consumer.queue, self.exchange),
             )  # fmt: skip
+            route = self._park_route(level, routing_key, headers)
             await self._settle_with_copy(
                 delivered,
                 tag,
                 acks,
-                self._park_route(level),
+                route,
                 copy_properties(props, headers, level),
                 "a retry",
                 "retried",
@@ -584,21 +594,22 @@ class Dispatcher:
         props = delivered.properties
         level = wire.delay_level(seconds)
         headers = wire.repark_headers(props.headers or {}, queue=self.consumer.queue, routing_key=routing_key)
+        route = self._park_route(level, routing_key, headers)
         await self._settle_with_copy(
             delivered,
             tag,
             acks,
-            self._park_route(level),
+            route,
             copy_properties(props, headers, level),
             "a re-park",
             "reparked",
             routing_key,
         )
 
-    def _park_route(self, level: int) -> tuple[str, str]:
-        """The exchange and routing key that reach this namespace's park queue of ``level``."""
-        queue = wire.park_queue_name(self.namespace, self.exchange, level)
-        return wire.delay_exchange_name(self.exchange), queue
+    def _park_route(self, level: int, routing_key: str, headers: dict[str, Any]) -> tuple[str, str]:
+        """The exchange and routing key that reach this namespace's park queue of ``level`` (named in
+        ``headers``): the event's own key, which the copy keeps when it comes out (see wire.park_in)."""
+        return wire.park_in(self.namespace, self.exchange, level, headers), routing_key
 
     async def _settle_with_copy(
         self,

@@ -104,3 +104,9 @@ class ManagementApi:
         path = f"/exchanges/{self.quoted_vhost}/{urllib.parse.quote(name, safe='')}"
         found: dict[str, Any] | None = await self.get(path)
         return found
+
+    async def bindings_from(self, exchange: str) -> list[dict[str, Any]]:
+        """The bindings whose source is ``exchange`` (empty when it does not exist)."""
+        path = f"/exchanges/{self.quoted_vhost}/{urllib.parse.quote(exchange, safe='')}/bindings/source"
+        found: list[dict[str, Any]] = await self.get(path) or []
+        return found

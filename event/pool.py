@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from event import control, topology, wire
+from event import control, driver, topology, wire
 from event.batching import DEFAULT_BATCH_WAIT_S
 from event.config import (
     DEFAULT_CONCURRENCY,
@@ -42,6 +43,7 @@ from event.consumer import Consumer, Handler, define_consumer
 from event.cron import CronRunner, Schedule, define_schedule
 from event.dispatch import Dispatcher, OnDead
 from event.errors import ConfigurationError, ConnectionFailed, EventError
+from event.management import ManagementApi, configured_base
 from event.message import Context
 from event.metrics import ConsumerStats, PoolStats, registry_for
 from event.middleware import Middleware
@@ -49,6 +51,7 @@ from event.pausing import PauseSwitch
 from event.retry import BROKER_RETRY_SINCE, DEFAULT_RETRIES, Backoff
 from event.runners.command import CommandRunner
 from event.runners.counts import OutcomeCounts
+from event.schedule_copies import ScheduleCopies
 from event.sending import Sender
 from event.supervise import ConsumerSupervisor, backoff
 from event.topology import Plan
@@ -93,7 +96,11 @@ class WorkerPool:
     before cancelling them (their messages then go back to the queue). A body larger than
     ``max_body_bytes`` (0: no limit) goes to the dead queue undecoded. ``queue_type="quorum"`` makes the
     consumer queues (those that do not choose) and the dead queue quorum queues, the choice for a
-    cluster; the delay queues keep hutch-schedule's exact arguments so Ruby services can share them.
+    cluster. The pool binds nothing to hutch-schedule's exchange: of the copies that the namespaces
+    bound there make of each hutch-schedule message, it runs one (see :mod:`event.schedule_copies`).
+    ``declare_delay_queues=True`` is for a pool that stands alone (no Ruby service runs hutch-schedule
+    on the broker): it declares and binds its namespace's delay queues, as hutch-schedule would, with
+    hutch-schedule's exact arguments.
     ``url`` may list several nodes of a cluster (a list, or comma-separated): every connect and
     reconnect starts at a random one and tries the others in turn. ``on_dead`` is called (it must not
     block: see :class:`event.runners.hooks.DeadHook`) with each message stored in the dead queue.
@@ -120,8 +127,11 @@ class WorkerPool:
         max_body_bytes: int = 0,
         queue_type: str | None = None,
         on_dead: OnDead | None = None,
+        declare_delay_queues: bool = False,
     ) -> None:
         self.url = resolve_url(url)
+        # Stand alone: bind this namespace's hutch-schedule delay queues (see event.schedule_copies).
+        self.declare_delay_queues = declare_delay_queues
         self.on_dead = on_dead  # told of each message once it is stored in the dead queue
         self.namespace = namespace
         self.exchange = check_name("exchange", exchange)
@@ -392,6 +402,7 @@ class WorkerPool:
         self.stats.consumers = []
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="event-handler")
         pool_slots = asyncio.Semaphore(self.concurrency) if self.concurrency else None
+        copies = ScheduleCopies(self.exchange, self._queue_exists, self._schedule_bound)
         self._dispatchers = [
             Dispatcher(
                 consumer,
@@ -407,6 +418,7 @@ class WorkerPool:
                 stats=self._consumer_stats(consumer),
                 max_body_bytes=self.max_body_bytes,
                 on_dead=self.on_dead,
+                schedule_copies=copies,
             )
             for consumer in self._consumers.values()
         ]
@@ -556,6 +568,7 @@ class WorkerPool:
                 for c in self._consumers.values()
             ],
             max_deliveries={c.queue: c.max_deliveries for c in self._consumers.values()},
+            delay_queues=self.declare_delay_queues,
         )
 
     def _plans(self) -> tuple[Plan, dict[str, Plan]]:
@@ -740,6 +753,31 @@ class WorkerPool:
         if connection is None or connection.is_closed:
             raise ConnectionFailed("no connection to publish on: waiting to reconnect")
         return connection
+
+    async def _queue_exists(self, queue: str) -> bool:
+        # For ScheduleCopies: a passive declare, on a channel of its own (NOT_FOUND closes it).
+        connection = await self._live_connection(0.0)
+        channel = await open_channel(connection, confirms=False)
+        try:
+            await channel.queue_declare(queue, passive=True)
+        except driver.NotFound:
+            return False
+        finally:
+            await close_quietly(channel)
+        return True
+
+    async def _schedule_bound(self) -> set[str]:
+        # For ScheduleCopies: the namespaces whose delay queues are bound to hutch.schedule, from the
+        # management API ($EVENT_MANAGEMENT_URL, else beside the broker's host); it raises without one.
+        api = ManagementApi.for_url(self.url, configured_base(None, os.environ))
+        bindings = await api.bindings_from(wire.schedule_exchange_name(self.exchange))
+        return {
+            namespace
+            for binding in bindings
+            if binding.get("destination_type") == "queue"
+            and (namespace := wire.delay_queue_namespace(binding.get("destination", ""), self.exchange))
+            is not None
+        }
 
     def _copies_channel_closed(self, exc: BaseException) -> None:
         # A channel error (a queue or exchange deleted under us) closes only the channel: the sender

@@ -333,22 +333,24 @@ class Publisher:
             due_at_ms = None  # a level covers it: no re-park needed
         elif due_at_ms is None:
             due_at_ms = planned_due_ms
+        queue = wire.park_queue_name(self.namespace, self.exchange, level)
+        parked = wire.delayed_headers(headers, routing_key, due_at_ms=due_at_ms)
+        entry = wire.park_in(self.namespace, self.exchange, level, parked)
         props = properties(
             message_id=message_id,
-            headers=wire.delayed_headers(headers, routing_key, due_at_ms=due_at_ms),
+            headers=parked,
             expiration=str(level * 1000),
             now=self.clock(),
             content_type=content_type,
         )
         # Straight into our own park queue (one copy, whatever other namespaces share the exchange),
-        # through the delay exchange rather than the spec's default one: see wire.delay_exchange_name.
+        # with its own routing key, which it keeps when due: see wire.park_entry_exchange_name.
         # Mandatory, so a missing queue raises instead of dropping the message.
-        queue = wire.park_queue_name(self.namespace, self.exchange, level)
         if queue in self._undeclared:
             await self._declare_if_refused(queue)
         await self._send(
-            wire.delay_exchange_name(self.exchange),
-            queue,
+            entry,
+            routing_key,
             body,
             props,
             mandatory=True,

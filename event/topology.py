@@ -99,44 +99,58 @@ def _binding_dict(binding: Binding) -> dict[str, Any]:
     return shown
 
 
-def delay_plan(namespace: str, exchange: str, *, queue_type: str | None = None) -> Plan:
-    """What delaying needs: the exchanges, event's park queues, and hutch-schedule's delay queues.
+def delay_plan(
+    namespace: str, exchange: str, *, queue_type: str | None = None, delay_queues: bool = False
+) -> Plan:
+    """What delaying needs: the exchanges and event's park queues (and, if asked, hutch-schedule's).
 
-    Park queues are entered through the direct exchange ``<exchange>.delay`` (each bound by its own
-    name) and left through the headers exchange ``<exchange>.unpark``. hutch-schedule's delay queues are
-    declared and bound exactly as hutch-schedule declares them for this namespace, so this namespace
-    takes one copy of each hutch-schedule message whether or not a Ruby service of it runs; event puts
-    nothing of its own in them. They come last: they are classic queues that Ruby may share, and the
-    pool can work without them (see :attr:`Queue.required`).
+    A copy enters its park queue through the headers exchange ``<exchange>.park`` (each park queue
+    bound by its own name in ``event-park-in``), keeping its event's routing key, and leaves through the
+    headers exchange ``<exchange>.unpark``. Park queues stay bound to the direct exchange
+    ``<exchange>.delay`` by their name too: the way in of the versions before, whose publishers may
+    still run during an upgrade.
+
+    hutch-schedule's delay queues are declared and bound to ``<exchange>.schedule`` only with
+    ``delay_queues`` (a pool that stands alone, with no Ruby service binding that exchange): each
+    namespace bound there makes one more copy of every hutch-schedule message, for every Ruby queue
+    on its key. They come last: they are classic queues that Ruby may share, and the pool can work
+    without them (see :attr:`Queue.required`).
     """
     delay = wire.delay_exchange_name(exchange)
+    entry = wire.park_entry_exchange_name(exchange)
     unpark = wire.unpark_exchange_name(exchange)
-    schedule = wire.schedule_exchange_name(exchange)
-    exchanges = (
+    exchanges = [
         Exchange(exchange, "topic", bindings=(Binding(unpark, "", wire.delayed_event_binding_arguments()),)),
         Exchange(delay, "direct"),
+        Exchange(entry, "headers"),
         Exchange(unpark, "headers"),
-        # As hutch-schedule declares it (RabbitMQ compares no exchange argument but alternate-exchange).
-        Exchange(schedule, "topic", {"x-dead-letter-exchange": exchange}),
-    )
+    ]
     park_arguments = wire.park_queue_arguments(exchange, queue_type)
-    delay_arguments = wire.delay_queue_arguments(exchange)
     parks = []
-    delays = []
     for level in wire.LEVELS:
         park = wire.park_queue_name(namespace, exchange, level)
-        parks.append(Queue(park, "park queue", park_arguments, (Binding(delay, park),)))
-        key = wire.schedule_routing_key(exchange, level)
-        delays.append(
-            Queue(
-                wire.delay_queue_name(namespace, exchange, level),
-                "hutch-schedule delay queue",
-                delay_arguments,
-                (Binding(schedule, key),),
-                required=False,
-            )
+        bindings = (Binding(entry, "", wire.park_entry_binding_arguments(park)), Binding(delay, park))
+        parks.append(Queue(park, "park queue", park_arguments, bindings))
+    if not delay_queues:
+        return Plan(tuple(exchanges), tuple(parks))
+    schedule = wire.schedule_exchange_name(exchange)
+    exchanges.append(Exchange(schedule, "topic"))  # as hutch-schedule 0.7.3 declares it: no arguments
+    return Plan(tuple(exchanges), (*parks, *schedule_queues(namespace, exchange)))
+
+
+def schedule_queues(namespace: str, exchange: str) -> tuple[Queue, ...]:
+    """hutch-schedule's 21 delay queues of ``namespace``, each bound to the schedule exchange by its level."""
+    schedule = wire.schedule_exchange_name(exchange)
+    return tuple(
+        Queue(
+            wire.delay_queue_name(namespace, exchange, level),
+            "hutch-schedule delay queue",
+            wire.delay_queue_arguments(exchange),
+            (Binding(schedule, wire.schedule_routing_key(exchange, level)),),
+            required=False,
         )
-    return Plan(exchanges, (*parks, *delays))
+        for level in wire.LEVELS
+    )
 
 
 def consumer_bindings(exchange: str, queue: str, keys: Iterable[str]) -> tuple[Binding, ...]:
@@ -156,6 +170,7 @@ def pool_plan(
     consumers: Iterable[tuple[str, str, dict[str, Any], tuple[str, ...]]],
     dead_queue_type: str | None = None,
     max_deliveries: Mapping[str, int] | None = None,
+    delay_queues: bool = False,
 ) -> Plan:
     """A pool's topology: the delay plan, the dead queue, and each consumer's (handler, queue, args, keys).
 
@@ -163,7 +178,7 @@ def pool_plan(
     queue name) and a dead-letter route to the dead queue, so that the broker's own limit (20 by
     default from RabbitMQ 4.0) moves a message where an operator sees it instead of dropping it.
     """
-    base = delay_plan(namespace, exchange, queue_type=dead_queue_type)
+    base = delay_plan(namespace, exchange, queue_type=dead_queue_type, delay_queues=delay_queues)
     dead_name = wire.dead_queue_name(namespace, exchange)
     limits = max_deliveries or {}
 

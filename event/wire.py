@@ -45,6 +45,7 @@ H_ERROR = "event-error"
 H_FAILED_AT = "event-failed-at"
 H_PARK_TO = "event-park-to"  # where a parked copy goes when its delay ends (see park_to_queue)
 H_FOREIGN_FAILURES = "event-foreign-failures"  # hutch-schedule failures already in event-retries
+H_PARK_IN = "event-park-in"  # the park queue a copy waits in (see park_entry_exchange_name)
 
 PARK_TO_EXCHANGE = "exchange"  # event-park-to of a delayed event: routed again by its routing key
 
@@ -107,6 +108,17 @@ def delay_exchange_name(exchange: str) -> str:
     only the delay queues are bound (each by its own, namespaced name), so ``CC`` matches nothing.
     """
     return f"{exchange}.delay"
+
+
+def park_entry_exchange_name(exchange: str) -> str:
+    """The headers exchange that delayed and retried copies enter their park queue by, e.g. ``hutch.park``.
+
+    Each park queue is bound with ``{x-match: all, event-park-in: <its name>}``, so a copy is published
+    with the event's own routing key (not the park queue's name, as through :func:`delay_exchange_name`)
+    and keeps it when it dead-letters: a Ruby consumer sees the key the event was published with, and
+    no topic binding (a Ruby ``*``) matches a park queue's one-word name.
+    """
+    return f"{exchange}.park"
 
 
 def control_exchange_name(exchange: str) -> str:
@@ -175,6 +187,16 @@ def schedule_routing_key(exchange: str, level_s: int) -> str:
     return f"{schedule_exchange_name(exchange)}.{level_s}s"
 
 
+def park_in(namespace: str, exchange: str, level_s: int, headers: dict[str, Any]) -> str:
+    """Address a copy to this namespace's park queue of ``level_s``: names it in ``headers``; the exchange.
+
+    The copy is published to the returned exchange with its event's routing key (see
+    :func:`park_entry_exchange_name`).
+    """
+    headers[H_PARK_IN] = park_queue_name(namespace, exchange, level_s)
+    return park_entry_exchange_name(exchange)
+
+
 def park_to_queue(queue: str) -> str:
     """The ``event-park-to`` value (and binding argument) that addresses one consumer queue."""
     return f"queue:{queue}"
@@ -209,6 +231,11 @@ def _replicated(queue_type: str | None) -> dict[str, Any]:
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
+
+
+def park_entry_binding_arguments(park_queue: str) -> dict[str, Any]:
+    """How a park queue is bound to the park entry exchange: the copies that name it in ``event-park-in``."""
+    return {"x-match": "all", H_PARK_IN: park_queue}
 
 
 def park_binding_arguments(queue: str) -> dict[str, Any]:
@@ -348,26 +375,32 @@ def addressed_queue(
     return first if first is not None and own and first != own else None
 
 
-def is_foreign_schedule_copy(
-    delivery_routing_key: str, headers: Mapping[str, Any], namespace: str, exchange: str = "hutch"
-) -> bool:
-    """Whether a delivery is another namespace's copy of a hutch-schedule message: a duplicate here.
+def schedule_copy_origin(
+    delivery_routing_key: str, headers: Mapping[str, Any], exchange: str = "hutch"
+) -> str | None:
+    """The namespace whose hutch-schedule delay queue made this copy, or None when it is no such copy.
 
     hutch-schedule publishes a delayed message (or a Ruby retry) to its topic exchange, where every
     namespace that ran it has bound its delay queues: each makes a copy, and each copy reaches every
-    queue bound to the key. event binds this namespace's delay queues there as hutch-schedule does, so
-    the copy that died in one of them is the one to take. A copy whose last death is not recognised is
-    never dropped.
+    queue bound to the key. The copies differ only in the queue their last ``x-death`` entry names
+    (``""``: Ruby services without a namespace). Which copy a pool takes is :mod:`event.schedule_copies`'s
+    choice; a copy whose last death is not recognised is no such copy, and is never dropped.
     """
     if not delivery_routing_key.startswith(f"{schedule_exchange_name(exchange)}."):
-        return False
+        return None
     deaths = headers.get("x-death")
     if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], Mapping):
-        return False
+        return None
     died_in = header_text(deaths[0], "queue")
-    if died_in is None or not is_delay_queue_name(died_in, exchange):
-        return False
-    return not died_in.startswith(queue_name(namespace, f"{exchange}_delay_queue_"))
+    return None if died_in is None else delay_queue_namespace(died_in, exchange)
+
+
+def delay_queue_namespace(queue: str, exchange: str) -> str | None:
+    """The namespace of a hutch-schedule delay queue (``""``: none), or None for another queue."""
+    if not is_delay_queue_name(queue, exchange):
+        return None
+    head = queue.rpartition(f"{exchange}_delay_queue_")[0]
+    return head[:-1] if head else ""
 
 
 # --- delays and retries ----------------------------------------------------------------------------------
@@ -526,7 +559,7 @@ def format_error(error: BaseException | str) -> str:
     return raw[: ERROR_HEADER_LIMIT - 3].decode(errors="ignore") + "..."
 
 
-_NOT_DEAD = frozenset((*_ROUTING_HEADERS, H_PARK_TO))
+_NOT_DEAD = frozenset((*_ROUTING_HEADERS, H_PARK_TO, H_PARK_IN))
 
 
 def dead_headers(

@@ -3,9 +3,9 @@ run beside event, since this machine has no Ruby).
 
 It does on the wire exactly what hutch-schedule's source does (lib/hutch/schedule/core.rb,
 lib/hutch/enqueue.rb, lib/hutch/error_handlers/max_retry.rb), through a raw AMQP channel as Bunny would:
-- ``declare``: the topic exchange ``<exchange>.schedule`` and, per level, the delay queue
-  ``<namespace>:<exchange>_delay_queue_<N>s`` (30-day TTL, dead-lettering into ``<exchange>``) bound by
-  ``<exchange>.schedule.<N>s``;
+- ``declare``: the topic exchange ``<exchange>.schedule`` (durable, no arguments) and, per level, the
+  delay queue ``<namespace>:<exchange>_delay_queue_<N>s`` (30-day TTL, dead-lettering into ``<exchange>``)
+  bound by ``<exchange>.schedule.<N>s``;
 - ``enqueue_in``: publishes to the schedule exchange with routing key ``<exchange>.schedule.<N>s``,
   ``expiration`` = the level in ms and the caller's headers merged with ``CC: [routing key]``. Ruby's merge
   keeps a string ``"CC"`` key of the caller's beside its symbol ``:CC``, and RabbitMQ then routes by the
@@ -36,9 +36,9 @@ async def declare(channel: AbstractChannel, namespace: str, exchange: str) -> li
     """What hutch-schedule declares for ``namespace``; returns the delay queues' names."""
     schedule = f"{exchange}.schedule"
     await channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-    await channel.exchange_declare(
-        schedule, exchange_type="topic", durable=True, arguments={"x-dead-letter-exchange": exchange}
-    )
+    # Core#declare_delay_exchange: `ch.topic(name, {durable: true}.merge(mq_exchange_options))`, and
+    # Hutch's mq_exchange_options default to {}: no arguments.
+    await channel.exchange_declare(schedule, exchange_type="topic", durable=True)
     queues = []
     for level in wire.LEVELS:
         name = f"{exchange}_delay_queue_{level}s"

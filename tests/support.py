@@ -224,7 +224,14 @@ class Isolation:
         for name in self.management.queue_names():
             if name.startswith(prefixes) or name in self.extra_queues:
                 self.management.delete_queue(name)
-        for suffix in ("", ".delay", ".unpark", ".schedule", ".control"):  # .control: event.control's
+        for suffix in (
+            "",
+            ".delay",
+            ".park",
+            ".unpark",
+            ".schedule",
+            ".control",
+        ):  # .control: event.control's
             self.management.delete_exchange(f"{self.exchange}{suffix}")
 
 

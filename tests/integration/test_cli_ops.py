@@ -96,7 +96,7 @@ def test_topology_prints_what_the_pool_declares(env: dict[str, str], iso: Isolat
     assert f"    bound to {iso.exchange} with app.user.*" in result.stdout
     assert f"dead queue: {ns}:{iso.exchange}_dead_queue" in result.stdout
     plan = json.loads(event("topology", "topo_app:pool", "--json", env=env).stdout)
-    assert len(plan["queues"]) == 21 + 21 + 1 + 1  # park, hutch-schedule's delay, dead, the consumer
+    assert len(plan["queues"]) == 21 + 1 + 1  # park, dead, the consumer: no hutch-schedule delay queue
     [mine] = [q for q in plan["queues"] if q["name"] == f"{ns}:send_email"]
     assert mine["arguments"] == {"x-queue-type": "classic"}
     assert {b["routing_key"] for b in mine["bindings"] if b["exchange"] == iso.exchange} == {
@@ -191,3 +191,20 @@ def test_cron_list_errors_and_a_pool_without_schedules(env: dict[str, str]) -> N
     assert zero.returncode == 2 and "--count must be at least 1" in zero.stderr
     missing = event("cron", "list", "no_such_app:pool", env=env)
     assert missing.returncode == 2 and "no_such_app" in missing.stderr
+
+
+async def test_topology_unbind_schedule_moves_the_pools_namespace_off_hutch_schedule(
+    env: dict[str, str], iso: Isolation, probe: Probe
+) -> None:
+    import hutch_schedule
+
+    channel = await probe.channel()
+    await hutch_schedule.declare(channel, iso.namespace, iso.exchange)  # what the pool bound before
+    alone = event("topology", "topo_app:pool", "--unbind-schedule", env=env)
+    assert alone.returncode == 2 and "no other namespace" in alone.stderr  # nothing else would deliver
+    iso.extra_queues += await hutch_schedule.declare(channel, f"{iso.namespace}-ruby", iso.exchange)
+    moved = event("topology", "topo_app:pool", "--unbind-schedule", env=env)
+    assert moved.returncode == 0, moved.stderr
+    assert "unbound 21 delay queue(s)" in moved.stdout and "deleted 21 empty" in moved.stdout
+    again = event("topology", "topo_app:pool", "--unbind-schedule", env=env)
+    assert again.returncode == 0 and "unbound 0" in again.stdout  # idempotent

@@ -30,7 +30,8 @@ async def test_several_urls_are_tried_in_turn(pool_kwargs: dict[str, Any]) -> No
 async def test_quorum_queues_for_consumers_and_the_dead_queue(
     pool_kwargs: dict[str, Any], iso: Isolation, management: Management, probe: Probe
 ) -> None:
-    pool = WorkerPool(**pool_kwargs, queue_type="quorum")
+    # declare_delay_queues: a pool that stands alone declares hutch-schedule's too (classic, as Ruby's).
+    pool = WorkerPool(**pool_kwargs, queue_type="quorum", declare_delay_queues=True)
     attempts: list[int] = []
 
     @pool.consumer("app.q", retries=1)

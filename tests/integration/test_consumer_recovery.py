@@ -169,9 +169,9 @@ async def test_the_copy_channel_closed_by_the_broker_comes_back_and_the_retry_is
             raise RuntimeError("the first attempt fails")
 
     async with pool.running(), Publisher(**pool_kwargs) as publisher:
-        # A retry copy goes through the delay exchange: publishing to it once it is gone makes the
+        # A retry copy goes through the park entry exchange: publishing to it once it is gone makes the
         # broker close the copy channel with NOT_FOUND.
-        await asyncio.to_thread(management.delete_exchange, wire.delay_exchange_name(iso.exchange))
+        await asyncio.to_thread(management.delete_exchange, wire.park_entry_exchange_name(iso.exchange))
         await publisher.publish("app.flaky", {"n": 1})
         await eventually(lambda: 2 in attempts, timeout=30)
         await eventually(lambda: pool.ready, timeout=10)

@@ -60,8 +60,10 @@ async def test_a_delayed_message_carries_the_spec_properties(
         "event-retries": 0,
         "event-foreign-failures": 0,
         "event-park-to": "exchange",
+        "event-park-in": wire.park_queue_name(iso.namespace, iso.exchange, 10800),
         "event-due-at": int(now * 1000) + 2 * 86_400_000,
     }
+    assert long.routing_key == short.routing_key == "app.report"  # kept when due (docs/wire-format.md)
     assert long.header.properties.delivery_mode == 2
     assert long.header.properties.content_type == "application/json"
     assert short.header.properties.expiration == "10000"
@@ -91,7 +93,8 @@ async def test_a_long_delay_is_parked_again_until_due(
     assert at >= due
     assert msg.routing_key == "app.report"
     assert msg.attempt == 1  # a re-park is not a retry
-    assert msg.delivery_routing_key == wire.park_queue_name(iso.namespace, iso.exchange, 5)
+    assert msg.delivery_routing_key == "app.report"  # the re-park kept it
+    assert msg.headers["x-death"][0]["queue"] == wire.park_queue_name(iso.namespace, iso.exchange, 5)
 
 
 async def test_a_due_time_beyond_the_horizon_goes_to_the_dead_queue_named(

@@ -103,7 +103,7 @@ async def test_metrics_count_handled_retried_and_dead_exactly(
     assert found[("event_handler_duration_seconds_count", (("queue", f"{ns}:ok"),))] == 100
     assert found[("event_handler_duration_seconds_sum", (("queue", f"{ns}:ok"),))] >= 0.2
     assert found[("event_consumer_concurrency_limit", (("queue", f"{ns}:doomed"),))] == 3
-    assert found[("event_published_total", (("exchange", f"{iso.exchange}.delay"),))] == 5  # the retry copies
+    assert found[("event_published_total", (("exchange", f"{iso.exchange}.park"),))] == 5  # the retry copies
     assert found[("event_published_total", (("exchange", ""),))] == 2  # the dead copies
     assert found[("event_pool_concurrency_limit", ())] == 200
     for name, labels in found:

@@ -36,7 +36,7 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_sent(
         await publisher.publish("app.sized", {"after": True})  # the channel is still good
     bodies = [m.body for m in await probe.take_all(queue)]
     assert bodies == [f'"{fits}"'.encode(), b'{"after":true}']
-    assert await probe.depth(wire.delay_queue_name(iso.namespace, iso.exchange, 30)) == 0
+    assert await probe.depth(wire.park_queue_name(iso.namespace, iso.exchange, 30)) == 0
 
 
 async def test_the_default_limit_holds_without_reaching_the_broker(pool_kwargs: dict[str, Any]) -> None:

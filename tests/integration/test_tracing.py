@@ -56,8 +56,8 @@ async def test_one_trace_links_publish_consume_retry_consume_dead_with_the_conve
     assert [s.name for s in chain] == [
         f"publish {ex}:app.charge",
         f"process {ex}:app.charge:{ns}:charge",
-        f"publish {ex}.delay:{ns}:{ex}_park_queue_5s",
-        f"process {ex}.unpark:{ns}:{ex}_park_queue_5s:{ns}:charge",
+        f"publish {ex}.park:app.charge",  # a retry keeps its routing key (docs/wire-format.md)
+        f"process {ex}.unpark:app.charge:{ns}:charge",
         f"publish {dead_queue}",
     ]
     assert [s.kind for s in chain] == [
@@ -99,14 +99,12 @@ async def test_one_trace_links_publish_consume_retry_consume_dead_with_the_conve
         assert span.status.description == "RuntimeError: card declined"
         assert [event.name for event in span.events] == ["exception"]
     assert dict(first.attributes or {})["messaging.rabbitmq.destination.routing_key"] == "app.charge"
-    assert dict(second.attributes or {})["messaging.rabbitmq.destination.routing_key"] == (
-        f"{ns}:{ex}_park_queue_5s"
-    )
+    assert dict(second.attributes or {})["messaging.rabbitmq.destination.routing_key"] == "app.charge"
 
     # publish_in: the delayed message's process span is the child of its publish into the park queue.
     reminded = _of(spans, "remind-1")
     [delayed], [consumed] = by_name(reminded, "publish "), by_name(reminded, "process ")
-    assert delayed.name == f"publish {ex}.delay:{ns}:{ex}_park_queue_5s"
+    assert delayed.name == f"publish {ex}.park:app.remind"
     assert delayed.parent is not None and delayed.parent.span_id == checkout.get_span_context().span_id
     assert consumed.parent is not None and consumed.parent.span_id == delayed.context.span_id
     assert dict(consumed.attributes or {})["event.routing_key"] == "app.remind"

@@ -184,19 +184,19 @@ def test_failures_are_at_least_our_own_count(own: int, seen: int, now: int) -> N
     assert counted == own + max(now - seen, 0)
 
 
-def test_only_this_namespaces_schedule_copy_is_taken() -> None:
+def test_a_schedule_copy_names_the_namespace_whose_delay_queue_made_it() -> None:
     def copy_from(queue: str) -> dict[str, Any]:
         death = _death(queue, "hutch.schedule", ["hutch.schedule.5s", "app.a"], 1)
         return {"CC": ["app.a"], "x-death": [death]}
 
-    ours = copy_from("ns:hutch_delay_queue_5s")
-    assert not wire.is_foreign_schedule_copy("hutch.schedule.5s", ours, "ns")
-    assert wire.is_foreign_schedule_copy("hutch.schedule.5s", copy_from("ruby:hutch_delay_queue_5s"), "ns")
-    assert wire.is_foreign_schedule_copy("hutch.schedule.5s", copy_from("hutch_delay_queue_5s"), "ns")
-    # Never drop a copy whose origin is unknown, nor anything that did not come through hutch-schedule.
-    assert not wire.is_foreign_schedule_copy("hutch.schedule.5s", {"CC": ["app.a"]}, "ns")
-    assert not wire.is_foreign_schedule_copy("hutch.schedule.5s", copy_from("some_queue"), "ns")
-    assert not wire.is_foreign_schedule_copy("app.a", copy_from("ruby:hutch_delay_queue_5s"), "ns")
+    assert wire.schedule_copy_origin("hutch.schedule.5s", copy_from("ns:hutch_delay_queue_5s")) == "ns"
+    assert wire.schedule_copy_origin("hutch.schedule.5s", copy_from("a:b:hutch_delay_queue_60s")) == "a:b"
+    assert wire.schedule_copy_origin("hutch.schedule.5s", copy_from("hutch_delay_queue_5s")) == ""
+    # No choice for a copy of unknown origin, nor for anything that did not come through hutch-schedule.
+    assert wire.schedule_copy_origin("hutch.schedule.5s", {"CC": ["app.a"]}) is None
+    assert wire.schedule_copy_origin("hutch.schedule.5s", copy_from("some_queue")) is None
+    assert wire.schedule_copy_origin("hutch.schedule.5s", copy_from("ns:hutch_park_queue_5s")) is None
+    assert wire.schedule_copy_origin("app.a", copy_from("ruby:hutch_delay_queue_5s")) is None
 
 
 def test_reserved_queue_names() -> None:

@@ -67,7 +67,7 @@ async def test_one_trace_runs_from_the_callers_span_through_a_retry_and_into_a_s
     assert second.attributes is not None and "error.type" not in second.attributes
     assert [first.attributes["event.attempt"], second.attributes["event.attempt"]] == [1, 2]
     assert retry.attributes is not None
-    assert retry.attributes["messaging.destination.name"] == "hutch.delay:t:hutch_park_queue_30s"
+    assert retry.attributes["messaging.destination.name"] == "hutch.park:app.job"  # its own key
     assert [p.headers["traceparent"] for p in broker.log] == [traceparent(publish), traceparent(retry)]
 
 
