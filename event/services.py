@@ -209,7 +209,9 @@ def register(
         method = getattr(servicer, rpc.name, None)
         if not callable(method):
             raise ConfigurationError(f"servicer {servicer!r} of {service.name} has no method {rpc.name}")
-        chosen = {"queue": service.queue(rpc), **options, **(methods or {}).get(rpc.name, {})}
+        chosen = {**options, **(methods or {}).get(rpc.name, {})}
+        if chosen.get("queue") is None:  # None, as for pool.consumer: the default, here the rpc's own
+            chosen["queue"] = service.queue(rpc)
         handler = _handler(rpc, method, replier, pool.clock, f"{type(servicer).__qualname__}.{rpc.name}")
         rpc.contract.consumer(pool, **chosen)(handler)
         queues.append(str(chosen["queue"]))
