@@ -261,6 +261,7 @@ async def _learn_address(channel: Channel) -> str:
     address = got.properties.reply_to if got is not None else None
     if not address or not address.startswith(DIRECT_REPLY_TO + "."):
         raise ConnectionFailed(f"the broker did not write a direct reply-to address (got {address!r})")
+    log.debug("reply address %s, learnt through the queue %s (deleted)", address, declared.queue)
     return str(address)
 
 
