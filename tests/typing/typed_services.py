@@ -1,4 +1,4 @@
-"""Checked by mypy --strict in tests/unit/test_protobuf_services.py, beside the modules protoc-gen-event
+"""Checked by mypy --strict in tests/unit/test_protoc_plugin.py, beside the modules protoc-gen-event
 generates from tests/protos: their producers and servicers used as written."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Checked by mypy --strict in tests/unit/test_protobuf_services.py: each line ending in an "E:" comment
+"""Checked by mypy --strict in tests/unit/test_protoc_plugin.py: each line ending in an "E:" comment
 must be rejected with the error code it names, and no other line may be."""
 
 from __future__ import annotations

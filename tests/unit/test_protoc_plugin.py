@@ -155,15 +155,15 @@ def test_asyncapi_lists_the_six_operations_with_their_schemas_valid_against_asyn
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # event asyncapi app:pool, the app importing the generated module's contracts and registering both.
-    (tmp_path / "shop_app.py").write_text(
+    (tmp_path / "protobuf_services_app.py").write_text(
         "from eventtest.shop_services_event import *  # the contracts: send operations\n"
-        "from test_protobuf_services import a_pool\n"
+        "from test_protoc_plugin import a_pool\n"
         "pool, _ = a_pool()\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     importable()
-    assert cli.main(["asyncapi", "shop_app:pool", "--json"]) == 0
+    assert cli.main(["asyncapi", "protobuf_services_app:pool", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     errors = list(jsonschema.Draft7Validator(json.loads(SPEC.read_text())).iter_errors(doc))
     assert not errors, [e.message for e in errors[:5]]
