@@ -95,8 +95,13 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
+# What a generated producer inherits from event.services.Producer: an rpc of such a name gets a "_".
+_PRODUCER_ATTRIBUTES = frozenset(("close", "publisher", "service"))
+
+
 def _python_name(name: str) -> str:
-    return f"{name}_" if keyword.iskeyword(name) else name
+    """An rpc's method name in Python: its own, unless a keyword or an attribute of the producer's base."""
+    return f"{name}_" if keyword.iskeyword(name) or name in _PRODUCER_ATTRIBUTES else name
 
 
 def _message_index(files: Iterable[FileDescriptorProto]) -> dict[str, tuple[str, str]]:
@@ -146,6 +151,14 @@ class _Module:
         self.messages = messages
         self.imports: dict[str, str] = {}  # protoc module -> alias
         self.lines: list[str] = []
+        self.names: set[str] = set()  # the module's own names
+
+    def define(self, name: str, what: str) -> str:
+        """``name`` as a new name of the module, unless another service or rpc made it already."""
+        if name in self.names:
+            raise ValueError(f"{what} clashes with another's generated name {name}")
+        self.names.add(name)
+        return name
 
     def type(self, full_name: str) -> str:
         """The Python expression of the message class ``full_name`` (``.pkg.Msg``)."""
@@ -199,11 +212,14 @@ def _render_service(
         if method.client_streaming or method.server_streaming:
             raise ValueError(f"rpc {full}.{method.name} streams: a queue carries one message per request")
         name = _python_name(method.name)
-        if name in seen:
-            raise ValueError(f"service {full} has two rpcs named {method.name}")
-        seen.add(name)
+        taken = {name, f"{name}_in", f"{name}_at"}
+        if taken & seen:
+            raise ValueError(
+                f"service {full}: rpc {method.name} clashes with another's methods {sorted(taken & seen)}"
+            )
+        seen |= taken
         key = _routing_key_option(method.options) or f"{full}.{method.name}"
-        constant = f"{prefix}_{_snake(method.name).upper()}"
+        constant = module.define(f"{prefix}_{_snake(method.name).upper()}", f"rpc {full}.{method.name}")
         doc = comments.get((_SERVICE_PATH, index, _METHOD_PATH, number), "") or f"{full}.{method.name}"
         request = module.type(method.input_type)
         response = None if method.output_type == EMPTY else module.type(method.output_type)
@@ -218,6 +234,7 @@ def _render_service(
         )
         rpcs.append((name, constant, request, response, doc))
     service_doc = comments.get((_SERVICE_PATH, index), "")
+    module.define(prefix, f"service {full}")
     module.add(
         "",
         f"{prefix} = _services.Service(",
@@ -230,11 +247,10 @@ def _render_service(
         "    ),",
         ")",
     )
-    producer, servicer, register = (
-        f"{service.name}Producer",
-        f"{service.name}Servicer",
-        _register_name(service),
-    )
+    what = f"service {full}"
+    producer = module.define(f"{service.name}Producer", what)
+    servicer = module.define(f"{service.name}Servicer", what)
+    register = module.define(_register_name(service), what)
     module.add("", "", f"class {producer}(_services.Producer):")
     module.add(*_docstring(_joined(f"Publishes the requests of {full}.", service_doc), "    "))
     module.add("", f"    service = {prefix}")

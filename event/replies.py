@@ -217,7 +217,7 @@ class Requester:
             except BaseException:
                 await close_quietly(channel)
                 raise
-            channel.closing.add_done_callback(self._on_closed)
+            channel.closing.add_done_callback(lambda closing: self._on_closed(channel, closing))
             self._channel = channel
             return channel
 
@@ -231,8 +231,11 @@ class Requester:
             return
         waiting.set_result(delivery)
 
-    def _on_closed(self, closing: asyncio.Future[None]) -> None:
-        # The reply channel (or its connection) is gone: so is every reply still to come on it.
+    def _on_closed(self, channel: Channel, closing: asyncio.Future[None]) -> None:
+        # The reply channel (or its connection) is gone: so is every reply still to come on it. Not those
+        # of a newer channel: this callback runs a loop turn after the close.
+        if channel is not self._channel:
+            return
         reason = None if closing.cancelled() else closing.exception()
         self._fail_pending(ConnectionFailed(f"{self!r} lost its reply channel: {reason or 'closed'}"))
 

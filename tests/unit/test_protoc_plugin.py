@@ -7,6 +7,7 @@ The modules are generated at test time (tests/protoc_support.py); nothing genera
 from __future__ import annotations
 
 import json
+import keyword
 import os
 import re
 import subprocess
@@ -16,6 +17,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from protoc_support import PROTOS, ROOT, generate, importable
 
 from event import ConfigurationError, Message, WorkerPool, asyncapi, cli
@@ -191,3 +194,115 @@ def test_document_of_the_contracts_alone(capsys: pytest.CaptureFixture[str]) -> 
     _, services = a_pool()
     doc = asyncapi.document(None, [*services.USERS.contracts, *services.BILLING.contracts])
     assert len(doc["operations"]) == 6
+
+
+# --- the generator alone: a CodeGeneratorRequest in, a CodeGeneratorResponse out, no protoc ---------------
+
+NAME = st.from_regex(r"[A-Z][A-Za-z0-9]{0,8}", fullmatch=True) | st.sampled_from(
+    ["class", "None", "async", "close", "service", "get_user", "HTTPStatus"]
+)
+KEY = st.from_regex(r"[a-z][a-z0-9_]{0,6}(\.[a-z][a-z0-9_]{0,6}){0,3}", fullmatch=True)
+
+
+def _option(key: str) -> bytes:
+    """MethodOptions carrying field ROUTING_KEY_OPTION = ``key``, in protobuf's wire format."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    raw = key.encode()
+    return varint(ROUTING_KEY_OPTION << 3 | 2) + varint(len(raw)) + raw
+
+
+def a_request(package: str, services: dict[str, dict[str, tuple[str | None, bool]]]) -> Any:
+    """A request for one file ``shop/x.proto`` of ``package``: services -> rpcs -> (key option, answers)."""
+    from google.protobuf import descriptor_pb2
+    from google.protobuf.compiler import plugin_pb2
+
+    empty = descriptor_pb2.FileDescriptorProto(name="google/protobuf/empty.proto", package="google.protobuf")
+    empty.message_type.add(name="Empty")
+    file = descriptor_pb2.FileDescriptorProto(
+        name="shop/x-y.proto", package=package, dependency=["google/protobuf/empty.proto"]
+    )
+    outer = file.message_type.add(name="Outer")
+    outer.nested_type.add(name="Inner")
+    file.message_type.add(name="Answer")
+    prefix = f".{package}" if package else ""
+    for service_name, rpcs in services.items():
+        service = file.service.add(name=service_name)
+        for rpc_name, (key, answers) in rpcs.items():
+            method = service.method.add(
+                name=rpc_name,
+                input_type=f"{prefix}.Outer.Inner",
+                output_type=f"{prefix}.Answer" if answers else ".google.protobuf.Empty",
+            )
+            if key is not None:
+                method.options.MergeFromString(_option(key))
+    return plugin_pb2.CodeGeneratorRequest(file_to_generate=[file.name], proto_file=[empty, file])
+
+
+@settings(deadline=None)  # the first example imports protobuf's generator modules; a shared machine
+@given(
+    package=st.sampled_from(["", "shop", "acme.shop.v1"]),
+    services=st.dictionaries(
+        NAME,
+        st.dictionaries(NAME, st.tuples(st.none() | KEY, st.booleans()), min_size=1, max_size=4),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_the_generated_module_parses_and_names_each_rpc_its_routing_key(
+    package: str, services: dict[str, dict[str, tuple[str | None, bool]]]
+) -> None:
+    import ast
+
+    from event.protoc_plugin import generate
+
+    response = generate(a_request(package, services))
+    if response.error:  # only for names that clash: rpcs "Get" and "Get_in", "AbCd.X" and "Ab.CdX"
+        assert re.search(r"clashes with another's (methods|generated name)", response.error), response.error
+        return
+    [written] = response.file
+    assert written.name == "shop/x_y_event.py"
+    tree = ast.parse(written.content)
+    contracts = {
+        node.targets[0].id: node.value.args[0].value  # type: ignore[attr-defined]
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.value, "func", None) is not None
+        and getattr(node.value.func, "id", "") == "Contract"  # type: ignore[attr-defined]
+    }  # fmt: skip
+    wanted = [
+        key or (f"{package}.{service}.{rpc}" if package else f"{service}.{rpc}")
+        for service, rpcs in services.items()
+        for rpc, (key, _) in rpcs.items()
+    ]
+    assert sorted(contracts.values()) == sorted(wanted)
+    assert (
+        "import shop.x_y_pb2" not in written.content
+        and "from shop import x_y_pb2 as _shop_x_y_pb2" in written.content
+    )
+    assert "_shop_x_y_pb2.Outer.Inner" in written.content  # a nested message by its attribute path
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    for service, rpcs in services.items():
+        producer = {f.name for f in classes[f"{service}Producer"].body if isinstance(f, ast.AsyncFunctionDef)}
+        servicer = {f.name for f in classes[f"{service}Servicer"].body if isinstance(f, ast.AsyncFunctionDef)}
+        for rpc in rpcs:
+            python = f"{rpc}_" if keyword.iskeyword(rpc) or rpc in {"close", "publisher", "service"} else rpc
+            assert {python, f"{python}_in", f"{python}_at"} <= producer
+            assert python in servicer
+            assert f"_services.Rpc({python!r}," in written.content
+
+
+def test_a_message_of_a_file_protoc_did_not_pass_is_an_error_naming_it() -> None:
+    from event.protoc_plugin import generate
+
+    request = a_request("shop", {"Users": {"Get": (None, True)}})
+    del request.proto_file[1].message_type[1]  # Answer
+    assert (
+        generate(request).error == "shop/x-y.proto: message .shop.Answer is not among the files protoc passed"
+    )
