@@ -17,9 +17,19 @@ import aiormq
 import orjson
 import pytest
 from protoc_support import importable
-from support import Isolation, Probe, eventually
+from support import Isolation, Management, Probe, eventually
 
-from event import Context, Message, Publisher, RemoteError, ReplyTimeout, Unroutable, WorkerPool, wire
+from event import (
+    ConnectionFailed,
+    Context,
+    Message,
+    Publisher,
+    RemoteError,
+    ReplyTimeout,
+    Unroutable,
+    WorkerPool,
+    wire,
+)
 from event.replies import Requester
 
 importable()
@@ -30,6 +40,7 @@ from eventtest import shop_services_pb2 as pb  # noqa: E402
 class Users:
     def __init__(self) -> None:
         self.seen: list[tuple[str, Message[Any]]] = []
+        self.gate = asyncio.Event()  # what a request for user "gated" waits for
 
     async def Create(self, ctx: Context, msg: Message[pb.CreateUser]) -> None:
         self.seen.append(("Create", msg))
@@ -40,6 +51,8 @@ class Users:
             raise LookupError(f"no user {msg.body.user_id!r}")
         if msg.body.user_id == "slow":
             await asyncio.sleep(1.5)
+        if msg.body.user_id == "gated":
+            await self.gate.wait()
         return pb.User(
             user_id=msg.body.user_id, email="ada@example.com", credit_cents=2**40, status=pb.User.ACTIVE
         )
@@ -212,3 +225,25 @@ async def test_a_reply_whose_caller_stopped_waiting_is_dropped(
     await calls.close()
     await registered.close()
     assert answer.user_id == "u-2"
+
+
+async def test_a_lost_connection_fails_the_waiting_requests_and_the_next_one_reconnects(
+    pool_kwargs: dict[str, Any], amqp_url: str, iso: Isolation, management: Management
+) -> None:
+    pool = WorkerPool(**pool_kwargs)
+    users = Users()
+    registered = shop.register_users(pool, users)
+    calls = requester(amqp_url, iso)
+    async with pool.running(), Publisher(**pool_kwargs) as publisher:
+        user_calls = shop.UsersProducer(publisher, requester=calls)
+        waiting = asyncio.ensure_future(user_calls.Get(pb.GetUser(user_id="gated"), reply=True, timeout=30))
+        await eventually(lambda: any(msg.body.user_id == "gated" for _, msg in users.seen))
+        await eventually(lambda: management.close_connections(calls.name) == 1, timeout=15)
+        with pytest.raises(ConnectionFailed, match="lost its reply channel"):
+            await asyncio.wait_for(waiting, timeout=10)
+        users.gate.set()  # its answer goes to an address whose channel is gone: the broker drops it
+        answer = await user_calls.Get(pb.GetUser(user_id="u-3"), reply=True, timeout=5)
+    await calls.close()
+    await registered.close()
+    assert answer.user_id == "u-3"
+    assert calls.late == 0
