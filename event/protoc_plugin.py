@@ -123,8 +123,13 @@ def _message_index(files: Iterable[FileDescriptorProto]) -> dict[str, tuple[str,
 def _routing_key_option(options: Any) -> str | None:
     """The string of option :data:`ROUTING_KEY_OPTION` in a method's options, or None.
 
-    The plugin does not know the user's extension, so protobuf keeps it as an unknown field."""
+    The plugin does not know the user's extension, so protobuf keeps it as an unknown field; in a process
+    that imported the module declaring it (as tests do), it is a known extension."""
     from google.protobuf.unknown_fields import UnknownFieldSet
+
+    for descriptor, value in options.ListFields():
+        if descriptor.number == ROUTING_KEY_OPTION and isinstance(value, str):
+            return value
 
     fields: Any = UnknownFieldSet(options)  # iterable; its stub does not say so
     for field in fields:
