@@ -11,9 +11,12 @@ raises on its own account::
     │   ├── PublishNacked       the broker answered a publish with a nack
     │   ├── Unroutable          a mandatory publish matched no queue and came back
     │   └── PublishTimeout      no confirm arrived in time
-    └── PayloadError            a delivery's body cannot be turned into what the handler expects
-        ├── DecodeError         the body is not JSON, or its content type is not JSON
-        └── ValidationError     the decoded body does not fit the handler's declared type
+    ├── PayloadError            a delivery's body cannot be turned into what the handler expects
+    │   ├── DecodeError         the body is not JSON, or its content type is not JSON
+    │   └── ValidationError     the decoded body does not fit the handler's declared type
+    └── ReplyError              a request sent for its answer (event.replies) got none
+        ├── RemoteError         the servicer raised: its exception's type and message
+        └── ReplyTimeout        no answer came within the request's timeout
 
 The signals a handler raises on purpose (:class:`event.Retry`, :class:`event.Dead`) live in
 ``event.signals`` and are not errors of the library.
@@ -66,3 +69,23 @@ class DecodeError(PayloadError):
 
 class ValidationError(PayloadError):
     """The decoded body does not fit the payload type the handler declared."""
+
+
+class ReplyError(EventError):
+    """A request sent for its answer (:mod:`event.replies`) got none."""
+
+
+class RemoteError(ReplyError):
+    """The servicer of a request raised instead of answering: ``type`` and ``detail`` are its exception's
+    class name and message (the request went to the dead queue, not retried: the caller decides)."""
+
+    def __init__(self, routing_key: str, type: str, detail: str) -> None:
+        super().__init__(f"the servicer of {routing_key!r} raised {type}: {detail}")
+        self.routing_key = routing_key
+        self.type = type
+        self.detail = detail
+
+
+class ReplyTimeout(ReplyError, TimeoutError):
+    """No answer came within the request's timeout: no servicer consumed it in time, or it is slow. A late
+    answer is dropped; the request expires from its queue when its timeout has passed."""
