@@ -39,6 +39,7 @@ from event.errors import (
     Unroutable,
     ValidationError,
 )
+from event.idempotency import Idempotency, MemoryStore, RedisStore
 from event.message import Context, Message
 from event.middleware import CallNext, Middleware
 from event.pool import WorkerPool
@@ -56,6 +57,8 @@ __all__ = [
     "Dead",
     "DecodeError",
     "EventError",
+    "Idempotency",
+    "MemoryStore",
     "Message",
     "Middleware",
     "PayloadError",
@@ -64,6 +67,7 @@ __all__ = [
     "PublishNacked",
     "PublishTimeout",
     "Publisher",
+    "RedisStore",
     "Retry",
     "TopologyMismatch",
     "Unroutable",
