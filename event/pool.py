@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from event import control, topology, wire
+from event import control, drain, topology, wire
 from event.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_EXCHANGE,
@@ -89,6 +89,8 @@ class WorkerPool:
     ``url`` may list several nodes of a cluster (a list, or comma-separated): every connect and
     reconnect starts at a random one and tries the others in turn. ``on_dead`` is called (it must not
     block: see :class:`event.runners.hooks.DeadHook`) with each message stored in the dead queue.
+    Every ``depth_interval`` seconds each consumer queue's ready messages are read, for the autoscaling
+    gauges (``event_drain_seconds`` and its parts, see :mod:`event.drain`).
 
     A consumer that the broker cancels, or whose channel it closes, is declared again and consumes
     again on a new channel (see :mod:`event.supervise`); while any consumer is not consuming, or the
@@ -112,6 +114,7 @@ class WorkerPool:
         max_body_bytes: int = 0,
         queue_type: str | None = None,
         on_dead: OnDead | None = None,
+        depth_interval: float = drain.DEFAULT_INTERVAL_S,
     ) -> None:
         self.url = resolve_url(url)
         self.on_dead = on_dead  # told of each message once it is stored in the dead queue
@@ -128,6 +131,9 @@ class WorkerPool:
         self.clock = clock
         self.max_body_bytes = check_count("max_body_bytes", max_body_bytes)
         self.queue_type = check_queue_type(queue_type)
+        # How often each consumer queue's ready messages are read (a passive declare): see event.drain.
+        self.depth_interval = check_seconds("depth_interval", depth_interval, allow_zero=False)
+        self._depth_task: asyncio.Task[None] | None = None
         self._consumers: dict[str, Consumer] = {}
         self._middleware: list[Middleware] = []
         self._dispatchers: list[Dispatcher] = []
@@ -599,6 +605,13 @@ class WorkerPool:
             for supervisor in self._supervisors:
                 supervisor.watch(connection)
             await self._listen_for_commands(connection)
+            self._depth_task = asyncio.get_running_loop().create_task(
+                drain.poll(
+                    connection,
+                    [(c.queue, c.depth, c.settled) for c in self.stats.consumers],
+                    interval=self.depth_interval,
+                )
+            )
             if self._schedules:
                 runner = CronRunner(
                     list(self._schedules.values()),
@@ -725,6 +738,7 @@ class WorkerPool:
 
     async def _forget_channels(self) -> None:
         self._started = False
+        self._stop_depths()
         if self._cron_task is not None:
             self._cron_task.cancel()
             self._cron_task = None
@@ -783,8 +797,14 @@ class WorkerPool:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def _stop_depths(self) -> None:
+        if self._depth_task is not None:
+            self._depth_task.cancel()  # its finally closes its channel
+            self._depth_task = None
+
     async def _shutdown(self) -> None:
         self._pauses.close()
+        self._stop_depths()
         await self._stop_cron()
         if self._shared_task is not None:
             self._shared_task.cancel()
