@@ -29,7 +29,7 @@ from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.management import ManagementApi, configured_base
 from event.metrics import exposition
 from event.pool import WorkerPool
-from event.publisher import Publisher, delay_seconds, seconds_until
+from event.publisher import Publisher, check_priority, delay_seconds, seconds_until
 from event.runners import files
 from event.supervisor import Supervisor, free_ports, process_count, worker_argv
 
@@ -210,8 +210,10 @@ async def _publish(args: argparse.Namespace) -> int:
         delay_seconds(args.in_)
     if when is not None:
         seconds_until(when, 0.0)
+    if args.priority is not None:
+        check_priority(args.priority)
     async with Publisher(args.url, namespace=args.namespace, exchange=args.exchange) as publisher:
-        extra: dict[str, Any] = {"headers": headers or None}
+        extra: dict[str, Any] = {"headers": headers or None, "priority": args.priority}
         if args.in_ is not None:
             await publisher.publish_in(args.in_, args.routing_key, payload, **extra)
         elif when is not None:
@@ -580,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--in", dest="in_", type=float, metavar="SECONDS", help="deliver after this delay")
     publish.add_argument("--at", metavar="ISO8601", help="deliver at this time (with a time zone)")
     publish.add_argument("--mandatory", action="store_true", help="fail if no queue receives the event")
+    publish.add_argument("--priority", type=int, metavar="0-255", help="the message's priority property")
     publish.set_defaults(run=_publish)
 
     cron_cmd = commands.add_parser("cron", help="the cron schedules of a pool")

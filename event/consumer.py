@@ -42,6 +42,7 @@ class Consumer:
     payload: PayloadSpec | None = None
     rate: RateLimit | None = None
     max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES
+    max_priority: int = 0  # 0: a FIFO queue; else higher priorities first (see event.topology.pool_plan)
 
     @property
     def is_async(self) -> bool:
@@ -71,6 +72,7 @@ def define_consumer(
     rate_limit: str | None = None,
     rate_burst: int = 1,
     max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES,
+    max_priority: int = 0,
 ) -> Consumer:
     """Validate the options of ``@pool.consumer`` and build the :class:`Consumer`; errors name the handler."""
     where = getattr(handler, "__qualname__", repr(handler))
@@ -99,6 +101,13 @@ def define_consumer(
         raise ConfigurationError(
             f"x-queue-type of consumer {where} must be one of {KNOWN_QUEUE_TYPES}, not {queue_type!r}"
         )
+    check_count(f"max_priority of consumer {where}", max_priority, maximum=255)
+    declared = args.get("x-max-priority")
+    if max_priority and declared is not None and declared != max_priority:
+        raise ConfigurationError(
+            f"consumer {where} gives max_priority={max_priority} and x-max-priority={declared!r}: "
+            "give one of them"
+        )
     return Consumer(
         handler=handler,
         routing_keys=routing_keys,
@@ -115,6 +124,7 @@ def define_consumer(
         # One delivery that ends unsettled is ordinary (a lost connection, a crash of another
         # message's handler): at least two, so no single crash dead-queues what was in flight with it.
         max_deliveries=check_count(f"max_deliveries of consumer {where}", max_deliveries, minimum=2),
+        max_priority=max_priority,
         timeout=None
         if timeout is None
         else check_seconds(f"timeout of consumer {where}", timeout, allow_zero=False),

@@ -187,6 +187,7 @@ class WorkerPool:
         rate_limit: str | None = None,
         rate_burst: int = 1,
         max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES,
+        max_priority: int = 0,
     ) -> Callable[[H], H]:
         """Register the decorated function as the consumer of ``routing_keys`` (topic patterns allowed).
 
@@ -204,6 +205,10 @@ class WorkerPool:
         A message whose deliveries end ``max_deliveries`` times without an ack or a failure (its
         handler killed the worker: SIGKILL, out of memory, a crash in native code) goes to the dead
         queue instead of being delivered again (see docs/reliability.md).
+
+        ``max_priority`` (1-255) makes the queue deliver higher ``priority`` messages first: a classic
+        queue is declared with ``x-max-priority`` (a queue argument: every service declaring the queue
+        must give the same), a quorum queue uses its own priorities (RabbitMQ 4.x; see docs/priorities.md).
 
         A handler typed ``msg: Message[SendEmail]``, or taking a third parameter ``payload: SendEmail``,
         gets the body validated into a ``SendEmail`` (a dataclass, a TypedDict or a pydantic model);
@@ -227,6 +232,7 @@ class WorkerPool:
                 rate_limit=rate_limit,
                 rate_burst=rate_burst,
                 max_deliveries=max_deliveries,
+                max_priority=max_priority,
             )
             if defined.queue == self.dead_queue or wire.is_reserved_queue_name(defined.queue, self.exchange):
                 raise ConfigurationError(
@@ -535,6 +541,7 @@ class WorkerPool:
                 for c in self._consumers.values()
             ],
             max_deliveries={c.queue: c.max_deliveries for c in self._consumers.values()},
+            max_priorities={c.queue: c.max_priority for c in self._consumers.values() if c.max_priority},
         )
 
     def _plans(self) -> tuple[Plan, dict[str, Plan]]:
