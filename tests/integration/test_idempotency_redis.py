@@ -99,3 +99,21 @@ async def test_redis_down_fails_open_counted(pool_kwargs: dict[str, Any], iso: I
         await down.aclose()
     assert dedupe.stats.store_errors == {f"{iso.namespace}:pay": 10}
     assert dedupe.stats.skipped == {}
+
+
+async def test_the_redis_store_claims_once_releases_only_its_own_and_expires(
+    redis_prefix: tuple[Redis, str],
+) -> None:
+    client, prefix = redis_prefix
+    store = RedisStore(client, prefix=prefix)
+    assert await store.claim("q:k", "mine", 0.3) is None
+    assert await store.claim("q:k", "theirs", 0.3) == "mine"  # claimed: the other learns by whom
+    await store.release("q:k", "theirs")  # not theirs to release
+    assert await client.get(prefix + "q:k") == b"mine"
+    await store.release("q:k", "mine")
+    assert await store.claim("q:k", "theirs", 0.3) is None  # released: claimable again
+    await asyncio.sleep(0.4)
+    assert await store.claim("q:k", "third", 30) is None  # an abandoned claim expires by itself
+    await store.done("q:k", 0.3)
+    assert await store.claim("q:k", "fourth", 30) == "done"
+    assert 0 < await client.pttl(prefix + "q:k") <= 300  # kept for the window only
