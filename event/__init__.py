@@ -42,6 +42,7 @@ from event.errors import (
     Unroutable,
     ValidationError,
 )
+from event.idempotency import Idempotency, MemoryStore, RedisStore
 from event.message import Context, Message
 from event.middleware import CallNext, Middleware
 from event.pool import WorkerPool
@@ -60,6 +61,8 @@ __all__ = [
     "Dead",
     "DecodeError",
     "EventError",
+    "Idempotency",
+    "MemoryStore",
     "Message",
     "Middleware",
     "PayloadError",
@@ -71,6 +74,7 @@ __all__ = [
     "RemoteError",
     "ReplyError",
     "ReplyTimeout",
+    "RedisStore",
     "Retry",
     "TopologyMismatch",
     "Unroutable",

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -23,12 +24,13 @@ from event.bench import DEFAULT_WINDOW, LOOPS, run_bench
 from event.config import check_count, check_seconds, redact_url, resolve_url
 from event.connection import close_quietly, connect
 from event.dead import DeadQueue
+from event.drain import drain_seconds
 from event.endpoint import serve
 from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.management import ManagementApi, configured_base
 from event.metrics import exposition
 from event.pool import WorkerPool
-from event.publisher import Publisher, delay_seconds, seconds_until
+from event.publisher import Publisher, check_priority, delay_seconds, seconds_until
 from event.runners import files
 from event.schedule_unbind import unbind_schedule
 from event.supervisor import Supervisor, free_ports, process_count, worker_argv
@@ -210,8 +212,10 @@ async def _publish(args: argparse.Namespace) -> int:
         delay_seconds(args.in_)
     if when is not None:
         seconds_until(when, 0.0)
+    if args.priority is not None:
+        check_priority(args.priority)
     async with Publisher(args.url, namespace=args.namespace, exchange=args.exchange) as publisher:
-        extra: dict[str, Any] = {"headers": headers or None}
+        extra: dict[str, Any] = {"headers": headers or None, "priority": args.priority}
         if args.in_ is not None:
             await publisher.publish_in(args.in_, args.routing_key, payload, **extra)
         elif when is not None:
@@ -325,33 +329,56 @@ async def _unbind_schedule(pool: WorkerPool, args: argparse.Namespace) -> int:
 async def _queues(args: argparse.Namespace) -> int:
     api = ManagementApi.for_url(resolve_url(args.url), configured_base(args.management_url, os.environ))
     prefix = f"{args.namespace}:" if args.namespace else ""
-    rows = []
-    for queue in await api.queues():
-        name = queue.get("name", "")
-        if not name.startswith(prefix):
-            continue
-        stats = queue.get("message_stats") or {}
-        rows.append(
-            {
-                "name": name,
-                "messages": queue.get("messages", 0),
-                "unacked": queue.get("messages_unacknowledged", 0),
-                "consumers": queue.get("consumers", 0),
-                "publish_rate": (stats.get("publish_details") or {}).get("rate", 0.0),
-                "deliver_rate": (stats.get("deliver_get_details") or {}).get("rate", 0.0),
-            }
-        )
+    rows = [queue_row(queue) for queue in await api.queues() if queue.get("name", "").startswith(prefix)]
     if args.json:
-        print(orjson.dumps(rows).decode())
+        print(orjson.dumps(rows).decode())  # an infinite drain_seconds is null
         return EXIT_OK
     width = max([len(r["name"]) for r in rows] + [5])
-    print(f"{'queue':<{width}}  {'ready':>8}  {'unacked':>8}  {'consumers':>9}  {'in/s':>8}  {'out/s':>8}")
+    print(
+        f"{'queue':<{width}}  {'ready':>8}  {'unacked':>8}  {'consumers':>9}  {'in/s':>8}  {'out/s':>8}  "
+        f"{'ack/s':>8}  {'drain':>8}"
+    )
     for r in rows:
         print(
             f"{r['name']:<{width}}  {r['messages']:>8}  {r['unacked']:>8}  {r['consumers']:>9}  "
-            f"{r['publish_rate']:>8.1f}  {r['deliver_rate']:>8.1f}"
+            f"{r['publish_rate']:>8.1f}  {r['deliver_rate']:>8.1f}  {r['ack_rate']:>8.1f}  "
+            f"{format_drain(r['drain_seconds']):>8}"
         )
     return EXIT_OK
+
+
+def queue_row(queue: dict[str, Any]) -> dict[str, Any]:
+    """One line of ``event queues`` from the management API's view of a queue.
+
+    Its drain time is ready ÷ the broker's ack rate of the queue (all its consumers, averaged by the
+    management plugin over its last few seconds): 0 when nothing is ready, infinite when nothing is acked.
+    """
+    stats = queue.get("message_stats") or {}
+    ready = queue.get("messages_ready", 0) or 0
+    ack_rate = (stats.get("ack_details") or {}).get("rate", 0.0) or 0.0
+    return {
+        "name": queue.get("name", ""),
+        "messages": queue.get("messages", 0),
+        "unacked": queue.get("messages_unacknowledged", 0),
+        "consumers": queue.get("consumers", 0),
+        "publish_rate": (stats.get("publish_details") or {}).get("rate", 0.0),
+        "deliver_rate": (stats.get("deliver_get_details") or {}).get("rate", 0.0),
+        "ready": ready,
+        "ack_rate": ack_rate,
+        "drain_seconds": drain_seconds(ready, ack_rate),
+    }
+
+
+def format_drain(seconds: float) -> str:
+    """A drain time for people: ``0s``, ``42s``, ``7m05s``, ``3h02m``, ``inf``."""
+    if math.isinf(seconds):
+        return "inf"
+    whole = math.ceil(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 # --- serve -------------------------------------------------------------------------------------------------
@@ -574,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--in", dest="in_", type=float, metavar="SECONDS", help="deliver after this delay")
     publish.add_argument("--at", metavar="ISO8601", help="deliver at this time (with a time zone)")
     publish.add_argument("--mandatory", action="store_true", help="fail if no queue receives the event")
+    publish.add_argument("--priority", type=int, metavar="0-255", help="the message's priority property")
     publish.set_defaults(run=_publish)
 
     cron_cmd = commands.add_parser("cron", help="the cron schedules of a pool")
@@ -613,7 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     topology_cmd.set_defaults(run=_topology)
 
-    queues = commands.add_parser("queues", help="depth, consumers and rates of a namespace's queues")
+    queues = commands.add_parser(
+        "queues", help="depth, consumers, rates and drain time (ready / ack rate) of a namespace's queues"
+    )
     _broker_options(queues, names=False)
     queues.add_argument("--namespace", default="", help="only queues of this namespace")
     queues.add_argument("--management-url", help=MANAGEMENT_URL_HELP)

@@ -46,6 +46,7 @@ class Consumer:
     batch: int = 0  # a batch consumer's largest list (0: one message per call)
     batch_wait: float = DEFAULT_BATCH_WAIT_S  # how long a list gathers after its first message
     retry: str = "park"  # "broker": RabbitMQ 4.3's delayed retry on the quorum queue itself
+    max_priority: int = 0  # 0: a FIFO queue; else higher priorities first (see event.topology.pool_plan)
 
     @property
     def is_async(self) -> bool:
@@ -79,6 +80,7 @@ def define_consumer(
     batch_wait: float = DEFAULT_BATCH_WAIT_S,
     queue_type: str | None = None,
     retry: str = "park",
+    max_priority: int = 0,
 ) -> Consumer:
     """Validate the options of ``@pool.consumer`` and build the :class:`Consumer`; errors name the handler."""
     where = getattr(handler, "__qualname__", repr(handler))
@@ -129,6 +131,13 @@ def define_consumer(
             f"prefetch of consumer {where} ({prefetch}) is below its batch ({batch}): the broker would "
             f"never send a whole batch; give prefetch={2 * batch} (two batches: one gathering while one runs)"
         )
+    check_count(f"max_priority of consumer {where}", max_priority, maximum=255)
+    declared = args.get("x-max-priority")
+    if max_priority and declared is not None and declared != max_priority:
+        raise ConfigurationError(
+            f"consumer {where} gives max_priority={max_priority} and x-max-priority={declared!r}: "
+            "give one of them"
+        )
     return Consumer(
         handler=handler,
         batch=batch,
@@ -148,6 +157,7 @@ def define_consumer(
         # One delivery that ends unsettled is ordinary (a lost connection, a crash of another
         # message's handler): at least two, so no single crash dead-queues what was in flight with it.
         max_deliveries=check_count(f"max_deliveries of consumer {where}", max_deliveries, minimum=2),
+        max_priority=max_priority,
         timeout=None
         if timeout is None
         else check_seconds(f"timeout of consumer {where}", timeout, allow_zero=False),

@@ -149,6 +149,7 @@ class Producer(Generic[P]):
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         mandatory: bool = False,
+        priority: int | None = None,
     ) -> None:
         """Publish ``payload`` and wait for the broker's confirm (see :meth:`event.Publisher.publish`)."""
         await self.publisher.publish(
@@ -157,6 +158,7 @@ class Producer(Generic[P]):
             headers=headers,
             message_id=message_id,
             mandatory=mandatory,
+            priority=priority,
         )
 
     async def publish_in(
@@ -166,11 +168,13 @@ class Producer(Generic[P]):
         *,
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
+        priority: int | None = None,
     ) -> None:
         """Publish ``payload`` for delivery after ``delay`` (see :meth:`event.Publisher.publish_in`)."""
         await self.publisher.publish_in(
-            delay, self.contract.routing_key, self._payload(payload), headers=headers, message_id=message_id
-        )
+            delay, self.contract.routing_key, self._payload(payload), headers=headers, message_id=message_id,
+            priority=priority,
+        )  # fmt: skip
 
     async def publish_at(
         self,
@@ -179,8 +183,10 @@ class Producer(Generic[P]):
         *,
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
+        priority: int | None = None,
     ) -> None:
         """Publish ``payload`` for delivery at ``when`` (see :meth:`event.Publisher.publish_at`)."""
         await self.publisher.publish_at(
-            when, self.contract.routing_key, self._payload(payload), headers=headers, message_id=message_id
-        )
+            when, self.contract.routing_key, self._payload(payload), headers=headers, message_id=message_id,
+            priority=priority,
+        )  # fmt: skip

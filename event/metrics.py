@@ -9,6 +9,7 @@ share a metric. Labels are bounded: consumer queue and routing key, both named b
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -17,7 +18,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from event.drain import QueueDepth, drain_seconds
+
 OUTCOMES = ("received", "handled", "failed", "retried", "dead", "reparked", "recounted", "duplicate")
+# The outcomes that take a delivery off its queue (an ack, after the handler or after a copy was stored).
+SETTLED = ("handled", "retried", "dead", "reparked", "recounted", "duplicate")
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CONFIRM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
@@ -58,6 +63,11 @@ class ConsumerStats:
     consuming: bool = False  # the broker delivers its queue to us now (False: see the pool's log)
     restarts: int = 0  # times the broker cancelled it or closed its channel and it consumed again
     paused: Callable[[], bool] = lambda: False
+    depth: QueueDepth = field(default_factory=QueueDepth)  # the autoscaling signal (event.drain)
+
+    def settled(self) -> int:
+        """Deliveries this worker took off the queue so far (see :data:`SETTLED`)."""
+        return sum(sum(self.outcomes[outcome].values()) for outcome in SETTLED)
 
     def count(self, outcome: str, routing_key: str) -> None:
         """Add one message to ``outcome`` for ``routing_key``."""
@@ -143,6 +153,7 @@ class PoolCollector(Collector):
             restarts.add_metric([consumer.queue], consumer.restarts)
             paused.add_metric([consumer.queue], int(consumer.paused()))
         yield from (durations, in_flight, limits, consuming, restarts, paused)
+        yield from drain_families(stats.consumers, time.monotonic())
         yield GaugeMetricFamily(
             "event_pool_concurrency_limit", "Pool-wide concurrency (0: none).", stats.concurrency
         )
@@ -156,6 +167,33 @@ class PoolCollector(Collector):
             "Times the broker closed the channel of retry and dead copies and the pool opened another.",
             stats.publish_channel_reopens,
         )
+
+
+def drain_families(consumers: Iterable[ConsumerStats], now: float) -> Iterable[Metric]:
+    """The autoscaling signal of each consumer queue (see :mod:`event.drain`)."""
+    ready = GaugeMetricFamily(
+        "event_queue_messages_ready",
+        "Messages ready in the consumer queue at the worker's last passive declare.",
+        labels=["queue"],
+    )
+    rate = GaugeMetricFamily(
+        "event_queue_ack_rate",
+        "Deliveries of the queue this worker settled per second over the last minute.",
+        labels=["queue"],
+    )
+    drain = GaugeMetricFamily(
+        "event_drain_seconds",
+        "Messages ready / this worker's ack rate: 0 when none is ready, +Inf at rate 0.",
+        labels=["queue"],
+    )
+    for consumer in consumers:
+        depth = consumer.depth
+        recent = depth.rate.rate(now, consumer.settled())
+        rate.add_metric([consumer.queue], recent)
+        if depth.ready is not None:  # not known yet, or the queue did not answer the last poll
+            ready.add_metric([consumer.queue], depth.ready)
+            drain.add_metric([consumer.queue], drain_seconds(depth.ready, recent))
+    return (ready, rate, drain)
 
 
 def publish_families(stats: PublishStats) -> Iterable[Metric]:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from event import control, driver, topology, wire
+from event import control, depths, drain, driver, topology, wire
 from event.batching import DEFAULT_BATCH_WAIT_S
 from event.config import (
     DEFAULT_CONCURRENCY,
@@ -104,6 +104,8 @@ class WorkerPool:
     ``url`` may list several nodes of a cluster (a list, or comma-separated): every connect and
     reconnect starts at a random one and tries the others in turn. ``on_dead`` is called (it must not
     block: see :class:`event.runners.hooks.DeadHook`) with each message stored in the dead queue.
+    Every ``depth_interval`` seconds each consumer queue's ready messages are read, for the autoscaling
+    gauges (``event_drain_seconds`` and its parts, see :mod:`event.drain`).
 
     A consumer that the broker cancels, or whose channel it closes, is declared again and consumes
     again on a new channel (see :mod:`event.supervise`); while any consumer is not consuming, or the
@@ -128,6 +130,7 @@ class WorkerPool:
         queue_type: str | None = None,
         on_dead: OnDead | None = None,
         declare_delay_queues: bool = False,
+        depth_interval: float = drain.DEFAULT_INTERVAL_S,
     ) -> None:
         self.url = resolve_url(url)
         # Stand alone: bind this namespace's hutch-schedule delay queues (see event.schedule_copies).
@@ -146,6 +149,9 @@ class WorkerPool:
         self.clock = clock
         self.max_body_bytes = check_count("max_body_bytes", max_body_bytes)
         self.queue_type = check_queue_type(queue_type)
+        # How often each consumer queue's ready messages are read (a passive declare): see event.drain.
+        self.depth_interval = check_seconds("depth_interval", depth_interval, allow_zero=False)
+        self._depth_task: asyncio.Task[None] | None = None
         self._consumers: dict[str, Consumer] = {}
         self._middleware: list[Middleware] = []
         self._dispatchers: list[Dispatcher] = []
@@ -203,6 +209,7 @@ class WorkerPool:
         batch_wait: float = DEFAULT_BATCH_WAIT_S,
         queue_type: str | None = None,
         retry: str = "park",
+        max_priority: int = 0,
     ) -> Callable[[H], H]:
         """Register the decorated function as the consumer of ``routing_keys`` (topic patterns allowed).
 
@@ -220,6 +227,10 @@ class WorkerPool:
         A message whose deliveries end ``max_deliveries`` times without an ack or a failure (its
         handler killed the worker: SIGKILL, out of memory, a crash in native code) goes to the dead
         queue instead of being delivered again (see docs/reliability.md).
+
+        ``max_priority`` (1-255) makes the queue deliver higher ``priority`` messages first: a classic
+        queue is declared with ``x-max-priority`` (a queue argument: every service declaring the queue
+        must give the same), a quorum queue uses its own priorities (RabbitMQ 4.x; see docs/priorities.md).
 
         A handler typed ``msg: Message[SendEmail]``, or taking a third parameter ``payload: SendEmail``,
         gets the body validated into a ``SendEmail`` (a dataclass, a TypedDict or a pydantic model);
@@ -256,8 +267,12 @@ class WorkerPool:
                 max_deliveries=max_deliveries,
                 batch=batch,
                 batch_wait=batch_wait,
-                queue_type=queue_type,
+                # the pool's queue_type, unless the consumer chose one (its own, or in its arguments)
+                queue_type=queue_type
+                if queue_type is not None or "x-queue-type" in (arguments or {})
+                else self.queue_type,
                 retry=retry,
+                max_priority=max_priority,
             )
             if defined.queue == self.dead_queue or wire.is_reserved_queue_name(defined.queue, self.exchange):
                 raise ConfigurationError(
@@ -569,6 +584,7 @@ class WorkerPool:
             ],
             max_deliveries={c.queue: c.max_deliveries for c in self._consumers.values()},
             delay_queues=self.declare_delay_queues,
+            max_priorities={c.queue: c.max_priority for c in self._consumers.values() if c.max_priority},
         )
 
     def _plans(self) -> tuple[Plan, dict[str, Plan]]:
@@ -640,6 +656,13 @@ class WorkerPool:
             for supervisor in self._supervisors:
                 supervisor.watch(connection)
             await self._listen_for_commands(connection)
+            self._depth_task = asyncio.get_running_loop().create_task(
+                depths.poll(
+                    connection,
+                    [(c.queue, c.depth, c.settled) for c in self.stats.consumers],
+                    interval=self.depth_interval,
+                )
+            )
             if self._schedules:
                 runner = CronRunner(
                     list(self._schedules.values()),
@@ -803,6 +826,7 @@ class WorkerPool:
 
     async def _forget_channels(self) -> None:
         self._started = False
+        self._stop_depths()
         if self._cron_task is not None:
             self._cron_task.cancel()
             self._cron_task = None
@@ -861,8 +885,14 @@ class WorkerPool:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def _stop_depths(self) -> None:
+        if self._depth_task is not None:
+            self._depth_task.cancel()  # its finally closes its channel
+            self._depth_task = None
+
     async def _shutdown(self) -> None:
         self._pauses.close()
+        self._stop_depths()
         await self._stop_cron()
         if self._shared_task is not None:
             self._shared_task.cancel()

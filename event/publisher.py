@@ -90,6 +90,13 @@ def delay_seconds(delay: float | timedelta) -> float:
     return seconds
 
 
+def check_priority(priority: int) -> int:
+    """``priority`` if it fits the AMQP priority property (an octet, 0-255), else :class:`ValueError`."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255:
+        raise ValueError(f"priority must be a whole number from 0 to 255, not {priority!r}")
+    return priority
+
+
 def seconds_until(when: datetime, now: float) -> float:
     """Seconds from ``now`` (epoch seconds) until the aware datetime ``when``; may be negative."""
     if not isinstance(when, datetime):
@@ -261,6 +268,7 @@ class Publisher:
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         mandatory: bool = False,
+        priority: int | None = None,
     ) -> None:
         """Publish ``payload`` with ``routing_key`` and wait for the broker's confirm.
 
@@ -268,15 +276,20 @@ class Publisher:
 
         With ``mandatory=True`` a message that no queue is bound to receive raises :class:`Unroutable`
         instead of being dropped by the broker.
+
+        ``priority`` (0-255) sets the message's priority property: a consumer declared with
+        ``max_priority`` takes higher ones first (see docs/priorities.md); other queues ignore it.
+        Retry and dead copies keep it.
         """
         wire.validate_routing_key(routing_key, pattern=False)
         body, content_type = encode_payload(routing_key, payload)
+        props = properties(
+            message_id=message_id, headers=headers, now=self.clock(), content_type=content_type
+        )
+        if priority is not None:
+            props.priority = check_priority(priority)
         await self._send(  # not through publish_raw: a coroutine less to pass through, per publish
-            self.exchange,
-            routing_key,
-            body,
-            properties(message_id=message_id, headers=headers, now=self.clock(), content_type=content_type),
-            mandatory=mandatory,
+            self.exchange, routing_key, body, props, mandatory=mandatory
         )
 
     async def publish_in(
@@ -287,14 +300,18 @@ class Publisher:
         *,
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
+        priority: int | None = None,
     ) -> None:
         """Publish ``payload`` to be delivered after ``delay`` (seconds or a ``timedelta``), never earlier.
 
         The message waits in event's park queue of the smallest level at least ``delay`` (so a
         7 s delay is delivered after 10 s); 0 publishes at once. Delays over 3 hours are parked again by
         the consumer until due. A negative, NaN or infinite delay raises :class:`ValueError`.
+        ``priority`` as for :meth:`publish`: it travels through the park queues with the message.
         """
-        await self._publish_delayed(delay_seconds(delay), routing_key, payload, headers, message_id)
+        await self._publish_delayed(
+            delay_seconds(delay), routing_key, payload, headers, message_id, priority=priority
+        )
 
     async def publish_at(
         self,
@@ -304,15 +321,20 @@ class Publisher:
         *,
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
+        priority: int | None = None,
     ) -> None:
-        """Publish ``payload`` for delivery at ``when`` (an aware datetime) or later; a past one: now."""
+        """Publish ``payload`` for delivery at ``when`` (an aware datetime) or later; a past one: now.
+
+        ``priority`` as for :meth:`publish`."""
         seconds = seconds_until(when, self.clock())
         if seconds > wire.MAX_DELAY_S:
             raise ValueError(
                 f"when {when.isoformat()} is beyond the horizon of {wire.MAX_DELAY_S // 86_400} days from now"
             )
         due_at_ms = math.ceil(when.timestamp() * 1000)  # exactly the time asked for, not now + a float
-        await self._publish_delayed(max(seconds, 0.0), routing_key, payload, headers, message_id, due_at_ms)
+        await self._publish_delayed(
+            max(seconds, 0.0), routing_key, payload, headers, message_id, due_at_ms, priority=priority
+        )
 
     async def _publish_delayed(
         self,
@@ -322,9 +344,15 @@ class Publisher:
         headers: Mapping[str, Any] | None,
         message_id: str | None,
         due_at_ms: int | None = None,
+        *,
+        priority: int | None = None,
     ) -> None:
+        if priority is not None:
+            check_priority(priority)  # before anything is sent, also for a delay that rounds to now
         if seconds <= 0:
-            await self.publish(routing_key, payload, headers=headers, message_id=message_id)
+            await self.publish(
+                routing_key, payload, headers=headers, message_id=message_id, priority=priority
+            )
             return
         wire.validate_routing_key(routing_key, pattern=False)
         body, content_type = encode_payload(routing_key, payload)
@@ -342,6 +370,7 @@ class Publisher:
             expiration=str(level * 1000),
             now=self.clock(),
             content_type=content_type,
+            priority=priority,
         )
         # Straight into our own park queue (one copy, whatever other namespaces share the exchange),
         # with its own routing key, which it keeps when due: see wire.park_entry_exchange_name.

@@ -52,9 +52,11 @@ def properties(
     expiration: str | None = None,
     now: float | None = None,
     content_type: str = wire.CONTENT_TYPE,
+    priority: int | None = None,
 ) -> driver.Properties:
     """Hutch's message properties (spec section 3): JSON (or ``content_type``), persistent, a UUID, a
-    whole-second timestamp (of ``now``, epoch seconds, if given: the publisher's clock)."""
+    whole-second timestamp (of ``now``, epoch seconds, if given: the publisher's clock), and the
+    ``priority`` property when one is given (none: the broker's 0)."""
     return driver.Properties(
         content_type=content_type,
         delivery_mode=wire.PERSISTENT,
@@ -62,6 +64,7 @@ def properties(
         timestamp=_timestamp(int(time.time() if now is None else now)),
         headers=dict(headers) if headers else None,
         expiration=expiration,
+        priority=priority,
     )
 
 
@@ -110,6 +113,7 @@ def copy_properties(
 ) -> driver.Properties:
     """The properties of a copy (retry, re-park, dead, requeue): the original's, persistent, new headers.
 
+    The priority is the original's: a retried message keeps its place before lower priorities.
     ``level`` sets the per-message TTL of a delay queue; a dead copy has none, so it never expires early.
     """
     return driver.Properties(
@@ -124,6 +128,7 @@ def copy_properties(
         expiration=None if level is None else str(level * 1000),
         message_type=props.message_type,
         app_id=props.app_id,
+        priority=props.priority,
     )
 
 

@@ -70,7 +70,6 @@ _NOT_EMULATED_ARGUMENTS = {
     "x-expires": "the queue is never deleted when unused",
     "x-max-length-bytes": "no byte limit applies",
     "x-overflow": "x-max-length always drops the oldest",
-    "x-max-priority": "messages are never reordered by priority",
     "x-single-active-consumer": "every consumer receives messages",
     "x-delivery-limit": "redeliveries are unlimited",
     "x-dead-letter-strategy": "dead-lettering is at-most-once",
@@ -88,7 +87,8 @@ def _warn_not_emulated(queue: str, arguments: dict[str, Any]) -> None:
     kind = arguments.get("x-queue-type", "classic")
     if kind != "classic":
         warnings.warn(
-            f"TestBroker plays the {kind} queue '{queue}' as a classic queue (no {kind}-queue specifics)",
+            f"TestBroker plays the {kind} queue '{queue}' as a classic queue (no {kind}-queue specifics"
+            f"{', no priorities: FIFO order' if kind == 'quorum' else ''})",
             NotEmulatedWarning,
             3,
         )
@@ -394,7 +394,7 @@ class TestBroker:
             int(t) for t in (message.props.expiration, queue.arguments.get("x-message-ttl")) if t is not None
         ]
         message.expires_at = self.now + min(ttls) / 1000 if ttls else None
-        queue.messages.append(message)
+        _put(queue, message, at_head=False)
         limit = queue.arguments.get("x-max-length")
         while limit is not None and len(queue.messages) > limit:
             self._dead_letter(queue, queue.messages.popleft(), "maxlen")  # RabbitMQ drops the oldest
@@ -470,6 +470,38 @@ class TestBroker:
         self._handing -= 1
         if not consumer.channel.is_closed:  # else its unacked messages went back to the queue
             consumer.on_delivery(delivery)
+
+
+def _priority(queue: _Queue, message: _Message) -> int | None:
+    """A message's place in a classic priority queue (``x-max-priority``): its priority property (none
+    is 0), capped at the queue's maximum, as RabbitMQ caps it; None for a FIFO queue."""
+    top = queue.arguments.get("x-max-priority")
+    if not isinstance(top, int) or isinstance(top, bool) or top <= 0:
+        return None
+    return min(message.props.priority or 0, top)
+
+
+def _put(queue: _Queue, message: _Message, *, at_head: bool) -> None:
+    """Enqueue ``message`` at the tail (a publish) or the head (a requeue) of its priority level.
+
+    A priority queue holds messages highest priority first, FIFO within a priority, as RabbitMQ's
+    classic priority queues deliver them (one FIFO queue per priority, the highest non-empty one first).
+    """
+    level = _priority(queue, message)
+    messages = queue.messages
+    if level is None:
+        if at_head:
+            messages.appendleft(message)
+        else:
+            messages.append(message)
+        return
+    if at_head:  # before every message of its priority or lower
+        spot = next((i for i, m in enumerate(messages) if (_priority(queue, m) or 0) <= level), len(messages))
+    else:  # after every message of its priority or higher: from the tail, where most publishes land
+        spot = len(messages)
+        while spot and (_priority(queue, messages[spot - 1]) or 0) < level:
+            spot -= 1
+    messages.insert(spot, message)
 
 
 def _key_matches(kind: str, pattern: str, keys: list[str]) -> bool:
@@ -902,7 +934,7 @@ class _Channel:
                 self._retry_later(queue, message)
             elif requeue:
                 message.redelivered = True
-                queue.messages.appendleft(message)
+                _put(queue, message, at_head=True)
         if not requeue:
             for queue, message in settled:
                 self.broker._dead_letter(queue, message, "rejected")
@@ -970,7 +1002,7 @@ class _Channel:
             queue.consumers = [c for c in queue.consumers if c.channel is not self]
         for queue, message in reversed(list(self.unacked.values())):  # back at the head, in their order
             message.redelivered = True
-            queue.messages.appendleft(message)
+            _put(queue, message, at_head=True)
         touched = {q.name: q for q, _ in self.unacked.values()}
         self.unacked.clear()
         for queue in touched.values():

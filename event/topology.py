@@ -171,20 +171,26 @@ def pool_plan(
     dead_queue_type: str | None = None,
     max_deliveries: Mapping[str, int] | None = None,
     delay_queues: bool = False,
+    max_priorities: Mapping[str, int] | None = None,
 ) -> Plan:
     """A pool's topology: the delay plan, the dead queue, and each consumer's (handler, queue, args, keys).
 
     A quorum consumer queue also gets a delivery limit above its consumer's ``max_deliveries`` (by
     queue name) and a dead-letter route to the dead queue, so that the broker's own limit (20 by
     default from RabbitMQ 4.0) moves a message where an operator sees it instead of dropping it.
+
+    A consumer with a max priority (by queue name) gets ``x-max-priority`` on a classic queue; a quorum
+    queue takes no such argument (RabbitMQ refuses it): from 4.0 every quorum queue orders by priority.
     """
     base = delay_plan(namespace, exchange, queue_type=dead_queue_type, delay_queues=delay_queues)
     dead_name = wire.dead_queue_name(namespace, exchange)
     limits = max_deliveries or {}
+    priorities = max_priorities or {}
 
     def consumer_arguments(queue: str, arguments: dict[str, Any]) -> dict[str, Any]:
         if arguments.get("x-queue-type") != "quorum":
-            return dict(arguments)
+            priority = priorities.get(queue)
+            return {**arguments, "x-max-priority": priority} if priority else dict(arguments)
         limit = limits.get(queue, wire.DEFAULT_MAX_DELIVERIES)
         return {**wire.quorum_poison_arguments(dead_name, limit), **arguments}  # the consumer's own win
 

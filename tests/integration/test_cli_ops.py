@@ -153,8 +153,9 @@ async def test_queues_shows_the_namespace(env: dict[str, str], iso: Isolation, p
     [row] = json.loads(result.stdout)
     assert row["name"] == f"{iso.namespace}:jobs"
     assert row["consumers"] == 0
+    assert "drain_seconds" in row  # null (infinite) or 0 here: nothing consumes it
     text = event("queues", "--namespace", iso.namespace, env=env)
-    assert f"{iso.namespace}:jobs" in text.stdout and "consumers" in text.stdout
+    assert f"{iso.namespace}:jobs" in text.stdout and "consumers" in text.stdout and "drain" in text.stdout
 
 
 def test_queues_without_the_management_api_exits_69(env: dict[str, str]) -> None:

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "event"
 FLOORS: dict[str, tuple[str, ...]] = {
     "ground": (
         "errors", "config", "signals", "message", "middleware", "metrics", "logs", "endpoint", "eager",
-        "acks", "batching",
+        "acks", "batching", "drain",
     ),
     "seam": ("driver", "amqp", "amqp.channel", "amqp.connection", "amqp.frames", "amqp.reasons", "amqp.url"),
     "rules": (
@@ -25,7 +25,8 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "plumbing": ("sending", "topology", "connection", "management"),
     "engine": (
         "dispatch", "supervise", "pausing", "control", "cron", "dead", "publisher", "contracts", "services",
-        "replies", "schedule_copies", "schedule_unbind", "supervisor", "runners", "runners.command",
+        "replies", "schedule_copies", "schedule_unbind", "supervisor", "depths", "idempotency", "runners",
+        "runners.command",
         "runners.counts", "runners.hooks", "runners.http", "pool", "testing",
     ),
     "edges": (

@@ -227,3 +227,17 @@ def test_broker_retry_follows_the_back_off_at_its_two_ends() -> None:
         500,
         27,
     )
+
+
+def test_broker_retry_needs_a_quorum_queue_of_the_consumer_or_of_the_pool() -> None:
+    from event import ConfigurationError, WorkerPool
+
+    async def handler(ctx: object, msg: object) -> None: ...
+
+    with pytest.raises(
+        ConfigurationError, match=r'retry="broker", which RabbitMQ 4\.3 offers on quorum queues'
+    ):
+        WorkerPool(namespace="t").consumer("app.a", retry="broker")(handler)
+    pool = WorkerPool(namespace="t", queue_type="quorum")
+    pool.consumer("app.a", retry="broker")(handler)
+    assert pool.consumers[0].arguments["x-delayed-retry-type"] == "failed"

@@ -110,8 +110,8 @@ async def test_the_pools_clock_follows_the_virtual_one_and_is_given_back() -> No
 async def test_a_queue_feature_it_does_not_play_warns_instead_of_silently_differing() -> None:
     broker = TestBroker()
     channel = await (await broker.connect(URL, name="c")).channel()
-    with pytest.warns(NotEmulatedWarning, match="x-max-priority"):
-        await channel.queue_declare("prio", arguments={"x-max-priority": 5})
+    with pytest.warns(NotEmulatedWarning, match="x-single-active-consumer"):
+        await channel.queue_declare("single", arguments={"x-single-active-consumer": True})
     with pytest.warns(NotEmulatedWarning, match="quorum"):
         await channel.queue_declare("qq", durable=True, arguments={"x-queue-type": "quorum"})
 
