@@ -43,7 +43,7 @@ from event.errors import (
     ValidationError,
 )
 from event.idempotency import Idempotency, MemoryStore, RedisStore
-from event.message import Context, Message
+from event.message import Context, DeadLetter, Message
 from event.middleware import CallNext, Middleware
 from event.pool import WorkerPool
 from event.publisher import Publisher
@@ -52,6 +52,7 @@ from event.signals import BatchFailed, Dead, Retry
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeadLetter",
     "BatchFailed",
     "CallNext",
     "ConfigurationError",

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from event import asyncapi, cron, logs, topology, wire
+from event import asyncapi, cron, logs, topology, wire, workers_file
 from event.bench import DEFAULT_WINDOW, LOOPS, run_bench
 from event.config import check_count, check_seconds, redact_url, resolve_url
 from event.connection import close_quietly, connect
@@ -30,10 +30,9 @@ from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.management import ManagementApi, configured_base
 from event.metrics import exposition
 from event.pool import WorkerPool
+from event.processes import Supervisor, free_ports, process_count, worker_argv
 from event.publisher import Publisher, check_priority, delay_seconds, seconds_until
-from event.runners import files
 from event.schedule_unbind import unbind_schedule
-from event.supervisor import Supervisor, free_ports, process_count, worker_argv
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -78,7 +77,7 @@ async def _worker(args: argparse.Namespace) -> int:
     if args.config is not None:
         if args.pool is not None or args.processes != 1:
             raise ConfigurationError("--config runs the workers of its file: give no pool, nor --processes")
-        return await _run_runners(files.load(args.config), args)
+        return await _run_runners(workers_file.load(args.config), args)
     if args.pool is None:
         raise ConfigurationError("give the pool to run (package.module:pool) or --config FILE")
     pool = load_pool(args.pool)  # in the supervisor too: a bad path fails once, not in every child
@@ -134,16 +133,18 @@ async def _supervise(args: argparse.Namespace) -> int:
 # --- proxy and exec: runners (event.runners) ----------------------------------------------------------------
 
 
-async def _run_runners(runners: files.Runners, args: argparse.Namespace) -> int:
+async def _run_runners(runners: workers_file.Runners, args: argparse.Namespace) -> int:
     try:
         return await _run_pool(runners.pool, args)
     finally:
         await runners.close()
 
 
-def _runners_pool(args: argparse.Namespace) -> files.Runners:
-    return files.hooked_pool(args.on_dead, url=args.url, namespace=args.namespace, exchange=args.exchange,
-                             concurrency=check_count("--concurrency", args.concurrency))  # fmt: skip
+def _runners_pool(args: argparse.Namespace) -> workers_file.Runners:
+    return workers_file.hooked_pool(
+        args.on_dead, url=args.url, namespace=args.namespace, exchange=args.exchange,
+        concurrency=check_count("--concurrency", args.concurrency),
+    )  # fmt: skip
 
 
 def _consumer_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from event.consumer import Consumer
 from event.driver import Delivery, Properties
 from event.eager import EagerRunner
 from event.errors import DecodeError, PayloadError
-from event.message import Message
+from event.message import DeadLetter, Message
 from event.metrics import ConsumerStats
 from event.middleware import Middleware, Step, compose
 from event.ratelimit import RateLimiter
@@ -49,18 +49,6 @@ class _Gathered:
     acks: AckTracker
     routing_key: str
     failures: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A message just stored in the dead queue, as an ``on_dead`` callback is told of it."""
-
-    message_id: str | None
-    routing_key: str
-    queue: str
-    dead_queue: str
-    error: str
-    attempt: int
 
 
 # Called once the dead copy is confirmed; it must not block (it runs on the hot path, before the ack).

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
-log = logging.getLogger("event.dispatch")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

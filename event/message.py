@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -73,3 +74,15 @@ class Context:
 
     def __repr__(self) -> str:
         return f"Context({vars(self)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message just stored in the dead queue, as an ``on_dead`` callback is told of it."""
+
+    message_id: str | None
+    routing_key: str
+    queue: str
+    dead_queue: str
+    error: str
+    attempt: int

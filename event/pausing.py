@@ -19,7 +19,7 @@ from event.control import Command
 from event.driver import OnCancel, OnDelivery
 from event.errors import ConfigurationError
 
-log = logging.getLogger("event.pool")
+log = logging.getLogger(__name__)
 
 
 @dataclass

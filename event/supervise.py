@@ -31,7 +31,7 @@ from event.connection import (
 from event.dispatch import Dispatcher
 from event.errors import ConnectionFailed, EventError
 
-log = logging.getLogger("event.pool")
+log = logging.getLogger(__name__)
 
 # Pause before each attempt to consume again: at once after a cancel, then slower while it keeps failing.
 COMEBACK_DELAYS_S = (0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)

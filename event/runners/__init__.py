@@ -4,7 +4,8 @@
 - :mod:`event.runners.command` runs a command per message (``event exec``, ``pool.command(...)``);
 - :mod:`event.runners.hooks` tells a URL or a command about each message that goes to the dead queue;
 - :mod:`event.runners.counts` counts HTTP statuses and exit codes for ``/metrics``;
-- :mod:`event.runners.files` reads several runners from a TOML file (``event worker --config``).
+- :mod:`event.workers_file` (a floor above, since it builds pools) reads several runners from a TOML
+  file (``event worker --config``).
 
 Each handler only says what happened, through the pool's own signals: it returns (ack), raises
 :class:`event.Retry` (retry at a chosen delay), :class:`event.Dead` (dead queue at once) or any other

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from event.config import check_count, check_seconds, redact_url
-from event.dispatch import DeadLetter
 from event.errors import ConfigurationError
+from event.message import DeadLetter
 from event.runners.command import check_command
 
 if TYPE_CHECKING:

@@ -227,7 +227,7 @@ async def test_a_consumer_the_broker_cancels_for_a_delivery_timeout_comes_back(
 
     queue = pool.consumers[0].queue
     readiness = ReadinessAtCancel(pool)
-    logging.getLogger("event.pool").addHandler(readiness)
+    logging.getLogger("event.supervise").addHandler(readiness)
     try:
         async with pool.running(), Publisher(**pool_kwargs) as publisher:
             for n in range(N_PER_PHASE):  # before
@@ -244,7 +244,7 @@ async def test_a_consumer_the_broker_cancels_for_a_delivery_timeout_comes_back(
             await eventually(lambda: len(handled) == 3 * N_PER_PHASE, timeout=30)
             await eventually(lambda: pool.in_flight == 0, timeout=10)
     finally:
-        logging.getLogger("event.pool").removeHandler(readiness)
+        logging.getLogger("event.supervise").removeHandler(readiness)
 
     cancelled_at = min(r.created for r in caplog.records if "the broker cancelled consumer" in r.getMessage())
     duplicates = sum(count - 1 for count in handled.values())

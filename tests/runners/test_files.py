@@ -16,7 +16,7 @@ from aiohttp import web
 from support import Isolation, Probe, eventually, http_app
 
 from event import ConfigurationError, Publisher
-from event.runners import files
+from event import workers_file as files
 
 SCRIPT = '#!/bin/sh\nprintf "%s\\n" "$EVENT_ROUTING_KEY" "$@" > "$1/ran"\n'
 

@@ -25,12 +25,12 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "plumbing": ("sending", "topology", "connection", "management"),
     "engine": (
         "dispatch", "supervise", "pausing", "control", "cron", "dead", "publisher", "contracts", "services",
-        "replies", "schedule_copies", "schedule_unbind", "supervisor", "depths", "idempotency", "runners",
+        "replies", "schedule_copies", "schedule_unbind", "processes", "depths", "idempotency", "runners",
         "runners.command",
         "runners.counts", "runners.hooks", "runners.http", "pool", "testing",
     ),
     "edges": (
-        "runners.files", "asyncapi", "protoc_plugin", "bench", "bench_child", "cli", "gateway", "gateway.app",
+        "workers_file", "asyncapi", "protoc_plugin", "bench", "bench_child", "cli", "gateway", "gateway.app",
         "gateway.backend", "gateway.openapi", "gateway.security", "gateway.server",
     ),
 }  # fmt: skip
