@@ -41,6 +41,7 @@ from event import wire
 from event.bench_child import SYSTEMS, child_argv, event_pool, message_properties
 from event.config import check_count
 from event.errors import ConfigurationError
+from event.loops import resolve_loop
 from event.topology import Plan
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ Progress = Callable[[str, int, int], None]
 HOLD = 10_000  # messages a worker holds prefetched and in flight while its memory is read
 ROUNDS = 3
 DEFAULT_WINDOW = 500
-LOOPS = ("auto", "asyncio", "uvloop")
 INSTALL_HINT = "pip install 'rabbit-event[bench]'"
 
 
@@ -103,21 +103,6 @@ def require_anchors() -> None:
             raise ConfigurationError(
                 f"event bench measures against {package}, which is not installed: {INSTALL_HINT} ({exc})"
             ) from exc
-
-
-def resolve_loop(loop: str) -> str:
-    """``auto`` is uvloop when it is installed, else asyncio; ``uvloop`` insists on it."""
-    if loop not in LOOPS:
-        raise ConfigurationError(f"--loop must be one of {', '.join(LOOPS)}, not {loop!r}")
-    if loop == "asyncio":
-        return loop
-    try:
-        importlib.import_module("uvloop")
-    except ImportError as exc:
-        if loop == "uvloop":
-            raise ConfigurationError(f"--loop uvloop needs uvloop: {INSTALL_HINT} ({exc})") from exc
-        return "asyncio"
-    return "uvloop"
 
 
 def run_bench(
