@@ -37,8 +37,8 @@ from typing import Any
 import orjson
 
 from event import Message, WorkerPool, wire
-from event.bench import resolve_loop
 from event.bench_child import Span, message_properties
+from event.loops import resolve_loop
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 SYSTEMS = ("event", "pika")

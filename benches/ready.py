@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from event import Message, WorkerPool
-from event.bench import resolve_loop
+from event.loops import resolve_loop
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 

@@ -55,6 +55,7 @@ from event import wire
 from event.bench_child import SYSTEMS, child_argv, event_pool, message_properties
 from event.config import check_count
 from event.errors import ConfigurationError
+from event.loops import resolve_loop
 from event.topology import Plan
 
 if TYPE_CHECKING:
@@ -67,7 +68,6 @@ ROUNDS = 3
 DEFAULT_WINDOW = 500
 LATENCY_SHARES = (0.2, 0.5, 0.8)  # of event's own consume rate
 LATENCY_SYSTEMS = ("event", "pika", "go")
-LOOPS = ("auto", "asyncio", "uvloop")
 INSTALL_HINT = "pip install 'rabbit-event[bench]'"
 GO_SOURCE = Path(__file__).with_name("bench_anchor") / "main.go"
 GO_HINT = "apt-get install golang-go golang-github-rabbitmq-amqp091-go-dev"
@@ -156,21 +156,6 @@ def go_anchor() -> tuple[Path | None, str]:
             return None, f"not run: the Go anchor did not build ({GO_HINT}): {built.stderr.strip()[-400:]}"
     version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.split()
     return binary, f"amqp091-go, {version[2] if len(version) > 2 else 'go'}"
-
-
-def resolve_loop(loop: str) -> str:
-    """``auto`` is uvloop when it is installed, else asyncio; ``uvloop`` insists on it."""
-    if loop not in LOOPS:
-        raise ConfigurationError(f"--loop must be one of {', '.join(LOOPS)}, not {loop!r}")
-    if loop == "asyncio":
-        return loop
-    try:
-        importlib.import_module("uvloop")
-    except ImportError as exc:
-        if loop == "uvloop":
-            raise ConfigurationError(f"--loop uvloop needs uvloop: {INSTALL_HINT} ({exc})") from exc
-        return "asyncio"
-    return "uvloop"
 
 
 def run_bench(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import importlib
 import os
 import resource
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from event import Message, Publisher, WorkerPool
+from event import Message, Publisher, WorkerPool, loops
 
 PREFETCH = 200  # the seed benchmark's, for every system
 ACK_EVERY = 50  # the pika anchor acks `multiple` every 50th message of a channel
@@ -609,10 +608,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run one phase of one system and print its figures as one JSON line on stdout."""
     args = _parser().parse_args(argv)
     url = os.environ["AMQP_URL"]
-    if args.loop == "uvloop":
-        figures: Figures = importlib.import_module("uvloop").run(_measure(args, url))
-    else:
-        figures = asyncio.run(_measure(args, url))
+    figures = loops.run(_measure(args, url), args.loop)
     print(orjson.dumps(figures).decode(), flush=True)
 
 

@@ -13,14 +13,14 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from event import asyncapi, cron, logs, topology, wire, workers_file
-from event.bench import DEFAULT_WINDOW, LOOPS, run_bench
+from event import asyncapi, cron, logs, loops, topology, wire, workers_file
+from event.bench import DEFAULT_WINDOW, run_bench
 from event.config import check_count, check_seconds, redact_url, resolve_url
 from event.connection import close_quietly, connect
 from event.dead import DeadQueue
@@ -669,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"publishes in flight, awaiting their confirms (default: {DEFAULT_WINDOW})",
     )  # fmt: skip
     bench.add_argument(
-        "--loop", choices=LOOPS, default="auto",
+        "--loop", choices=loops.LOOPS, default="auto",
         help="the event loop of every contestant (default: auto, uvloop when installed)",
     )  # fmt: skip
     bench.add_argument(
@@ -707,23 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(main: Coroutine[Any, Any, int]) -> int:
-    """Run the command on uvloop when it is installed (measurably faster), else on asyncio's loop."""
-    try:
-        uvloop = importlib.import_module("uvloop")  # optional: pip install "rabbit-event[uvloop]"
-    except ImportError:
-        return asyncio.run(main)
-    code: int = uvloop.run(main)
-    return code
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``event`` console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     try:
         resolve_url(getattr(args, "url", None))
-        return _run(args.run(args))
+        code: int = loops.run(args.run(args))  # on uvloop when it is installed (event.loops)
+        return code
     except (ConfigurationError, ValueError) as exc:
         print(f"event: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import ssl
 import subprocess
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,49 @@ import pytest
 import trustme
 from support import DEFAULT_URL, HOW_TO_GET_A_BROKER, Isolation, Management, broker_answers, management_ready
 from tls_support import TlsTerminator
+
+from event import loops
+from event.errors import ConfigurationError
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+_LOOP = pytest.StashKey[str]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--loop",
+        choices=loops.LOOPS,
+        default="auto",
+        help="the event loop the async tests run on: auto (the default) is the CLI's own rule, uvloop when "
+        "it is installed (event.loops), so that the suite tests what production runs",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_loops: run on asyncio's loop and on uvloop (when installed), whatever --loop says"
+    )
+    try:
+        config.stash[_LOOP] = loops.resolve_loop(config.getoption("--loop"))
+    except ConfigurationError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"event loop: {config.stash[_LOOP]} (--loop {config.getoption('--loop')})"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
+    """The loop each async test runs on (pytest-asyncio's hook): --loop's, or both for a both_loops test.
+
+    With one factory the tests keep their names; a both_loops test is named ``test[asyncio]``,
+    ``test[uvloop]``.
+    """
+    if item.get_closest_marker("both_loops") is not None:
+        names = ["asyncio"] + (["uvloop"] if loops.resolve_loop("auto") == "uvloop" else [])
+    else:
+        names = [config.stash[_LOOP]]
+    return {name: loops.loop_factory(name) for name in names}
 
 
 def _docker_answers() -> bool:

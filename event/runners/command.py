@@ -185,10 +185,18 @@ class CommandRunner:
 async def _feed(child: asyncio.subprocess.Process, body: bytes) -> None:
     stdin = child.stdin
     assert stdin is not None
-    # A command that does not read its stdin, or exits early, closes the pipe: not a failure of ours.
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+    # A command that does not read its stdin, or exits early, closes the pipe: not a failure of ours, its
+    # exit status decides. asyncio's loop says so with BrokenPipeError or ConnectionResetError; uvloop, once
+    # it has seen the pipe close, refuses the write with a RuntimeError ("unable to perform operation on
+    # <WriteUnixTransport closed=True ...>"): that one only while the transport is indeed closed.
+    try:
         stdin.write(body)
         await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    except RuntimeError:
+        if not stdin.transport.is_closing():
+            raise
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         stdin.close()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from support import Isolation, Probe, eventually
 
 from event import Publisher, WorkerPool, wire
@@ -92,6 +93,42 @@ async def test_a_thousand_mixed_exits_are_acked_retried_or_dead_as_the_command_s
         assert gone(pid_file), f"job {pid_file.name} outlived its timeout"
     assert await probe.depth(f"{iso.namespace}:app.job") == 0
     assert hook.told == 0 and hook.failed == len(expected_dead)
+
+
+# Two lines that never read stdin: record the call, exit with the status the body's args give. The runner
+# finds the pipe for the body closed (or closing while it writes); the exit status alone must decide.
+NO_READ = '#!/bin/sh\necho "$EVENT_ATTEMPT" > "$1/calls/$EVENT_MESSAGE_ID.$EVENT_ATTEMPT"; exit "$2"\n'
+
+
+@pytest.mark.both_loops  # uvloop refuses the write once it saw the pipe close; asyncio fails the drain
+async def test_a_command_that_exits_without_reading_its_stdin_is_judged_by_its_exit_status(
+    pool_kwargs: dict[str, Any], iso: Isolation, probe: Probe, tmp_path: Path
+) -> None:
+    job = script(tmp_path, NO_READ, "no_read.sh")
+    pool = WorkerPool(**pool_kwargs)
+    pool.command("app.quick", argv=[str(job), str(tmp_path)], timeout=TIMEOUT_S, retries=1)
+    codes = {f"ok-{n}": "0" for n in range(10)} | {"fail-0": "3", "fail-1": "3"}
+    big = "x" * 300_000  # more than a pipe holds: the write is under way when the child exits
+    async with pool.running():
+        async with Publisher(**pool_kwargs) as publisher:
+            for message_id, code in codes.items():
+                await publisher.publish("app.quick", {"args": [code], "pad": big}, message_id=message_id)
+        await eventually(lambda: probe.depth(pool.dead_queue), timeout=60)
+        await eventually(lambda: len(list((tmp_path / "calls").iterdir())) >= 14, timeout=60)
+        await asyncio.sleep(0.5)  # a late retry of an acked job would show here
+    runs = {
+        message_id: sorted(p.name for p in (tmp_path / "calls").glob(f"{message_id}.*"))
+        for message_id in codes
+    }
+    assert runs == {
+        message_id: [f"{message_id}.1"] if code == "0" else [f"{message_id}.1", f"{message_id}.2"]
+        for message_id, code in codes.items()
+    }, "runs per job: each exit 0 acked at once, each exit 3 retried once"
+    dead = await probe.take_all(pool.dead_queue)
+    errors = {m.header.properties.message_id: m.header.properties.headers[wire.H_ERROR] for m in dead}
+    assert sorted(errors) == ["fail-0", "fail-1"]
+    assert all("no_read.sh exited with exit 3" in error for error in errors.values()), errors
+    assert await probe.depth(f"{iso.namespace}:app.quick") == 0
 
 
 async def test_args_reach_the_command_as_literal_arguments_never_through_a_shell(
