@@ -247,6 +247,7 @@ class Gateway:
                 namespace=config.namespace or "(none)",
                 exchange=config.exchange,
                 broker=config.shown_url,
+                signout="" if self.keys.token is None else "signed-in",
             )
         )
 
@@ -261,6 +262,11 @@ class Gateway:
             response.set_cookie(
                 SESSION_COOKIE, self.keys.session_value(), httponly=True, samesite="strict", path="/"
             )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        response = RedirectResponse("./", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
     async def openapi(self, request: Request) -> Response:
@@ -304,6 +310,7 @@ def create_app(
     routes = [
         Route("/", g(gateway.index), methods=["GET"]),
         Route("/login", g(gateway.login), methods=["POST"]),
+        Route("/logout", g(gateway.logout), methods=["POST"]),
         Route("/openapi.json", g(gateway.openapi), methods=["GET"]),
         Route("/healthz", g(gateway.health), methods=["GET"]),
         Route("/publish/{routing_key}", g(gateway.publish), methods=["POST"]),

@@ -1,8 +1,10 @@
 """The dashboard in a real browser: Debian's chromium, headless, driven by Playwright's Python package.
 
-The pool and the gateway run in this test's event loop (as an application may run them); the browser
-loads `/`, sees the queue depths and the dead messages, pauses a consumer and requeues one dead
-message by clicking, and the handler gets it. Set EVENT_DASHBOARD_SCREENSHOT=docs/dashboard.png to
+The pool and the gateway run in this test's event loop (as an application may run them). The gateway is
+set up as `event serve --bind 0.0.0.0:PORT --token-file F` sets it up (a token, every Host answered) and
+the browser reaches it at a non-loopback address of this machine when it has one: it signs in through the
+form with the token, sees the queue depths and the dead messages, pauses a consumer and requeues one dead
+message by clicking (the handler gets it), and signs out. Set EVENT_DASHBOARD_SCREENSHOT=docs/dashboard.png to
 refresh the screenshot in the documentation.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,21 @@ pytestmark = [
 ]
 
 
-async def test_the_dashboard_shows_depths_pauses_and_requeues_by_click(
+TOKEN = "browser-test-token-0123456789"
+
+
+def outside_address() -> str:
+    """An address of this machine beyond loopback (the one other hosts would use), else 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+            address: str = s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+    return address if not address.startswith("127.") else "127.0.0.1"
+
+
+async def test_the_dashboard_signs_in_with_a_token_shows_depths_pauses_and_requeues_by_click(
     pool_kwargs: dict[str, Any], iso: Isolation, management: Management, probe: Probe, tmp_path: Path
 ) -> None:
     pool = WorkerPool(**pool_kwargs, grace=2)
@@ -60,7 +77,9 @@ async def test_the_dashboard_shows_depths_pauses_and_requeues_by_click(
         pool_kwargs["url"], namespace=iso.namespace, exchange=iso.exchange, management_url=management.base
     )
     port = free_port()
-    http = server(gateway.create_app(config), "127.0.0.1", port)
+    host = outside_address()
+    app = gateway.create_app(config, token=TOKEN, loopback_only=False)
+    http = server(app, host, port)
     async with pool.running(), Publisher(**pool_kwargs) as publisher:
         for order in range(3):
             await publisher.publish("dash.order", {"order": order}, message_id=f"order-{order}")
@@ -79,7 +98,7 @@ async def test_the_dashboard_shows_depths_pauses_and_requeues_by_click(
                 try:
                     page = await browser.new_page(viewport={"width": 1400, "height": 820})
                     shot = os.environ.get("EVENT_DASHBOARD_SCREENSHOT") or str(tmp_path / "dashboard.png")
-                    await _drive(page, f"http://127.0.0.1:{port}/", iso, pool, handled, dead_queue, shot)
+                    await _drive(page, f"http://{host}:{port}/", iso, pool, handled, dead_queue, shot)
                 finally:
                     await browser.close()
         finally:
@@ -94,6 +113,15 @@ async def _drive(
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
     await page.goto(url)
+    # Signed out: the sign-in form. A wrong token is refused, the right one opens the dashboard.
+    await page.locator("#token").fill("not-the-token-at-all")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator(".login .error")).to_have_text("That is not the token.")
+    await page.locator("#token").fill(TOKEN)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#namespace")).to_have_text(iso.namespace, timeout=10_000)
+    cookies = await page.context.cookies()
+    assert [c["name"] for c in cookies] == ["event_session"] and TOKEN not in cookies[0]["value"]
     orders = page.locator(f'#queues tr[data-queue="{iso.namespace}:orders"]')
     await expect(orders.locator("td.consumers")).to_have_text("1", timeout=15_000)
     await expect(page.locator(f'#queues tr[data-queue="{dead_queue}"] td.depth')).to_have_text(
@@ -124,4 +152,11 @@ async def _drive(
     await expect(page.locator("#status")).to_contain_text("deleted 1 message(s)")
     await expect(page.locator("#dead tbody tr[data-message-id]")).to_have_count(1, timeout=10_000)
     assert handled == ["order-1"]
+
+    # Sign out: back to the sign-in form, and the API refuses the browser again.
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.locator("#token")).to_be_visible(timeout=10_000)
+    assert await page.context.cookies() == []
+    refused = await page.request.get(url + "api/queues")
+    assert refused.status == 401
     assert problems == []
