@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from event import wire
 from event.errors import ConfigurationError, ConnectionFailed, PublishError, Unroutable
-from event.gateway.backend import Backend, GatewayConfig, NoSuchQueue, NoWorker, parse_at
+from event.gateway.backend import Backend, GatewayConfig, NoSuchQueue, NotConsumed, NoWorker, parse_at
 from event.gateway.openapi import document
 from event.gateway.security import SESSION_COOKIE, Guard, Secrets
 
@@ -137,6 +137,8 @@ class Gateway:
                 return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
             except NoSuchQueue as exc:
                 return _error(404, f"{exc.args[0]!r} is not a consumer queue of this namespace")
+            except NotConsumed as exc:
+                return _error(409, f"no worker consumes {exc.args[0]!r} now: there is nothing to pause")
             except NoWorker as exc:
                 return _error(
                     409, f"no running worker of this namespace listens for commands to {exc.args[0]!r}"

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from event import control, driver, wire
 from event.config import DEFAULT_EXCHANGE, redact_url, resolve_url
@@ -28,6 +29,8 @@ from event.sending import Sender
 RECONNECT_TIMEOUT_S = 3.0
 CONFIRM_TIMEOUT_S = 10.0
 BODY_SHOWN_BYTES = 4096
+# A pause takes a moment to reach the workers: until then the queue may still show its consumers.
+PAUSE_SETTLE_S = 10.0
 
 log = logging.getLogger("event.gateway")
 
@@ -70,10 +73,27 @@ class GatewayConfig:
         return f"{prefix}:" if prefix else f"{self.exchange}_"
 
 
+ROLES = ("consumer", "dead", "park", "delay", "control")
+
+
+def level_queues(config: GatewayConfig) -> dict[str, tuple[str, int]]:
+    """The namespace's park and hutch-schedule delay queues: name -> (role, level in seconds)."""
+    found: dict[str, tuple[str, int]] = {}
+    for level in wire.LEVELS:
+        found[wire.park_queue_name(config.namespace, config.exchange, level)] = ("park", level)
+        found[wire.delay_queue_name(config.namespace, config.exchange, level)] = ("delay", level)
+    return found
+
+
 def queue_role(name: str, config: GatewayConfig) -> str:
-    """``dead``, ``delay`` or ``consumer``: what a queue of the namespace is for."""
+    """``dead``, ``park``, ``delay`` or ``consumer``: what a queue of the namespace is for.
+
+    (``control``, a worker's own command queue, has a server-made name: known from its binding only.)
+    """
     if name == config.dead_queue:
         return "dead"
+    if wire.is_park_queue_name(name, config.exchange):
+        return "park"
     if wire.is_delay_queue_name(name, config.exchange):
         return "delay"
     return "consumer"
@@ -103,15 +123,17 @@ def _json_safe(value: Any) -> Any:
 
 
 def _display_order(row: dict[str, Any]) -> tuple[int, int, str]:
-    # Consumers first, then the dead queue, then the delay queues from the shortest level up.
-    role = row["role"]
-    level = row["name"].rsplit("_", 1)[-1].rstrip("s")
-    rank = {"consumer": 0, "dead": 1}.get(role, 2)
-    return rank, int(level) if role == "delay" and level.isdigit() else 0, row["name"]
+    # Consumers first, then the dead queue, the workers' control queues, and the park and delay queues
+    # by their level in seconds (5s before 10s before 10800s, not as text).
+    return ROLES.index(row["role"]), row.get("level_s") or 0, row["name"]
 
 
 class NoSuchQueue(LookupError):
     """The queue named is not a consumer queue of the namespace."""
+
+
+class NotConsumed(LookupError):
+    """A pause for a consumer queue that no worker consumes."""
 
 
 class NoWorker(LookupError):
@@ -142,7 +164,8 @@ class Backend:
         self._command_sender = Sender(self._side_connection, timeout=CONFIRM_TIMEOUT_S)
         self._control_declared: Connection | None = None  # the side connection it was declared on
         self._inspect_channel: Channel | None = None
-        self.requested: dict[str, bool] = {}  # queue -> paused, as last commanded through this gateway
+        # queue -> when it was paused through this gateway (loop time); resumed or forgotten: absent
+        self.requested: dict[str, float] = {}
 
     async def close(self) -> None:
         """Close the publisher and the command connection."""
@@ -182,35 +205,78 @@ class Backend:
     # --- queues --------------------------------------------------------------------------------------
 
     async def queues(self) -> list[dict[str, Any]]:
-        """Every queue of the namespace with its figures (from the management API)."""
+        """Every queue of the namespace in its role, with its figures (from the management API)."""
+        levels = level_queues(self.config)
+        control_queues = await self._control_queues()
         rows = []
         for queue in await self.management.queues():
             name = queue.get("name", "")
-            if not name.startswith(self.config.queue_prefix):
+            if name in control_queues:
+                role = "control"
+            elif name.startswith(self.config.queue_prefix):
+                role = levels[name][0] if name in levels else queue_role(name, self.config)
+            else:
                 continue
             stats = queue.get("message_stats") or {}
-            role = queue_role(name, self.config)
-            rows.append(
-                {
-                    "name": name,
-                    "role": role,
-                    "messages": queue.get("messages", 0) or 0,
-                    "unacked": queue.get("messages_unacknowledged", 0) or 0,
-                    "consumers": queue.get("consumers", 0) or 0,
-                    "publish_rate": (stats.get("publish_details") or {}).get("rate", 0.0),
-                    "deliver_rate": (stats.get("deliver_get_details") or {}).get("rate", 0.0),
-                    "ack_rate": (stats.get("ack_details") or {}).get("rate", 0.0),
-                    "paused": self.requested.get(name, False) if role == "consumer" else False,
-                }
-            )
+            row: dict[str, Any] = {
+                "name": name,
+                "role": role,
+                "messages": queue.get("messages", 0) or 0,
+                "unacked": queue.get("messages_unacknowledged", 0) or 0,
+                "consumers": queue.get("consumers", 0) or 0,
+                "publish_rate": (stats.get("publish_details") or {}).get("rate", 0.0),
+                "deliver_rate": (stats.get("deliver_get_details") or {}).get("rate", 0.0),
+                "ack_rate": (stats.get("ack_details") or {}).get("rate", 0.0),
+                "paused": False,
+            }
+            arguments = queue.get("arguments") or {}
+            if name in levels:
+                row["level_s"] = levels[name][1]
+            if role == "dead":
+                row["ttl_ms"] = arguments.get("x-message-ttl")
+                row["max_length"] = arguments.get("x-max-length")
+            if role == "control":
+                owner = queue.get("owner_pid_details") or {}
+                row["worker"] = owner.get("name") or owner.get("peer_host")
+            rows.append(row)
         # The management API's figures lag by its statistics interval (5 s by default); depth and
         # consumers of the queues that matter most are counted live instead.
-        live = await self._live_counts([r["name"] for r in rows if r["role"] != "delay"])
+        live = await self._live_counts([r["name"] for r in rows if r["role"] in ("consumer", "dead")])
         for row in rows:
             if row["name"] in live:
                 row["messages"], row["consumers"] = live[row["name"]]
+            if row["role"] == "consumer":
+                row["paused"] = self._paused(row["name"], row["consumers"])
+                # Pausing needs a worker that consumes the queue (or one paused through here).
+                row["pausable"] = row["consumers"] > 0 or row["paused"]
         rows.sort(key=_display_order)
         return rows
+
+    def _paused(self, name: str, consumers: int) -> bool:
+        # Workers publish no state of their own; the broker's consumer count is what they do. A queue
+        # paused through this gateway stays "paused" while nothing consumes it; once a consumer is back
+        # (a worker restarted, which forgets commands) the pause is over and forgotten here too.
+        since = self.requested.get(name)
+        if since is None:
+            return False
+        if consumers > 0 and asyncio.get_running_loop().time() - since > PAUSE_SETTLE_S:
+            del self.requested[name]
+            return False
+        return True
+
+    async def _control_queues(self) -> set[str]:
+        """The control queues of the namespace's running workers (one each), from their bindings."""
+        path = (
+            f"/exchanges/{self.management.quoted_vhost}/"
+            f"{quote(wire.control_exchange_name(self.config.exchange), safe='')}/bindings/source"
+        )
+        bindings = await self.management.get(path) or []
+        key = wire.control_routing_key(self.config.namespace)
+        return {
+            b["destination"]
+            for b in bindings
+            if b.get("destination_type") == "queue" and b.get("routing_key") == key
+        }
 
     # --- the dead queue ------------------------------------------------------------------------------
 
@@ -252,9 +318,12 @@ class Backend:
 
     async def command(self, action: str, queue: str) -> None:
         """Send ``action`` (pause or resume) for ``queue`` to every running worker of the namespace."""
-        known = {row["name"] for row in await self.queues() if row["role"] == "consumer"}
+        known = {row["name"]: row for row in await self.queues() if row["role"] == "consumer"}
         if queue not in known:
             raise NoSuchQueue(queue)
+        # A pause for a queue nothing consumes would be a 202 that changes nothing: say so instead.
+        if action == "pause" and not known[queue]["pausable"]:
+            raise NotConsumed(queue)
         await self._declare_control()
         try:
             await control.send_command(
@@ -265,7 +334,10 @@ class Backend:
             )
         except Unroutable as exc:  # mandatory, and no worker's control queue is bound
             raise NoWorker(queue) from exc
-        self.requested[queue] = action == "pause"
+        if action == "pause":
+            self.requested[queue] = asyncio.get_running_loop().time()
+        else:
+            self.requested.pop(queue, None)
 
     async def _declare_control(self) -> None:
         # Once per side connection: the control exchange a command goes to.

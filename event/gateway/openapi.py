@@ -19,7 +19,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "no or a wrong bearer token (only when the gateway has a token)",
         403: "a cross-site request, or a browser's change without the CSRF token",
         404: "no such queue or message",
-        409: "no running worker received the command",
+        409: "no running worker received the command, or none consumes the queue (pause)",
         413: "the body is larger than 1 MiB",
         503: "the broker (or its management API) is unreachable; nothing was done",
     }
@@ -45,14 +45,31 @@ _QUEUE = {
     "required": ["name", "role", "messages", "unacked", "consumers", "paused"],
     "properties": {
         "name": {"type": "string"},
-        "role": {"type": "string", "enum": ["consumer", "delay", "dead"]},
+        "role": {
+            "type": "string",
+            "enum": ["consumer", "dead", "park", "delay", "control"],
+            "description": "consumer: a pool's queue; dead: the bounded dead queue; park: event's delay "
+            "queue of one level (retries, delayed events); delay: hutch-schedule's delay queue of one "
+            "level; control: one running worker's command queue",
+        },
         "messages": {"type": "integer", "description": "ready in the queue"},
         "unacked": {"type": "integer", "description": "delivered, not yet acknowledged"},
         "consumers": {"type": "integer"},
         "publish_rate": {"type": "number", "description": "messages in per second"},
         "deliver_rate": {"type": "number", "description": "messages out per second"},
         "ack_rate": {"type": "number"},
-        "paused": {"type": "boolean", "description": "paused through this gateway"},
+        "paused": {
+            "type": "boolean",
+            "description": "paused through this gateway and no consumer on it since (consumer queues)",
+        },
+        "pausable": {
+            "type": "boolean",
+            "description": "a worker consumes it, so a pause has an effect (consumer queues only)",
+        },
+        "level_s": {"type": "integer", "description": "the delay of a park or delay queue, in seconds"},
+        "ttl_ms": {"type": ["integer", "null"], "description": "how long the dead queue keeps a message"},
+        "max_length": {"type": ["integer", "null"], "description": "the dead queue's cap"},
+        "worker": {"type": ["string", "null"], "description": "the connection of a control queue's worker"},
     },
 }
 

@@ -63,6 +63,36 @@ async function act(label, method, path, after) {
   await after();
 }
 
+function duration(ms) {
+  const s = ms / 1000;
+  if (s >= 86400 && s % 86400 === 0) return `${s / 86400} d`;
+  if (s >= 3600 && s % 3600 === 0) return `${s / 3600} h`;
+  if (s >= 60 && s % 60 === 0) return `${s / 60} min`;
+  return `${s} s`;
+}
+
+function roleText(q) {
+  if (q.role === "park" || q.role === "delay") return `${q.role} ${duration(q.level_s * 1000)}`;
+  if (q.role === "dead") {
+    const parts = [];
+    if (q.ttl_ms) parts.push(`kept ${duration(q.ttl_ms)}`);
+    if (q.max_length) parts.push(`at most ${q.max_length.toLocaleString("en")}`);
+    return parts.length ? `dead (${parts.join(", ")})` : "dead";
+  }
+  if (q.role === "control") return q.worker ? `control of ${q.worker}` : "control";
+  return q.role;
+}
+
+function stateText(q) {
+  if (q.role !== "consumer") return "";
+  if (q.paused) return "paused";
+  return q.consumers ? "consuming" : "no consumer";
+}
+
+// Park queues (event's delays and retries) and hutch-schedule's delay queues: 21 levels each, shown
+// only while they hold messages, summed up in one line per role.
+const LEVEL_ROLES = { park: "park queues (retries and delayed events)", delay: "hutch-schedule delay queues" };
+
 async function refreshQueues() {
   let data;
   try {
@@ -73,36 +103,38 @@ async function refreshQueues() {
   }
   const tbody = document.querySelector("#queues tbody");
   tbody.replaceChildren();
-  // The 21 delay queues of hutch-schedule's levels are shown only while they hold messages.
-  const delays = data.queues.filter((q) => q.role === "delay");
-  const waiting = delays.reduce((sum, q) => sum + q.messages, 0);
   for (const q of data.queues) {
-    if (q.role === "delay" && !q.messages && !q.unacked) continue;
+    if (q.role in LEVEL_ROLES && !q.messages && !q.unacked) continue;
     const tr = document.createElement("tr");
     tr.dataset.queue = q.name;
     tr.dataset.role = q.role;
     if (q.paused) tr.classList.add("paused");
-    cell(tr, q.name, "code");
-    cell(tr, q.role);
+    cell(tr, q.name, "code name");
+    cell(tr, roleText(q), "role");
     cell(tr, q.messages, "n depth");
     cell(tr, q.unacked, "n unacked");
     cell(tr, q.consumers, "n consumers");
     cell(tr, rate(q.publish_rate), "n");
     cell(tr, rate(q.deliver_rate), "n");
-    const state = cell(tr, q.role === "consumer" ? (q.paused ? "paused" : "running") : "", "state");
+    const state = cell(tr, stateText(q), "state");
     if (q.paused) state.classList.add("state-paused");
     const actions = cell(tr, "");
-    if (q.role === "consumer") {
+    if (q.role === "consumer" && (q.pausable || q.paused)) {
       const verb = q.paused ? "resume" : "pause";
-      actions.appendChild(button(q.paused ? "Resume" : "Pause", () => act(
+      const b = button(q.paused ? "Resume" : "Pause", () => act(
         () => `${verb}d ${q.name} on every running worker`, "POST",
-        `api/consumers/${encodeURIComponent(q.name)}/${verb}`, refreshQueues)));
+        `api/consumers/${encodeURIComponent(q.name)}/${verb}`, refreshQueues));
+      b.setAttribute("aria-label", `${q.paused ? "Resume" : "Pause"} ${q.name}`);
+      actions.appendChild(b);
     }
     tbody.appendChild(tr);
   }
-  if (delays.length) {
-    emptyRow(tbody, 9, `${delays.length} delay queues, ${waiting} message(s) waiting in them`);
-    tbody.lastChild.classList.add("delays");
+  for (const [role, label] of Object.entries(LEVEL_ROLES)) {
+    const levels = data.queues.filter((q) => q.role === role);
+    if (!levels.length) continue;
+    const waiting = levels.reduce((sum, q) => sum + q.messages + q.unacked, 0);
+    emptyRow(tbody, 9, `${levels.length} ${label}: ${waiting} message(s) waiting`);
+    tbody.lastChild.classList.add("levels", `levels-${role}`);
   }
   if (!data.queues.length) emptyRow(tbody, 9, "no queues in this namespace yet");
   document.getElementById("queues-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
