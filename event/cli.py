@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell tool that a closed pipe stopped exits with
 
 MANAGEMENT_URL_HELP = (
     "the management API (default: $EVENT_MANAGEMENT_URL, else $RABBITMQ_MANAGEMENT_URL, "
@@ -99,8 +100,12 @@ async def _run_pool(pool: WorkerPool, args: argparse.Namespace) -> int:
         async def ready() -> bool:
             return pool.ready
 
-        server = await serve(
-            args.metrics_host, args.metrics_port, metrics=metrics, ready=ready, paused=lambda: pool.paused
+        server = await _listening(
+            serve(
+                args.metrics_host, args.metrics_port, metrics=metrics, ready=ready, paused=lambda: pool.paused
+            ),
+            args.metrics_host,
+            args.metrics_port,
         )
     try:
         await pool.run()
@@ -110,6 +115,17 @@ async def _run_pool(pool: WorkerPool, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _listening(starting: Awaitable[asyncio.Server], host: str, port: int) -> asyncio.Server:
+    """The metrics server ``starting`` opens, or a configuration error naming the port it cannot have."""
+    try:
+        return await starting
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {host}:{port} (--metrics-port): {exc.strerror or exc}; "
+            f"another process may be listening there: pick another port, or 0 for any free one"
+        ) from None
+
+
 async def _supervise(args: argparse.Namespace) -> int:
     count = process_count(args.processes)
     ports = free_ports(count) if args.metrics_port is not None else []
@@ -117,8 +133,10 @@ async def _supervise(args: argparse.Namespace) -> int:
     supervisor = Supervisor(argv, count, metrics_ports=ports)
     server = None
     if args.metrics_port is not None:
-        server = await serve(
-            args.metrics_host, args.metrics_port, metrics=supervisor.metrics, ready=supervisor.ready
+        server = await _listening(
+            serve(args.metrics_host, args.metrics_port, metrics=supervisor.metrics, ready=supervisor.ready),
+            args.metrics_host,
+            args.metrics_port,
         )
     try:
         return await supervisor.run()
@@ -635,7 +653,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_level, args.log_format)
     try:
         resolve_url(getattr(args, "url", None))
-        return _run(args.run(args))
+        code = _run(args.run(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught below, rather than at exit
+        return code
     except (ConfigurationError, ValueError) as exc:
         print(f"event: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -647,6 +667,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (`event queues | head`): stop quietly, as shell tools do. Python would
+        # otherwise fail again flushing stdout at exit, so stdout now points at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
