@@ -4,6 +4,7 @@ an unreachable broker, pause and resume, and the bind and token rules."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -230,3 +231,18 @@ async def test_the_dead_queue_over_http_lists_deletes_requeues_and_purges(
         await eventually(lambda: sorted(handled) == ["item-0", "item-2", "item-3"], timeout=10)
         purged = await client.delete("/api/dead", params={"confirm": "true"})
         assert purged.status_code == 200 and purged.json() == {"deleted": 0}
+
+
+async def test_a_busy_bind_port_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "event.cli", "serve", "--bind", f"127.0.0.1:{port}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    [line] = err.decode().strip().splitlines()
+    assert f"cannot serve on 127.0.0.1:{port} (--bind)" in line and "pick another port" in line
