@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -25,7 +26,16 @@ from starlette.staticfiles import StaticFiles
 
 from event import wire
 from event.errors import ConfigurationError, ConnectionFailed, PublishError, Unroutable
-from event.gateway.backend import Backend, GatewayConfig, NoSuchQueue, NotConsumed, NoWorker, parse_at
+from event.gateway.apipage import render_api_page
+from event.gateway.backend import (
+    Backend,
+    GatewayConfig,
+    NoSuchQueue,
+    NotConsumed,
+    NotRouted,
+    NoWorker,
+    parse_at,
+)
 from event.gateway.openapi import document
 from event.gateway.security import SESSION_COOKIE, Guard, Secrets
 
@@ -35,12 +45,28 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_DELAY_S = 366 * 24 * 3600  # beyond a year a delay is a mistake, and far beyond one it overflows
 MAX_DEAD_OFFSET = 10_000
 MAX_DEAD_LIMIT = 500
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class BadRequest(ValueError):
     """A request the gateway cannot carry out as sent; the text says why (answered with 400)."""
+
+
+class UnsupportedType(ValueError):
+    """A body whose content type the gateway does not publish; the text says what to send (415)."""
+
+
+def _only(request: Request, *names: str) -> None:
+    """Refuse query parameters the route does not take: a typo (``delay=5`` for ``in=5``) would
+    otherwise be ignored and the request carried out as if it had not been given."""
+    unknown = sorted(set(request.query_params.keys()) - set(names))
+    if unknown:
+        takes = f"it takes {', '.join(names)}" if names else "it takes none"
+        raise BadRequest(
+            f"unknown query parameter {', '.join(map(repr, unknown))} for {request.url.path}: {takes}"
+        )
 
 
 def _error(status: int, reason: str) -> JSONResponse:
@@ -94,7 +120,7 @@ def _delay(request: Request) -> tuple[float | None, datetime | None]:
     return None, None
 
 
-async def _json_body(request: Request) -> Any:
+async def _body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _TooLarge()
@@ -103,12 +129,21 @@ async def _json_body(request: Request) -> Any:
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             raise _TooLarge()
+    return bytes(body)
+
+
+def _json(body: bytes) -> Any:
     if not body.strip():
         raise BadRequest("the body is empty: send the event's payload as JSON")
     try:
-        return orjson.loads(bytes(body))
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not JSON: {exc}") from None
+
+
+def is_json(media: str) -> bool:
+    """Whether a media type is JSON (``application/json``, ``application/*+json``)."""
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 class _TooLarge(Exception):
@@ -131,6 +166,14 @@ class Gateway:
                 return await endpoint(request)
             except BadRequest as exc:
                 return _error(400, self._scrub(str(exc)))
+            except UnsupportedType as exc:
+                return _error(415, str(exc))
+            except NotRouted as exc:
+                return _error(
+                    409,
+                    f"no queue is bound to receive routing key {exc.args[0]!r} on exchange "
+                    f"{self.backend.config.exchange!r}: nothing was published (mandatory=true)",
+                )
             except ConfigurationError as exc:  # a routing key or a pattern the library refuses
                 return _error(400, self._scrub(str(exc)))
             except _TooLarge:
@@ -158,21 +201,43 @@ class Gateway:
     # --- publishing ----------------------------------------------------------------------------------
 
     async def publish(self, request: Request) -> Response:
+        _only(request, "in", "at", "mandatory")
         routing_key = request.path_params["routing_key"]
         wire.validate_routing_key(routing_key, pattern=False)
         delay, at = _delay(request)
-        payload = await _json_body(request)
-        message_id = await self.backend.publish(routing_key, payload, delay=delay, at=at)
+        mandatory = _flag(request, "mandatory")
+        content_type = request.headers.get("content-type", "").strip()
+        media = wire.media_type(content_type) or "application/json"  # no type given: JSON, as ever
+        body = await _body(request)
+        if is_json(media):
+            message_id, routed = await self.backend.publish(
+                routing_key, _json(body), delay=delay, at=at, mandatory=mandatory
+            )
+        elif media in FORM_TYPES:
+            # curl -d sends this type when none is given: publishing it as a form is never what was meant.
+            raise UnsupportedType(
+                f"{media} is a form, not an event: send JSON with 'Content-Type: application/json' "
+                f"(curl: -H 'Content-Type: application/json'), or the body's real type to publish it as bytes"
+            )
+        else:
+            if delay is not None or at is not None:
+                raise BadRequest(f"in= and at= delay JSON bodies only; this body is {media}")
+            message_id, routed = await self.backend.publish_bytes(
+                routing_key, body, content_type, mandatory=mandatory
+            )
         return JSONResponse(
-            {"message_id": message_id, "routing_key": routing_key, "delay": delay}, status_code=202
+            {"message_id": message_id, "routing_key": routing_key, "delay": delay, "routed": routed},
+            status_code=202,
         )
 
     # --- queues and the dead queue -------------------------------------------------------------------
 
     async def queues(self, request: Request) -> Response:
+        _only(request)
         return JSONResponse({"queues": await self.backend.queues()})
 
     async def dead(self, request: Request) -> Response:
+        _only(request, "offset", "limit")
         offset = _count(request, "offset", 0, 0, MAX_DEAD_OFFSET)
         limit = _count(request, "limit", 50, 1, MAX_DEAD_LIMIT)
         return JSONResponse(await self.backend.dead(offset=offset, limit=limit))
@@ -193,6 +258,7 @@ class Gateway:
         return message_id
 
     async def requeue(self, request: Request) -> Response:
+        _only(request, "message_id", "all")
         message_id = self._selection(request)
         try:
             report = await self.backend.requeue(message_id=message_id)
@@ -204,12 +270,14 @@ class Gateway:
         return JSONResponse({"requeued": report.requeued, "left": left})
 
     async def delete(self, request: Request) -> Response:
+        _only(request, "message_id", "all", "confirm")
         message_id = self._selection(request)
         if message_id is None and not _flag(request, "confirm"):
             raise BadRequest("deleting every dead message is for good: add confirm=true")
         return await self._discard(message_id)
 
     async def purge(self, request: Request) -> Response:
+        _only(request, "confirm")
         if not _flag(request, "confirm"):
             raise BadRequest("purging the dead queue deletes its messages for good: add confirm=true")
         return await self._discard(None)
@@ -232,6 +300,7 @@ class Gateway:
         return await self._command(request, "resume")
 
     async def _command(self, request: Request, action: str) -> Response:
+        _only(request)
         queue = request.path_params["queue"]
         await self.backend.command(action, queue)
         return JSONResponse({"queue": queue, "paused": action == "pause"}, status_code=202)
@@ -272,10 +341,32 @@ class Gateway:
         return response
 
     async def openapi(self, request: Request) -> Response:
+        _only(request)
         return JSONResponse(document())
 
+    async def api_page(self, request: Request) -> Response:
+        _only(request)
+        return HTMLResponse(render_api_page(document()))
+
+    async def favicon(self, request: Request) -> Response:
+        icon = resources.files("event.gateway").joinpath("dashboard", "favicon.svg").read_bytes()
+        return Response(icon, media_type="image/svg+xml", headers={"cache-control": "max-age=86400"})
+
     async def health(self, request: Request) -> Response:
+        _only(request)
         return PlainTextResponse("ok\n")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (no such route: 404, a method the route lacks: 405) as JSON too."""
+    assert isinstance(exc, HTTPException)
+    reasons = {
+        404: f"no such route: {request.url.path} (the API is described at /api and /openapi.json)",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
+    response = _error(exc.status_code, reasons.get(exc.status_code, exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def _page(name: str, **values: str) -> str:
@@ -314,7 +405,9 @@ def create_app(
         Route("/login", g(gateway.login), methods=["POST"]),
         Route("/logout", g(gateway.logout), methods=["POST"]),
         Route("/openapi.json", g(gateway.openapi), methods=["GET"]),
+        Route("/api", g(gateway.api_page), methods=["GET"]),
         Route("/healthz", g(gateway.health), methods=["GET"]),
+        Route("/favicon.ico", g(gateway.favicon), methods=["GET"]),
         Route("/publish/{routing_key}", g(gateway.publish), methods=["POST"]),
         Route("/api/queues", g(gateway.queues), methods=["GET"]),
         Route("/api/dead", g(gateway.dead_queue), methods=["GET", "DELETE"]),
@@ -324,7 +417,7 @@ def create_app(
         Route("/api/consumers/{queue}/resume", g(gateway.resume), methods=["POST"]),
         Mount("/static", app=StaticFiles(packages=[("event.gateway", "dashboard")]), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     app.add_middleware(Guard, keys=keys, loopback_only=loopback_only)
     app.state.backend = backend
     return app

@@ -22,7 +22,7 @@ from event.dead import DeadMessage, DeadQueue, RequeueReport
 from event.errors import ConfigurationError, EventError, Unroutable
 from event.management import ManagementApi
 from event.publisher import Publisher
-from event.sending import Sender
+from event.sending import Sender, properties
 
 # How long a publish may wait for a lost connection to come back before the client gets a 503: an HTTP
 # client can retry, and a request held for the Publisher's usual 30 s helps nobody.
@@ -132,6 +132,10 @@ class NoSuchQueue(LookupError):
     """The queue named is not a consumer queue of the namespace."""
 
 
+class NotRouted(LookupError):
+    """A mandatory publish whose routing key no queue is bound to receive."""
+
+
 class NotConsumed(LookupError):
     """A pause for a consumer queue that no worker consumes."""
 
@@ -189,18 +193,50 @@ class Backend:
     # --- publishing ----------------------------------------------------------------------------------
 
     async def publish(
-        self, routing_key: str, payload: Any, *, delay: float | None = None, at: datetime | None = None
-    ) -> str:
-        """Publish ``payload``; returns its message id once the broker confirmed it."""
+        self,
+        routing_key: str,
+        payload: Any,
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
+        mandatory: bool = False,
+    ) -> tuple[str, bool | None]:
+        """Publish ``payload`` (JSON); the message id once the broker confirmed it, and whether a queue
+        received it (None for a delayed message: it is routed when due).
+
+        Sent mandatory either way, so that the answer can say whether it reached a queue; with
+        ``mandatory`` an unroutable key raises :class:`NotRouted` (nothing was stored).
+        """
         message_id = str(uuid.uuid4())
         publisher = await self._connected_publisher()
         if at is not None:
             await publisher.publish_at(at, routing_key, payload, message_id=message_id)
-        elif delay is not None:
+            return message_id, None
+        if delay is not None and delay > 0:
             await publisher.publish_in(delay, routing_key, payload, message_id=message_id)
-        else:
-            await publisher.publish(routing_key, payload, message_id=message_id)
-        return message_id
+            return message_id, None
+        try:
+            await publisher.publish(routing_key, payload, message_id=message_id, mandatory=True)
+        except Unroutable:
+            if mandatory:
+                raise NotRouted(routing_key) from None
+            return message_id, False
+        return message_id, True
+
+    async def publish_bytes(
+        self, routing_key: str, body: bytes, content_type: str, *, mandatory: bool = False
+    ) -> tuple[str, bool]:
+        """Publish ``body`` as it is, with its ``content_type``; as :meth:`publish` otherwise."""
+        publisher = await self._connected_publisher()
+        props = properties(content_type=content_type)
+        message_id = props.message_id or ""
+        try:
+            await publisher.publish_raw(routing_key, body, props, mandatory=True)
+        except Unroutable:
+            if mandatory:
+                raise NotRouted(routing_key) from None
+            return message_id, False
+        return message_id, True
 
     # --- queues --------------------------------------------------------------------------------------
 

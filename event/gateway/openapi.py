@@ -19,11 +19,14 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "no or a wrong bearer token (only when the gateway has a token)",
         403: "a cross-site request, or a browser's change without the CSRF token",
         404: "no such queue or message",
-        409: "no running worker received the command, or none consumes the queue (pause)",
+        409: "no running worker received the command, or none consumes the queue (pause), or (publish "
+        "with mandatory=true) no queue is bound to receive the routing key",
+        415: "a form body (application/x-www-form-urlencoded, curl -d's default): send JSON or the real type",
         413: "the body is larger than 1 MiB",
         503: "the broker (or its management API) is unreachable; nothing was done",
     }
-    return {str(code): _json(_ERROR, reasons[code]) for code in (*codes, 401, 403)}
+    # 400: every route refuses query parameters it does not take.
+    return {str(code): _json(_ERROR, reasons[code]) for code in sorted({400, *codes, 401, 403})}
 
 
 def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
@@ -164,22 +167,44 @@ def document() -> dict[str, Any]:
                             {"type": "string", "format": "date-time"},
                             "deliver at this time (not with in)",
                         ),
+                        _query(
+                            "mandatory",
+                            {"type": "boolean"},
+                            "true: an unroutable key is a 409 and nothing is stored (default: a 202 "
+                            "with routed false)",
+                        ),
                     ],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+                    "requestBody": {
+                        "required": True,
+                        "description": "JSON (no Content-Type: JSON too) is checked and published as "
+                        "JSON; any other type but a form is published as bytes with its content type "
+                        "(without in or at)",
+                        "content": {
+                            "application/json": {"schema": {}},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    },
                     "responses": {
                         "202": _json(
                             {
                                 "type": "object",
-                                "required": ["message_id", "routing_key"],
+                                "required": ["message_id", "routing_key", "routed"],
                                 "properties": {
                                     "message_id": {"type": "string"},
                                     "routing_key": {"type": "string"},
                                     "delay": {"type": ["number", "null"]},
+                                    "routed": {
+                                        "type": ["boolean", "null"],
+                                        "description": "whether a queue received it (false: none is bound "
+                                        "for the key, the broker dropped it); null for a delayed message, "
+                                        "routed when due",
+                                    },
                                 },
                             },
                             "confirmed by the broker",
                         ),
-                        **_errors(400, 413, 503),
+                        **_errors(400, 409, 413, 415, 503),
                     },
                 }
             },
@@ -196,7 +221,7 @@ def document() -> dict[str, Any]:
                             },
                             "the queues",
                         ),
-                        **_errors(503),
+                        **_errors(400, 503),
                     },
                 }
             },
@@ -273,13 +298,37 @@ def document() -> dict[str, Any]:
             },
             "/healthz": {
                 "get": {
-                    "summary": "200 while the gateway runs",
+                    "summary": "200 while the gateway runs (needs no token)",
                     "operationId": "health",
                     "responses": {
                         "200": {
                             "description": "ok",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        "400": _json(_ERROR, "a query parameter was given"),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {
+                        "200": _json({"type": "object"}, "the OpenAPI document"),
+                        **_errors(400),
+                    },
+                }
+            },
+            "/api": {
+                "get": {
+                    "summary": "This document as a page to read",
+                    "operationId": "apiPage",
+                    "responses": {
+                        "200": {
+                            "description": "an HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(400),
                     },
                 }
             },
