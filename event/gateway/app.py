@@ -11,6 +11,7 @@ import html
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -25,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from event import wire
+from event.dead import DeadMessage
 from event.errors import ConfigurationError, ConnectionFailed, PublishError, Unroutable
 from event.gateway.apipage import render_api_page
 from event.gateway.backend import (
@@ -36,6 +38,7 @@ from event.gateway.backend import (
     NoWorker,
     parse_at,
 )
+from event.gateway.morgue import DeadFilter, dead_key
 from event.gateway.openapi import document
 from event.gateway.security import SESSION_COOKIE, Guard, Secrets
 
@@ -43,7 +46,7 @@ log = logging.getLogger("event.gateway")
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DELAY_S = 366 * 24 * 3600  # beyond a year a delay is a mistake, and far beyond one it overflows
-MAX_DEAD_OFFSET = 10_000
+MAX_DEAD_OFFSET = 100_000  # the dead queue's cap
 MAX_DEAD_LIMIT = 500
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -146,6 +149,41 @@ def is_json(media: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+FILTER_PARAMS = ("routing_key", "queue", "error", "since", "until")
+
+
+def _filter(request: Request) -> DeadFilter:
+    """The dead-queue filter in the query (each parameter optional; times ISO 8601 with a zone)."""
+    text = {name: request.query_params.get(name) or None for name in ("routing_key", "queue", "error")}
+    times: dict[str, datetime | None] = {}
+    for name in ("since", "until"):
+        given = request.query_params.get(name)
+        try:
+            times[name] = parse_at(given) if given is not None else None
+        except ValueError as exc:
+            raise BadRequest(str(exc).replace("at=", f"{name}=", 1)) from None
+    return DeadFilter(text["routing_key"], text["queue"], text["error"], times["since"], times["until"])
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The dead messages a requeue or delete is for: one id, a predicate, or (neither) all."""
+
+    message_id: str | None
+    where: Callable[[DeadMessage], bool] | None
+    everything: bool = False
+    count: int | None = None  # how many keys were picked, when picked one by one
+
+    def __post_init__(self) -> None:
+        if self.everything and self.where is not None:  # matching=true with no filter: all of them
+            object.__setattr__(self, "where", None)
+
+    @property
+    def one(self) -> bool:
+        """Whether it names one message by its id (so that finding none is a 404)."""
+        return self.message_id is not None
+
+
 class _TooLarge(Exception):
     pass
 
@@ -237,58 +275,84 @@ class Gateway:
         return JSONResponse({"queues": await self.backend.queues()})
 
     async def dead(self, request: Request) -> Response:
-        _only(request, "offset", "limit")
+        _only(request, "offset", "limit", *FILTER_PARAMS)
         offset = _count(request, "offset", 0, 0, MAX_DEAD_OFFSET)
         limit = _count(request, "limit", 50, 1, MAX_DEAD_LIMIT)
-        return JSONResponse(await self.backend.dead(offset=offset, limit=limit))
+        return JSONResponse(await self.backend.dead(offset=offset, limit=limit, where=_filter(request)))
+
+    async def dead_message(self, request: Request) -> Response:
+        _only(request)
+        key = request.path_params["key"]
+        found = await self.backend.dead_message(key)
+        if found is None:
+            return _error(404, f"no dead message has the id {key!r} (as last read)")
+        return JSONResponse(found)
 
     async def dead_queue(self, request: Request) -> Response:
         # One route for both methods, so that a 405 lists them all in its Allow header.
         return await (self.purge(request) if request.method == "DELETE" else self.dead(request))
 
-    def _selection(self, request: Request) -> str | None:
+    def _selection(self, request: Request) -> Selection:
+        """Which dead messages a requeue or delete is for: exactly one of message_id, key (repeated:
+        those selected on the page), all=true, matching=true (with the list's filter)."""
         message_id = request.query_params.get("message_id")
+        keys = request.query_params.getlist("key")
         everything = _flag(request, "all")
-        if message_id is not None and everything:
-            raise BadRequest("give message_id or all=true, not both")
-        if message_id is None and not everything:
-            raise BadRequest("say which dead messages: message_id=ID, or all=true")
-        if message_id == "":
-            raise BadRequest("message_id is empty")
-        return message_id
+        matching = _flag(request, "matching")
+        given = [name for name, on in (("message_id", message_id is not None), ("key", bool(keys)),
+                 ("all=true", everything), ("matching=true", matching)) if on]  # fmt: skip
+        if len(given) > 1:
+            raise BadRequest(
+                f"give one of message_id, key, all=true or matching=true, not {' and '.join(given)}"
+            )
+        if not given:
+            raise BadRequest(
+                "say which dead messages: message_id=ID, key=ID (repeatable), all=true, or matching=true"
+            )
+        if message_id == "" or "" in keys:
+            raise BadRequest("message_id or key is empty")
+        where = _filter(request)
+        if not matching and not where.empty:
+            raise BadRequest("routing_key, queue, error, since and until select only with matching=true")
+        if keys:
+            wanted = frozenset(keys)
+            return Selection(None, lambda m: dead_key(m) in wanted, everything=False, count=len(wanted))
+        if matching:
+            return Selection(None, where, everything=where.empty)
+        return Selection(message_id, None, everything=everything)
 
     async def requeue(self, request: Request) -> Response:
-        _only(request, "message_id", "all")
-        message_id = self._selection(request)
+        _only(request, "message_id", "key", "all", "matching", *FILTER_PARAMS)
+        chosen = self._selection(request)
         try:
-            report = await self.backend.requeue(message_id=message_id)
+            report = await self.backend.requeue(message_id=chosen.message_id, where=chosen.where)
         except ConfigurationError:
             return _error(404, f"there is no dead queue {self.backend.config.dead_queue!r} yet")
         left = [{"message_id": mid, "reason": self._scrub(reason)} for mid, reason in report.left]
-        if message_id is not None and not report.requeued and not left:
-            return _error(404, f"no dead message has the id {message_id!r}")
+        if chosen.one and not report.requeued and not left:
+            return _error(404, f"no dead message has the id {chosen.message_id!r}")
         return JSONResponse({"requeued": report.requeued, "left": left})
 
     async def delete(self, request: Request) -> Response:
-        _only(request, "message_id", "all", "confirm")
-        message_id = self._selection(request)
-        if message_id is None and not _flag(request, "confirm"):
-            raise BadRequest("deleting every dead message is for good: add confirm=true")
-        return await self._discard(message_id)
+        _only(request, "message_id", "key", "all", "matching", "confirm", *FILTER_PARAMS)
+        chosen = self._selection(request)
+        if chosen.message_id is None and chosen.count is None and not _flag(request, "confirm"):
+            raise BadRequest("deleting every (matching) dead message is for good: add confirm=true")
+        return await self._discard(chosen)
 
     async def purge(self, request: Request) -> Response:
         _only(request, "confirm")
         if not _flag(request, "confirm"):
             raise BadRequest("purging the dead queue deletes its messages for good: add confirm=true")
-        return await self._discard(None)
+        return await self._discard(Selection(None, None, everything=True))
 
-    async def _discard(self, message_id: str | None) -> Response:
+    async def _discard(self, chosen: Selection) -> Response:
         try:
-            deleted = await self.backend.discard(message_id=message_id)
+            deleted = await self.backend.discard(message_id=chosen.message_id, where=chosen.where)
         except ConfigurationError:
             return _error(404, f"there is no dead queue {self.backend.config.dead_queue!r} yet")
-        if message_id is not None and not deleted:
-            return _error(404, f"no dead message has the id {message_id!r}")
+        if chosen.one and not deleted:
+            return _error(404, f"no dead message has the id {chosen.message_id!r}")
         return JSONResponse({"deleted": deleted})
 
     # --- pause / resume ------------------------------------------------------------------------------
@@ -412,6 +476,7 @@ def create_app(
         Route("/api/queues", g(gateway.queues), methods=["GET"]),
         Route("/api/dead", g(gateway.dead_queue), methods=["GET", "DELETE"]),
         Route("/api/dead/requeue", g(gateway.requeue), methods=["POST"]),
+        Route("/api/dead/messages/{key:path}", g(gateway.dead_message), methods=["GET"]),
         Route("/api/dead/delete", g(gateway.delete), methods=["POST"]),
         Route("/api/consumers/{queue}/pause", g(gateway.pause), methods=["POST"]),
         Route("/api/consumers/{queue}/resume", g(gateway.resume), methods=["POST"]),

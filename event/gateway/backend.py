@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+import orjson
+
 from event import control, driver, wire
 from event.config import DEFAULT_EXCHANGE, redact_url, resolve_url
 from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.dead import DeadMessage, DeadQueue, RequeueReport
-from event.errors import ConfigurationError, EventError, Unroutable
+from event.errors import ConfigurationError, ConnectionFailed, EventError, Unroutable
+from event.gateway.morgue import DeadFilter, Fingerprint, Morgue, dead_key
 from event.management import ManagementApi
 from event.publisher import Publisher
 from event.sending import Sender, properties
@@ -28,7 +32,7 @@ from event.sending import Sender, properties
 # client can retry, and a request held for the Publisher's usual 30 s helps nobody.
 RECONNECT_TIMEOUT_S = 3.0
 CONFIRM_TIMEOUT_S = 10.0
-BODY_SHOWN_BYTES = 4096
+BODY_SHOWN_BYTES = 256 * 1024  # of a dead message opened; the list shows event.dead's short preview
 # A pause takes a moment to reach the workers: until then the queue may still show its consumers.
 PAUSE_SETTLE_S = 10.0
 
@@ -99,11 +103,27 @@ def queue_role(name: str, config: GatewayConfig) -> str:
     return "consumer"
 
 
-def dead_view(message: DeadMessage) -> dict[str, Any]:
-    """A dead message as the API shows it: the dead-queue tool's view, the body and the headers."""
+def dead_summary(message: DeadMessage) -> dict[str, Any]:
+    """A dead message as a row of the list shows it: the tool's view and the start of the body."""
     view = message.as_dict()
-    body = message.body[:BODY_SHOWN_BYTES].decode(errors="replace")
-    view["body"] = body + ("..." if len(message.body) > BODY_SHOWN_BYTES else "")
+    view["key"] = dead_key(message)
+    view["size"] = len(message.body)
+    return view
+
+
+def dead_view(message: DeadMessage) -> dict[str, Any]:
+    """A dead message opened: every header (``x-death`` included), the body as text (at most
+    ``BODY_SHOWN_BYTES``) and, when it is JSON, parsed (the page pretty-prints it)."""
+    view = dead_summary(message)
+    body = message.body[:BODY_SHOWN_BYTES]
+    view["body"] = body.decode(errors="replace")
+    view["body_truncated"] = len(message.body) > BODY_SHOWN_BYTES
+    try:
+        view["body_json"] = orjson.loads(message.body)
+        view["is_json"] = True
+    except orjson.JSONDecodeError:
+        view["body_json"] = None
+        view["is_json"] = False
     view["headers"] = {str(k): _json_safe(v) for k, v in message.headers.items()}
     return view
 
@@ -126,6 +146,9 @@ def _display_order(row: dict[str, Any]) -> tuple[int, int, str]:
     # Consumers first, then the dead queue, the workers' control queues, and the park and delay queues
     # by their level in seconds (5s before 10s before 10800s, not as text).
     return ROLES.index(row["role"]), row.get("level_s") or 0, row["name"]
+
+
+DeadSelection = Callable[[DeadMessage], bool] | None
 
 
 class NoSuchQueue(LookupError):
@@ -170,6 +193,7 @@ class Backend:
         self._inspect_channel: Channel | None = None
         # queue -> when it was paused through this gateway (loop time); resumed or forgotten: absent
         self.requested: dict[str, float] = {}
+        self.morgue = Morgue(self._dead, self._dead_fingerprint)
 
     async def close(self) -> None:
         """Close the publisher and the command connection."""
@@ -321,34 +345,79 @@ class Backend:
         dead.connector = self.connector
         return dead
 
-    async def dead(self, *, offset: int, limit: int) -> dict[str, Any]:
-        """A page of the dead queue (messages stay in it), with the total."""
+    async def _dead_fingerprint(self) -> Fingerprint | None:
+        """The dead queue's message count (a passive declare: nothing delivered) and the management
+        API's count of messages published into it (None when that API does not answer); None when
+        there is no dead queue."""
+        name = self.config.dead_queue
+        counts = await self._live_counts([name])
+        if name not in counts:  # no such queue, or no broker: DeadQueue tells which (or raises)
+            try:
+                async with self._dead() as dead:
+                    count = await dead.count()
+            except ConfigurationError:
+                return None
+        else:
+            count = counts[name][0]
         try:
-            async with self._dead() as dead:
-                total = await dead.count()
-                messages = await dead.list(limit=offset + limit) if offset < total else []
-        except ConfigurationError:  # no dead queue yet: no pool of the namespace has ever started
-            return {"queue": self.config.dead_queue, "exists": False, "total": 0, "messages": []}
-        page = messages[offset : offset + limit]
+            queue = await self.management.queue(name) or {}
+        except ConnectionFailed:
+            queue = {}
+        published = (queue.get("message_stats") or {}).get("publish")
+        return count, published if isinstance(published, int) else None
+
+    async def dead(self, *, offset: int, limit: int, where: DeadFilter) -> dict[str, Any]:
+        """A page of the dead queue, newest first, of the messages ``where`` lets through (they stay)."""
+        snapshot = await self.morgue.snapshot()
+        if snapshot is None:  # no dead queue yet: no pool of the namespace has ever started
+            return {
+                "queue": self.config.dead_queue,
+                "exists": False,
+                "total": 0,
+                "matching": 0,
+                "offset": offset,
+                "messages": [],
+            }
+        matching = snapshot.matching(where)
         return {
             "queue": self.config.dead_queue,
             "exists": True,
-            "total": total,
+            "total": len(snapshot.messages),
+            "matching": len(matching),
             "offset": offset,
-            "messages": [dead_view(m) for m in page],
+            "read_at": datetime.fromtimestamp(snapshot.read_at, UTC).isoformat(),
+            "reads": self.morgue.reads,
+            "messages": [dead_summary(m) for m in matching[offset : offset + limit]],
         }
 
-    async def requeue(self, *, message_id: str | None) -> RequeueReport:
-        """Requeue one dead message by id, or all of them (``message_id=None``)."""
-        async with self._dead() as dead:
-            return await dead.requeue(message_id=message_id, everything=message_id is None)
+    async def dead_message(self, key: str) -> dict[str, Any] | None:
+        """One dead message in full (as last read), or None when there is none with ``key``."""
+        snapshot = await self.morgue.snapshot()
+        message = snapshot.by_key.get(key) if snapshot is not None else None
+        return dead_view(message) if message is not None else None
 
-    async def discard(self, *, message_id: str | None) -> int:
-        """Delete one dead message by id, or all of them (``message_id=None``); returns how many."""
-        async with self._dead() as dead:
-            if message_id is None:
-                return await dead.purge()
-            return await dead.discard(message_id)
+    async def requeue(self, *, message_id: str | None = None, where: DeadSelection = None) -> RequeueReport:
+        """Requeue one dead message by id, the ones ``where`` selects, or all of them (both None)."""
+        try:
+            async with self._dead() as dead:
+                if where is not None:
+                    return await dead.requeue(where=where)
+                return await dead.requeue(message_id=message_id, everything=message_id is None)
+        finally:
+            self.morgue.invalidate()
+
+    async def discard(self, *, message_id: str | None = None, where: DeadSelection = None) -> int:
+        """Delete one dead message by id, the ones ``where`` selects, or all of them (both None);
+        returns how many."""
+        try:
+            async with self._dead() as dead:
+                if where is not None:
+                    return await dead.discard_where(where)
+                if message_id is None:
+                    return await dead.purge()
+                return await dead.discard(message_id)
+        finally:
+            self.morgue.invalidate()
 
     # --- pause / resume ------------------------------------------------------------------------------
 

@@ -76,21 +76,44 @@ _QUEUE = {
     },
 }
 
+_DEAD_SUMMARY_PROPERTIES: dict[str, Any] = {
+    "key": {"type": "string", "description": "the message id, or a digest for a message without one"},
+    "message_id": {"type": ["string", "null"]},
+    "routing_key": {"type": "string"},
+    "queue": {"type": ["string", "null"], "description": "the consumer queue it failed in"},
+    "error": {"type": ["string", "null"], "description": "the last error (header event-error)"},
+    "failed_at": {"type": ["string", "null"], "format": "date-time"},
+    "attempts": {"type": "integer"},
+    "body_preview": {"type": "string", "description": "the start of the body, as text"},
+    "size": {"type": "integer", "description": "the body's size in bytes"},
+}
+
+_DEAD_SUMMARY = {
+    "type": "object",
+    "required": ["key", "routing_key", "attempts", "body_preview", "size"],
+    "properties": _DEAD_SUMMARY_PROPERTIES,
+}
+
 _DEAD_MESSAGE = {
     "type": "object",
-    "required": ["routing_key", "attempts", "body", "headers"],
+    "required": ["key", "routing_key", "attempts", "body", "headers", "is_json"],
     "properties": {
-        "message_id": {"type": ["string", "null"]},
-        "routing_key": {"type": "string"},
-        "queue": {"type": ["string", "null"], "description": "the consumer queue it failed in"},
-        "error": {"type": ["string", "null"], "description": "the last error (header event-error)"},
-        "failed_at": {"type": ["string", "null"], "format": "date-time"},
-        "attempts": {"type": "integer"},
-        "body_preview": {"type": "string"},
-        "body": {"type": "string", "description": "the body as text (at most 4 KiB shown)"},
-        "headers": {"type": "object"},
+        **_DEAD_SUMMARY_PROPERTIES,
+        "body": {"type": "string", "description": "the body as text (at most 256 KiB)"},
+        "body_truncated": {"type": "boolean"},
+        "is_json": {"type": "boolean"},
+        "body_json": {"description": "the body parsed, when it is JSON (else null)"},
+        "headers": {"type": "object", "description": "every header, x-death included"},
     },
 }
+
+_FILTER = [
+    _query("routing_key", {"type": "string"}, "a part of the routing key, or a topic pattern with * or #"),
+    _query("queue", {"type": "string"}, "a part of the failing queue's name"),
+    _query("error", {"type": "string"}, "a part of the error text (case ignored)"),
+    _query("since", {"type": "string", "format": "date-time"}, "failed at this time or later"),
+    _query("until", {"type": "string", "format": "date-time"}, "failed at this time or earlier"),
+]
 
 _REQUEUED = {
     "type": "object",
@@ -116,7 +139,14 @@ _COMMANDED = {
 }
 
 _MESSAGE_ID = _query("message_id", {"type": "string", "minLength": 1}, "only the message with this id")
-_ALL = _query("all", {"type": "boolean"}, "every message (when no message_id is given)")
+_ALL = _query("all", {"type": "boolean"}, "every message")
+_KEYS = _query(
+    "key",
+    {"type": "array", "items": {"type": "string", "minLength": 1}},
+    "the messages with these keys (repeat the parameter: those selected on the page)",
+) | {"style": "form", "explode": True}
+_MATCHING = _query("matching", {"type": "boolean"}, "every message that passes the filter parameters")
+_SELECTION = [_MESSAGE_ID, _KEYS, _ALL, _MATCHING, *_FILTER]
 
 
 def document() -> dict[str, Any]:
@@ -227,27 +257,43 @@ def document() -> dict[str, Any]:
             },
             "/api/dead": {
                 "get": {
-                    "summary": "A page of the dead queue, with each message's error headers (messages stay)",
+                    "summary": "A page of the dead queue, newest first, filtered (messages stay in it)",
                     "operationId": "dead",
                     "parameters": [
                         _query(
-                            "offset", {"type": "integer", "minimum": 0, "maximum": 10000}, "skip this many"
+                            "offset",
+                            {"type": "integer", "minimum": 0, "maximum": 100000},
+                            "skip this many (of those matching, newest first)",
                         ),
                         _query(
                             "limit", {"type": "integer", "minimum": 1, "maximum": 500}, "at most this many"
                         ),
+                        *_FILTER,
                     ],
                     "responses": {
                         "200": _json(
                             {
                                 "type": "object",
-                                "required": ["queue", "exists", "total", "messages"],
+                                "required": ["queue", "exists", "total", "matching", "messages"],
                                 "properties": {
                                     "queue": {"type": "string"},
                                     "exists": {"type": "boolean"},
-                                    "total": {"type": "integer"},
+                                    "total": {"type": "integer", "description": "messages in the queue"},
+                                    "matching": {
+                                        "type": "integer",
+                                        "description": "of those, passing the filter",
+                                    },
                                     "offset": {"type": "integer"},
-                                    "messages": {"type": "array", "items": _DEAD_MESSAGE},
+                                    "read_at": {
+                                        "type": "string",
+                                        "format": "date-time",
+                                        "description": "when the gateway last read the queue",
+                                    },
+                                    "reads": {
+                                        "type": "integer",
+                                        "description": "how often this gateway read the whole queue so far",
+                                    },
+                                    "messages": {"type": "array", "items": _DEAD_SUMMARY},
                                 },
                             },
                             "the page",
@@ -262,22 +308,31 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _json(_DELETED, "purged"), **_errors(400, 404, 503)},
                 },
             },
+            "/api/dead/messages/{key}": {
+                "get": {
+                    "summary": "One dead message in full: headers with x-death, the body",
+                    "operationId": "deadMessage",
+                    "parameters": [_path("key", "the message's key (its message id) from the list")],
+                    "responses": {"200": _json(_DEAD_MESSAGE, "the message"), **_errors(404, 503)},
+                }
+            },
             "/api/dead/requeue": {
                 "post": {
-                    "summary": "Send dead messages back to the queue each failed in: one by id, or all",
+                    "summary": "Send dead messages back to the queue each failed in: one by id, those "
+                    "selected (key), all, or all matching a filter",
                     "operationId": "requeueDead",
-                    "parameters": [_MESSAGE_ID, _ALL],
+                    "parameters": _SELECTION,
                     "responses": {"200": _json(_REQUEUED, "what was requeued"), **_errors(400, 404, 503)},
                 }
             },
             "/api/dead/delete": {
                 "post": {
-                    "summary": "Delete dead messages: one by id, or all (all=true needs confirm=true)",
+                    "summary": "Delete dead messages, selected as for requeue (all=true and "
+                    "matching=true need confirm=true)",
                     "operationId": "deleteDead",
                     "parameters": [
-                        _MESSAGE_ID,
-                        _ALL,
-                        _query("confirm", {"type": "boolean"}, "with all=true"),
+                        *_SELECTION,
+                        _query("confirm", {"type": "boolean"}, "with all=true or matching=true"),
                     ],
                     "responses": {"200": _json(_DELETED, "deleted"), **_errors(400, 404, 503)},
                 }

@@ -58,7 +58,7 @@ async def test_bad_requests_get_400_naming_the_problem(
         ("/publish/app.x", {"in": "5", "at": "2030-01-01T00:00:00Z"}, b"{}", "not both"),
         ("/publish/app.x", {"at": "2030-01-01T00:00:00"}, b"{}", "time zone"),
         ("/publish/app.x", {"at": "tomorrow"}, b"{}", "ISO 8601"),
-        ("/api/dead/requeue", {}, b"", "message_id=ID, or all=true"),
+        ("/api/dead/requeue", {}, b"", "message_id=ID, key=ID (repeatable), all=true"),
         ("/api/dead/delete", {"all": "true"}, b"", "confirm=true"),
     ]
     async with gateway(amqp_url, iso, management) as gw, httpx.AsyncClient(base_url=gw.base) as client:
@@ -212,12 +212,17 @@ async def test_the_dead_queue_over_http_lists_deletes_requeues_and_purges(
         failing["on"] = False
         page = (await client.get("/api/dead", params={"limit": "3"})).json()
         assert (page["exists"], page["total"], len(page["messages"])) == (True, 4, 3)
-        first = page["messages"][0]
-        assert first["message_id"] == "item-0" and first["queue"] == f"{iso.namespace}:fragile"
-        assert first["error"] == "Dead: no stock for item 0" and first["attempts"] == 1
-        assert first["body"] == '{"item":0}' and first["headers"]["event-error"] == first["error"]
+        assert [m["message_id"] for m in page["messages"]] == ["item-3", "item-2", "item-1"]  # newest first
         rest = (await client.get("/api/dead", params={"offset": "3"})).json()["messages"]
-        assert [m["message_id"] for m in rest] == ["item-3"]
+        assert [m["message_id"] for m in rest] == ["item-0"]
+        oldest = rest[0]
+        assert oldest["queue"] == f"{iso.namespace}:fragile" and oldest["attempts"] == 1
+        assert oldest["error"] == "Dead: no stock for item 0" and oldest["body_preview"] == '{"item":0}'
+        opened = (await client.get("/api/dead/messages/item-0")).json()
+        assert opened["body"] == '{"item":0}' and opened["body_json"] == {"item": 0}
+        assert opened["headers"]["event-error"] == oldest["error"]
+        nothing = await client.get("/api/dead/messages/no-such-id")
+        assert nothing.status_code == 404 and "no-such-id" in nothing.json()["error"]
 
         deleted = await client.post("/api/dead/delete", params={"message_id": "item-1"})
         assert deleted.status_code == 200 and deleted.json() == {"deleted": 1}

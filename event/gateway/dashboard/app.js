@@ -9,7 +9,7 @@ const DEAD_EVERY_MS = 3000;
 function status(text, isError) {
   const el = document.getElementById("status");
   el.textContent = text;
-  el.style.color = isError ? "#f86368" : "";
+  el.classList.toggle("error", Boolean(isError));
 }
 
 async function api(method, path) {
@@ -140,55 +140,216 @@ async function refreshQueues() {
   document.getElementById("queues-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
+// The dead queue: a page of the gateway's snapshot, newest first (see the docs: the gateway reads the
+// queue again only when it changed, so polling it here costs the broker nothing).
+const PAGE = 50;
+const dead = { offset: 0, matching: 0, total: 0, selected: new Set(), filter: new URLSearchParams() };
+
+function filterFromForm() {
+  const form = new FormData(document.getElementById("dead-filter"));
+  const params = new URLSearchParams();
+  for (const [name, value] of form.entries()) {
+    if (!value) continue;
+    // datetime-local has no zone: the browser's own, sent as an ISO time with its offset.
+    params.set(name, name === "since" || name === "until" ? new Date(value).toISOString() : value);
+  }
+  return params;
+}
+
+function deadQuery(extra) {
+  const params = new URLSearchParams(dead.filter);
+  for (const [k, v] of Object.entries(extra || {})) params.set(k, v);
+  return params.toString();
+}
+
+function shorten(text, length) {
+  if (!text) return "";
+  return text.length > length ? text.slice(0, length - 1) + "…" : text;
+}
+
 async function refreshDead() {
   let data;
   try {
-    data = await api("GET", "api/dead?limit=100");
+    data = await api("GET", `api/dead?${deadQuery({ offset: dead.offset, limit: PAGE })}`);
   } catch (e) {
     status(e.message, true);
     return;
   }
+  dead.matching = data.matching;
+  dead.total = data.total;
+  const filtered = dead.filter.toString() !== "";
+  document.getElementById("dead-total").textContent = data.exists
+    ? `${data.queue}: ${data.total} message(s)${filtered ? `, ${data.matching} matching` : ""}`
+    : `${data.queue} does not exist yet`;
   const tbody = document.querySelector("#dead tbody");
   tbody.replaceChildren();
-  document.getElementById("dead-total").textContent = data.exists
-    ? `${data.queue}: ${data.total} message(s)` : `${data.queue} does not exist yet`;
   for (const m of data.messages) {
     const tr = document.createElement("tr");
     tr.dataset.messageId = m.message_id || "";
-    cell(tr, m.message_id, "code");
+    tr.dataset.key = m.key;
+    const pick = document.createElement("input");
+    pick.type = "checkbox";
+    pick.checked = dead.selected.has(m.key);
+    pick.setAttribute("aria-label", `Select dead message ${m.message_id || m.key}`);
+    pick.addEventListener("change", () => {
+      if (pick.checked) dead.selected.add(m.key); else dead.selected.delete(m.key);
+      updateSelection();
+    });
+    cell(tr, "").appendChild(pick);
+    cell(tr, m.failed_at ? new Date(m.failed_at).toLocaleString() : "", "when");
     cell(tr, m.routing_key, "code");
     cell(tr, m.queue, "code");
     cell(tr, m.attempts, "n");
-    cell(tr, m.failed_at ? new Date(m.failed_at).toLocaleString() : "");
-    cell(tr, m.error, "error");
-    cell(tr, m.body, "code body");
-    const actions = cell(tr, "");
-    if (m.message_id) {
-      const id = encodeURIComponent(m.message_id);
-      actions.appendChild(button("Requeue", () => act(
-        (r) => `requeued ${r.requeued.length} message(s)`, "POST", `api/dead/requeue?message_id=${id}`,
-        refreshAll), "requeue"));
-      actions.appendChild(button("Delete", () => {
-        if (!confirm(`Delete dead message ${m.message_id} for good?`)) return;
-        act((r) => `deleted ${r.deleted} message(s)`, "POST", `api/dead/delete?message_id=${id}`, refreshAll);
-      }, "danger delete"));
-    }
+    cell(tr, shorten(m.error, 160), "error");
+    cell(tr, m.body_preview, "code body");
+    const open = button("Open", () => openMessage(m.key), "open");
+    open.setAttribute("aria-label", `Open dead message ${m.message_id || m.key}`);
+    cell(tr, "").appendChild(open);
     tbody.appendChild(tr);
   }
-  if (!data.messages.length) emptyRow(tbody, 8, "no dead messages");
+  if (!data.messages.length) emptyRow(tbody, 8, filtered ? "no dead message matches" : "no dead messages");
+  const first = data.matching ? dead.offset + 1 : 0;
+  const last = dead.offset + data.messages.length;
+  document.getElementById("page-info").textContent = `${first}–${last} of ${data.matching}`;
+  document.getElementById("page-first").disabled = dead.offset === 0;
+  document.getElementById("page-prev").disabled = dead.offset === 0;
+  document.getElementById("page-next").disabled = last >= data.matching;
+  document.getElementById("page-last").disabled = last >= data.matching;
+  document.getElementById("requeue-matching").textContent = `Requeue all ${filtered ? "matching " : ""}(${data.matching})`;
+  document.getElementById("delete-matching").textContent = `Delete all ${filtered ? "matching " : ""}(${data.matching})`;
+  document.getElementById("select-page").checked =
+    data.messages.length > 0 && data.messages.every((m) => dead.selected.has(m.key));
+  document.getElementById("dead-read").textContent = data.read_at
+    ? `Read from the broker at ${new Date(data.read_at).toLocaleTimeString()}; read again only when the dead queue changes (each read hands every dead message out and back once).`
+    : "";
 }
+
+function updateSelection() {
+  const n = dead.selected.size;
+  for (const [id, verb] of [["requeue-selected", "Requeue"], ["delete-selected", "Delete"]]) {
+    const b = document.getElementById(id);
+    b.disabled = n === 0;
+    b.textContent = n ? `${verb} ${n} selected` : `${verb} selected`;
+  }
+}
+
+function keysQuery() {
+  const params = new URLSearchParams();
+  for (const key of dead.selected) params.append("key", key);
+  return params.toString();
+}
+
+async function afterDeadChange() {
+  dead.selected.clear();
+  updateSelection();
+  await refreshAll();
+}
+
+function requeued(r) {
+  return `requeued ${r.requeued.length} message(s)` + (r.left.length ? `, ${r.left.length} left: ${r.left[0].reason}` : "");
+}
+
+async function openMessage(key) {
+  let m;
+  try {
+    m = await api("GET", `api/dead/messages/${encodeURIComponent(key)}`);
+  } catch (e) {
+    status(e.message, true);
+    return;
+  }
+  const facts = document.getElementById("dead-message-facts");
+  facts.replaceChildren();
+  for (const [name, value] of [["message id", m.message_id || m.key], ["routing key", m.routing_key],
+    ["queue", m.queue], ["attempts", m.attempts], ["failed at", m.failed_at ? new Date(m.failed_at).toLocaleString() : ""]]) {
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    dd.textContent = value === null || value === undefined ? "" : String(value);
+    facts.append(dt, dd);
+  }
+  document.getElementById("dead-message-error").textContent = m.error || "(none)";
+  document.getElementById("dead-message-body").textContent = m.is_json && !m.body_truncated
+    ? JSON.stringify(m.body_json, null, 2) : m.body;
+  document.getElementById("dead-message-size").textContent =
+    `${m.size} bytes${m.is_json ? ", JSON" : ""}${m.body_truncated ? ", the first 256 KiB shown" : ""}`;
+  document.getElementById("dead-message-headers").textContent = JSON.stringify(m.headers, null, 2);
+  const dialog = document.getElementById("dead-message");
+  dialog.dataset.key = m.key;
+  dialog.dataset.messageId = m.message_id || "";
+  dialog.showModal();
+}
+
+function deadAction(id, handler) {
+  document.getElementById(id).addEventListener("click", handler);
+}
+
+deadAction("dead-message-close", () => document.getElementById("dead-message").close());
+deadAction("dead-message-requeue", () => {
+  const dialog = document.getElementById("dead-message");
+  dialog.close();
+  act(requeued, "POST", `api/dead/requeue?key=${encodeURIComponent(dialog.dataset.key)}`, afterDeadChange);
+});
+deadAction("dead-message-delete", () => {
+  const dialog = document.getElementById("dead-message");
+  if (!confirm(`Delete dead message ${dialog.dataset.messageId || dialog.dataset.key} for good?`)) return;
+  dialog.close();
+  act((r) => `deleted ${r.deleted} message(s)`, "POST", `api/dead/delete?key=${encodeURIComponent(dialog.dataset.key)}`, afterDeadChange);
+});
+deadAction("requeue-selected", () => {
+  const n = dead.selected.size;
+  if (!confirm(`Requeue ${n} selected dead message(s) to the queues they failed in?`)) return;
+  act(requeued, "POST", `api/dead/requeue?${keysQuery()}`, afterDeadChange);
+});
+deadAction("delete-selected", () => {
+  const n = dead.selected.size;
+  if (!confirm(`Delete ${n} selected dead message(s) for good?`)) return;
+  act((r) => `deleted ${r.deleted} message(s)`, "POST", `api/dead/delete?${keysQuery()}`, afterDeadChange);
+});
+deadAction("requeue-matching", () => {
+  const what = dead.filter.toString() ? "matching this filter" : "in the dead queue";
+  if (!confirm(`Requeue all ${dead.matching} dead message(s) ${what}?`)) return;
+  act(requeued, "POST", `api/dead/requeue?${deadQuery({ matching: "true" })}`, afterDeadChange);
+});
+deadAction("delete-matching", () => {
+  const what = dead.filter.toString() ? "matching this filter" : "in the dead queue";
+  if (!confirm(`Delete all ${dead.matching} dead message(s) ${what} for good?`)) return;
+  act((r) => `deleted ${r.deleted} message(s)`, "POST",
+    `api/dead/delete?${deadQuery({ matching: "true", confirm: "true" })}`, afterDeadChange);
+});
+deadAction("select-page", (event) => {
+  for (const tr of document.querySelectorAll("#dead tbody tr[data-key]")) {
+    const pick = tr.querySelector("input[type=checkbox]");
+    pick.checked = event.target.checked;
+    if (pick.checked) dead.selected.add(tr.dataset.key); else dead.selected.delete(tr.dataset.key);
+  }
+  updateSelection();
+});
+deadAction("page-first", () => { dead.offset = 0; refreshDead(); });
+deadAction("page-prev", () => { dead.offset = Math.max(0, dead.offset - PAGE); refreshDead(); });
+deadAction("page-next", () => { dead.offset += PAGE; refreshDead(); });
+deadAction("page-last", () => {
+  dead.offset = Math.max(0, Math.floor((dead.matching - 1) / PAGE) * PAGE);
+  refreshDead();
+});
+document.getElementById("dead-filter").addEventListener("submit", (event) => {
+  event.preventDefault();
+  dead.filter = filterFromForm();
+  dead.offset = 0;
+  dead.selected.clear();
+  updateSelection();
+  refreshDead();
+});
+document.getElementById("dead-filter").addEventListener("reset", () => {
+  dead.filter = new URLSearchParams();
+  dead.offset = 0;
+  dead.selected.clear();
+  updateSelection();
+  setTimeout(refreshDead, 0);
+});
 
 async function refreshAll() {
   await Promise.all([refreshQueues(), refreshDead()]);
 }
-
-document.getElementById("requeue-all").addEventListener("click", () => act(
-  (r) => `requeued ${r.requeued.length} message(s)` + (r.left.length ? `, ${r.left.length} left` : ""),
-  "POST", "api/dead/requeue?all=true", refreshAll));
-document.getElementById("delete-all").addEventListener("click", () => {
-  if (!confirm("Delete every dead message for good?")) return;
-  act((r) => `deleted ${r.deleted} message(s)`, "POST", "api/dead/delete?all=true&confirm=true", refreshAll);
-});
 
 refreshAll();
 setInterval(refreshQueues, QUEUES_EVERY_MS);
