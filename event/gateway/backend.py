@@ -197,6 +197,7 @@ class Backend:
 
     async def close(self) -> None:
         """Close the publisher and the command connection."""
+        await self.morgue.close()
         await self.publisher.close()
         await self._command_sender.close()
         await close_quietly(self._inspect_channel)
@@ -398,26 +399,29 @@ class Backend:
 
     async def requeue(self, *, message_id: str | None = None, where: DeadSelection = None) -> RequeueReport:
         """Requeue one dead message by id, the ones ``where`` selects, or all of them (both None)."""
-        try:
-            async with self._dead() as dead:
-                if where is not None:
-                    return await dead.requeue(where=where)
-                return await dead.requeue(message_id=message_id, everything=message_id is None)
-        finally:
-            self.morgue.invalidate()
+        async with self._dead() as dead:
+            if where is not None:
+                report = await dead.requeue(where=where)
+            else:
+                report = await dead.requeue(message_id=message_id, everything=message_id is None)
+        requeued = set(report.requeued)
+        self.morgue.forget(lambda m: m.message_id in requeued and (where is None or where(m)))
+        return report
 
     async def discard(self, *, message_id: str | None = None, where: DeadSelection = None) -> int:
         """Delete one dead message by id, the ones ``where`` selects, or all of them (both None);
         returns how many."""
-        try:
-            async with self._dead() as dead:
-                if where is not None:
-                    return await dead.discard_where(where)
-                if message_id is None:
-                    return await dead.purge()
-                return await dead.discard(message_id)
-        finally:
-            self.morgue.invalidate()
+        async with self._dead() as dead:
+            if where is not None:
+                deleted = await dead.discard_where(where)
+                self.morgue.forget(where)
+            elif message_id is None:
+                deleted = await dead.purge()
+                self.morgue.forget(lambda m: True)
+            else:
+                deleted = await dead.discard(message_id)
+                self.morgue.forget(lambda m: m.message_id == message_id)
+        return deleted
 
     # --- pause / resume ------------------------------------------------------------------------------
 

@@ -6,13 +6,15 @@ back, and the broker counts one redelivery per message. So the gateway reads the
 snapshot (:meth:`event.dead.DeadQueue.read_all`) and reads it again only when its fingerprint changed:
 the message count (a passive declare, which delivers nothing) and the management API's count of
 messages published into it. However many tabs are open and for however long, an unchanged dead queue
-is read once; a changing one at most once every ``min_reread_s``.
+is read once; a changing one at most once every ``min_reread_s``, and only once its count settled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ from event import wire
 from event.dead import DeadMessage, DeadQueue
 
 Fingerprint = tuple[int, int | None]
+
+log = logging.getLogger("event.gateway")
 
 
 def dead_key(message: DeadMessage) -> str:
@@ -86,7 +90,12 @@ class Snapshot:
 
 
 class Morgue:
-    """Snapshots of one dead queue, re-read only when it changed (see the module's text)."""
+    """Snapshots of one dead queue, re-read only when it changed (see the module's text).
+
+    The first look waits for the first read; later ones get the snapshot at once, and a change seen
+    twice in a row (the queue's count settled: RabbitMQ takes its time putting back what a requeue
+    handed back) starts a read in the background, at most one every ``min_reread_s``.
+    """
 
     def __init__(
         self,
@@ -100,26 +109,55 @@ class Morgue:
         self.min_reread_s = min_reread_s
         self.reads = 0  # full reads so far: each redelivered every message of the queue once
         self._snapshot: Snapshot | None = None
+        self._last_seen: Fingerprint | None = None
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
 
-    def invalidate(self) -> None:
-        """Forget the snapshot (after this gateway changed the queue): the next look reads it again."""
-        self._snapshot = None
+    async def close(self) -> None:
+        """Stop a read under way (its messages go back to the queue with its channel)."""
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._refreshing
+
+    def forget(self, where: Callable[[DeadMessage], bool]) -> None:
+        """Drop the messages ``where`` selects from the snapshot: this gateway requeued or deleted them
+        (the next read, once the queue settled, confirms it)."""
+        old = self._snapshot
+        if old is not None:
+            kept = tuple(m for m in old.messages if not where(m))
+            self._snapshot = Snapshot(kept, old.read_at, old.fingerprint, {dead_key(m): m for m in kept})
 
     async def snapshot(self) -> Snapshot | None:
-        """The dead queue now, or as of at most ``min_reread_s`` ago while it keeps changing; None when
-        there is no dead queue."""
-        async with self._lock:  # one read for every tab that asks meanwhile
-            now = await self.fingerprint()
-            if now is None:
-                self._snapshot = None
-                return None
+        """The dead queue as last read (the first time: now); None when there is no dead queue."""
+        now = await self.fingerprint()
+        if now is None:
+            self._snapshot = self._last_seen = None
+            return None
+        if self._snapshot is None:
+            async with self._lock:  # one read for every tab that asks meanwhile
+                if self._snapshot is None:
+                    await self._read(now)
+        else:
             old = self._snapshot
-            if old is not None and (old.fingerprint == now or time.time() - old.read_at < self.min_reread_s):
-                return old
-            async with self.open_dead() as dead:
-                read = await dead.read_all()
-            self.reads += 1
-            newest_first: tuple[DeadMessage, ...] = tuple(reversed(read))
-            self._snapshot = Snapshot(newest_first, time.time(), now, {dead_key(m): m for m in newest_first})
-            return self._snapshot
+            settled = now == self._last_seen
+            due = time.time() - old.read_at >= self.min_reread_s
+            idle = self._refreshing is None or self._refreshing.done()
+            if now != old.fingerprint and settled and due and idle:
+                self._refreshing = asyncio.get_running_loop().create_task(self._refresh(now))
+        self._last_seen = now
+        return self._snapshot
+
+    async def _refresh(self, now: Fingerprint) -> None:
+        async with self._lock:
+            try:
+                await self._read(now)
+            except Exception as exc:  # the broker went away meanwhile: the next look tries again
+                log.warning("reading the dead queue failed: %s", exc)
+
+    async def _read(self, now: Fingerprint) -> None:
+        async with self.open_dead() as dead:
+            read = await dead.read_all()
+        self.reads += 1
+        newest_first: tuple[DeadMessage, ...] = tuple(reversed(read))
+        self._snapshot = Snapshot(newest_first, time.time(), now, {dead_key(m): m for m in newest_first})
