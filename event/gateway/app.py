@@ -32,6 +32,7 @@ from event.gateway.apipage import render_api_page
 from event.gateway.backend import (
     Backend,
     GatewayConfig,
+    ManagementUnavailable,
     NoSuchQueue,
     NotConsumed,
     NotRouted,
@@ -72,8 +73,10 @@ def _only(request: Request, *names: str) -> None:
         )
 
 
-def _error(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"error": reason}, status_code=status)
+def _error(status: int, reason: str, *, problem: str | None = None) -> JSONResponse:
+    # problem (503s only): "broker" or "management", what the page names as the thing to fix.
+    body = {"error": reason} if problem is None else {"error": reason, "problem": problem}
+    return JSONResponse(body, status_code=status)
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -226,9 +229,12 @@ class Gateway:
                 )
             except Unroutable as exc:
                 return _error(409, self._scrub(str(exc)))
+            except ManagementUnavailable as exc:
+                return _error(503, self._scrub(str(exc)), problem="management")
             except (ConnectionFailed, PublishError, OSError) as exc:
                 log.warning("%s %s: %s", request.method, request.url.path, self._scrub(str(exc)))
-                return _error(503, self._scrub(f"the broker is unreachable, nothing was done: {exc}"))
+                done = "" if request.method in ("GET", "HEAD") else "nothing was done: "
+                return _error(503, self._scrub(f"{done}{exc}"), problem="broker")
 
         return run
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.error import HTTPError
 from urllib.parse import quote
 
 import orjson
@@ -155,6 +156,10 @@ class NoSuchQueue(LookupError):
     """The queue named is not a consumer queue of the namespace."""
 
 
+class ManagementUnavailable(EventError):
+    """The management API, which lists the queues, cannot be used; the text says why and the fix."""
+
+
 class NotRouted(LookupError):
     """A mandatory publish whose routing key no queue is bound to receive."""
 
@@ -268,9 +273,13 @@ class Backend:
     async def queues(self) -> list[dict[str, Any]]:
         """Every queue of the namespace in its role, with its figures (from the management API)."""
         levels = level_queues(self.config)
-        control_queues = await self._control_queues()
+        try:
+            control_queues = await self._control_queues()
+            listing = await self.management.queues()
+        except ConnectionFailed as exc:
+            raise ManagementUnavailable(self.explain_management(exc)) from None
         rows = []
-        for queue in await self.management.queues():
+        for queue in listing:
             name = queue.get("name", "")
             if name in control_queues:
                 role = "control"
@@ -312,6 +321,35 @@ class Backend:
                 row["pausable"] = row["consumers"] > 0 or row["paused"]
         rows.sort(key=_display_order)
         return rows
+
+    def explain_management(self, exc: ConnectionFailed) -> str:
+        """What is wrong with the management API, and the fix, from the error reaching it gave."""
+        cause = exc.__cause__
+        base = self.management.base
+        if isinstance(cause, HTTPError) and cause.code == 401:
+            return (
+                f"the management API at {base} refused the user {self.management.user!r} (401): check the "
+                f"user and password in the broker URL, which the management API is asked with too"
+            )
+        if isinstance(cause, HTTPError) and cause.code == 403:
+            return (
+                f"the management API at {base} lets the user {self.management.user!r} in but not see the "
+                f"queues (403): give it the 'monitoring' or 'management' tag (rabbitmqctl set_user_tags)"
+            )
+        return str(exc)
+
+    async def check(self) -> list[str]:
+        """What is wrong with the broker and its management API now, each with its fix (empty: nothing)."""
+        problems = []
+        try:
+            await self._side_connection()
+        except ConnectionFailed as exc:
+            problems.append(str(exc))
+        try:
+            await self.management.get("/overview")
+        except ConnectionFailed as exc:
+            problems.append(self.explain_management(exc) + "; the queue list stays empty until then")
+        return problems
 
     def _paused(self, name: str, consumers: int) -> bool:
         # Workers publish no state of their own; the broker's consumer count is what they do. A queue

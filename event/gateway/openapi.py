@@ -167,7 +167,15 @@ def document() -> dict[str, Any]:
                 "Error": {
                     "type": "object",
                     "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
+                    "properties": {
+                        "error": {"type": "string", "description": "what is wrong, and the fix"},
+                        "problem": {
+                            "type": "string",
+                            "enum": ["broker", "management"],
+                            "description": "with a 503: what to fix, the broker (down, or refusing the "
+                            "login) or its management API (off, or refusing the user)",
+                        },
+                    },
                 },
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

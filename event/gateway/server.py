@@ -14,7 +14,7 @@ from starlette.types import ASGIApp
 
 from event.errors import ConfigurationError
 from event.gateway.app import create_app
-from event.gateway.backend import GatewayConfig
+from event.gateway.backend import Backend, GatewayConfig
 from event.gateway.security import check_bind, is_loopback
 
 log = logging.getLogger("event.gateway")
@@ -35,7 +35,12 @@ async def serve(config: GatewayConfig, host: str, port: int, *, token: str | Non
     """
     check_bind(host, token)
     listening = listen(host, port)
-    app = create_app(config, token=token, loopback_only=is_loopback(host))
+    backend = Backend(config)
+    # Say at once what is wrong (broker down, a wrong password, no management API), each with its fix;
+    # the gateway serves all the same and answers 503 naming the problem until it is fixed.
+    for problem in await backend.check():
+        log.warning("event serve: %s", problem)
+    app = create_app(config, token=token, loopback_only=is_loopback(host), backend=backend)
     log.info(
         "event serve: namespace %r, exchange %r at %s, on http://%s:%d/%s",
         config.namespace,

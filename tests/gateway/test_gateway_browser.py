@@ -45,6 +45,37 @@ pytestmark = [
 
 TOKEN = "browser-test-token-0123456789"
 
+# Every element showing text, with its contrast against the background it is drawn on (the first
+# ancestor with one), by WCAG 2's formula; disabled controls are exempt (WCAG 1.4.3).
+LOW_CONTRAST_JS = """
+() => {
+  const rgb = (text) => (text.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    const style = getComputedStyle(el);
+    if (!own || el.closest(":disabled") || style.visibility === "hidden" || !el.offsetParent) continue;
+    const fg = rgb(style.color).slice(0, 3);
+    const a = lum(fg), b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const text = el.textContent.trim().slice(0, 30);
+    if (ratio < 4.5) low.push(`${el.tagName}.${el.className} "${text}" ${ratio.toFixed(2)}`);
+  }
+  return low;
+}
+"""
+
 
 def outside_address() -> str:
     """An address of this machine beyond loopback (the one other hosts would use), else 127.0.0.1."""
@@ -197,6 +228,13 @@ async def _drive(
     assert width <= 390, f"the page is {width} px wide at 390"
     await page.screenshot(path=str(shots / "dashboard-phone.png"), full_page=True)
     await page.set_viewport_size({"width": 1400, "height": 900})
+    assert await page.evaluate(LOW_CONTRAST_JS) == []
+    await page.emulate_media(color_scheme="dark")  # prefers-color-scheme: dark
+    assert await page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(22, 24, 26)"
+    assert await page.evaluate(LOW_CONTRAST_JS) == []
+    await page.screenshot(path=str(shots / "dashboard-dark.png"), full_page=True)
+    await page.emulate_media(color_scheme="light")
+    assert await page.evaluate("async () => (await fetch('favicon.ico')).status") == 200
 
     # Delete all matching a filter: the confirmation says how many, the rest stay.
     await page.get_by_label("Error").fill("refunds are closed")

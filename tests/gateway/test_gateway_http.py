@@ -94,7 +94,8 @@ async def test_publish_answers_503_while_the_broker_is_unreachable_and_sends_not
             assert [r.status_code for r in refused] == [503] * 10
             for response in refused:
                 error = response.json()["error"]
-                assert "unreachable" in error and "guest:guest" not in error, error
+                assert error.startswith("nothing was done: "), error
+                assert "guest:guest" not in error and response.json()["problem"] == "broker"
             await link.restore()
             accepted = await asyncio.gather(*map(publish, range(200, 210)))
             assert [r.status_code for r in accepted] == [202] * 10
@@ -251,3 +252,50 @@ async def test_a_busy_bind_port_is_one_line_and_exit_2() -> None:
     assert process.returncode == 2
     [line] = err.decode().strip().splitlines()
     assert f"cannot serve on 127.0.0.1:{port} (--bind)" in line and "pick another port" in line
+
+
+async def test_management_off_wrong_password_and_broker_down_each_say_so_at_start_and_on_every_call(
+    amqp_url: str, iso: Isolation, management: Management
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    wrong = amqp_url.replace("guest:guest@", "guest:not-the-password@")
+    assert wrong != amqp_url
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    cases = [
+        # (broker URL, management URL, what the queue list says, what serve says at start)
+        (amqp_url, closed, "rabbitmq-plugins enable rabbitmq_management", ["does not answer"]),
+        (wrong, management.base, "refused the user 'guest' (401)", ["refused the login", "(401)"]),
+        (down, closed, "does not answer", ["cannot reach RabbitMQ", "does not answer"]),
+    ]
+    for url, management_url, listed, started in cases:
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "event.cli", "serve", "--url", url, "--namespace", iso.namespace,
+            "--exchange", iso.exchange, "--bind", f"127.0.0.1:{port}", "--management-url", management_url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+
+                async def up() -> bool:
+                    try:
+                        return (await client.get("/healthz")).status_code == 200
+                    except httpx.HTTPError:
+                        return False
+
+                await eventually(up, timeout=30)
+                answer = await client.get("/api/queues")
+                assert answer.status_code == 503 and listed in answer.json()["error"], answer.text
+                assert answer.json()["problem"] == "management"
+                if url == down:
+                    dead = await client.get("/api/dead")
+                    assert dead.status_code == 503 and dead.json()["problem"] == "broker"
+                    assert "cannot reach RabbitMQ" in dead.json()["error"]
+        finally:
+            process.terminate()
+            output = (await process.communicate())[0].decode()
+        warnings = [line for line in output.splitlines() if "WARNING event.gateway: event serve:" in line]
+        assert len(warnings) == len(started), output
+        for line, said in zip(warnings, started, strict=True):
+            assert said in line, output
+        assert "not-the-password" not in output and "Traceback" not in output

@@ -43,6 +43,15 @@ function button(label, onClick, className) {
   return b;
 }
 
+// Each cell names its column (data-label), which a phone's layout shows before it: there the rows
+// are cards and the header row is hidden.
+function labelCells(table) {
+  const names = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  for (const tr of table.querySelectorAll("tbody tr:not(.empty)")) {
+    [...tr.children].forEach((td, i) => { td.dataset.label = names[i] || ""; });
+  }
+}
+
 function emptyRow(tbody, columns, text) {
   const tr = document.createElement("tr");
   tr.className = "empty";
@@ -52,6 +61,15 @@ function emptyRow(tbody, columns, text) {
 }
 
 const rate = (value) => (value || 0).toFixed(1);
+
+// What keeps a table from showing anything (the broker down, a wrong password, the management API
+// off): said in the table itself, in the gateway's words, which name the fix.
+function problem(tbody, columns, text) {
+  tbody.replaceChildren();
+  emptyRow(tbody, columns, text);
+  tbody.lastChild.classList.add("problem");
+  tbody.lastChild.setAttribute("role", "alert");
+}
 
 async function act(label, method, path, after) {
   try {
@@ -98,7 +116,8 @@ async function refreshQueues() {
   try {
     data = await api("GET", "api/queues");
   } catch (e) {
-    status(e.message, true);
+    status("", false);
+    problem(document.querySelector("#queues tbody"), 9, e.message);
     return;
   }
   const tbody = document.querySelector("#queues tbody");
@@ -137,6 +156,7 @@ async function refreshQueues() {
     tbody.lastChild.classList.add("levels", `levels-${role}`);
   }
   if (!data.queues.length) emptyRow(tbody, 9, "no queues in this namespace yet");
+  labelCells(document.getElementById("queues"));
   document.getElementById("queues-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
@@ -172,7 +192,7 @@ async function refreshDead() {
   try {
     data = await api("GET", `api/dead?${deadQuery({ offset: dead.offset, limit: PAGE })}`);
   } catch (e) {
-    status(e.message, true);
+    problem(document.querySelector("#dead tbody"), 8, e.message);
     return;
   }
   dead.matching = data.matching;
@@ -208,6 +228,7 @@ async function refreshDead() {
     tbody.appendChild(tr);
   }
   if (!data.messages.length) emptyRow(tbody, 8, filtered ? "no dead message matches" : "no dead messages");
+  labelCells(document.getElementById("dead"));
   const first = data.matching ? dead.offset + 1 : 0;
   const last = dead.offset + data.messages.length;
   document.getElementById("page-info").textContent = `${first}–${last} of ${data.matching}`;
