@@ -280,6 +280,10 @@ class Gateway:
         _only(request)
         return JSONResponse({"queues": await self.backend.queues()})
 
+    async def history(self, request: Request) -> Response:
+        _only(request)
+        return JSONResponse(self.backend.history.as_dict())
+
     async def dead(self, request: Request) -> Response:
         _only(request, "offset", "limit", *FILTER_PARAMS)
         offset = _count(request, "offset", 0, 0, MAX_DEAD_OFFSET)
@@ -465,6 +469,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        backend.history.start()
         try:
             yield
         finally:
@@ -480,6 +485,7 @@ def create_app(
         Route("/favicon.ico", g(gateway.favicon), methods=["GET"]),
         Route("/publish/{routing_key}", g(gateway.publish), methods=["POST"]),
         Route("/api/queues", g(gateway.queues), methods=["GET"]),
+        Route("/api/history", g(gateway.history), methods=["GET"]),
         Route("/api/dead", g(gateway.dead_queue), methods=["GET", "DELETE"]),
         Route("/api/dead/requeue", g(gateway.requeue), methods=["POST"]),
         Route("/api/dead/messages/{key:path}", g(gateway.dead_message), methods=["GET"]),

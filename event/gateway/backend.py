@@ -24,6 +24,7 @@ from event.config import DEFAULT_EXCHANGE, redact_url, resolve_url
 from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.dead import DeadMessage, DeadQueue, RequeueReport
 from event.errors import ConfigurationError, ConnectionFailed, EventError, Unroutable
+from event.gateway.history import History
 from event.gateway.morgue import DeadFilter, Fingerprint, Morgue, dead_key
 from event.management import ManagementApi
 from event.publisher import Publisher
@@ -199,10 +200,12 @@ class Backend:
         # queue -> when it was paused through this gateway (loop time); resumed or forgotten: absent
         self.requested: dict[str, float] = {}
         self.morgue = Morgue(self._dead, self._dead_fingerprint)
+        self.history = History(self.queues)
 
     async def close(self) -> None:
         """Close the publisher and the command connection."""
         await self.morgue.close()
+        await self.history.close()
         await self.publisher.close()
         await self._command_sender.close()
         await close_quietly(self._inspect_channel)

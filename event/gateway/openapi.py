@@ -263,6 +263,37 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/history": {
+                "get": {
+                    "summary": "The last hour of the consumer and dead queues: ready, unacked, in/s, out/s "
+                    "every 10 s, sampled by this gateway since it started",
+                    "operationId": "history",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["interval_s", "times", "series"],
+                                "properties": {
+                                    "interval_s": {"type": "number"},
+                                    "times": {"type": "array", "items": {"type": "number"}},
+                                    "series": {
+                                        "type": "object",
+                                        "additionalProperties": {
+                                            "type": "object",
+                                            "additionalProperties": {
+                                                "type": "array",
+                                                "items": {"type": ["number", "null"]},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                            "series per queue, oldest first (null: the queue was not there)",
+                        ),
+                        **_errors(),
+                    },
+                }
+            },
             "/api/dead": {
                 "get": {
                     "summary": "A page of the dead queue, newest first, filtered (messages stay in it)",

@@ -181,6 +181,12 @@ async def _drive(
     await expect(page.locator('#queues tr[data-role="consumer"] button')).to_have_count(3)
     await expect(page.locator("#queues tbody button")).to_have_count(3)
 
+    # The last hour as charts: one per consumer queue and the dead queue, three lines each.
+    chart = page.locator(f'#history figure[data-queue="{iso.namespace}:orders"]')
+    await expect(chart.locator("polyline")).to_have_count(3, timeout=15_000)
+    assert "ready now 0" in (await chart.locator("svg").get_attribute("aria-label") or "")
+    await expect(page.locator(f'#history figure[data-queue="{dead_queue}"]')).to_have_count(1)
+
     # The dead queue, newest first: order-0 died last (after its retry).
     rows = page.locator("#dead tbody tr[data-key]")
     await expect(rows).to_have_count(4)

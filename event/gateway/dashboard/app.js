@@ -368,10 +368,83 @@ document.getElementById("dead-filter").addEventListener("reset", () => {
   setTimeout(refreshDead, 0);
 });
 
+// History: one small chart per consumer queue and the dead queue, drawn as SVG polylines (a chart
+// library would be more code than this, and nothing to load from elsewhere).
+const SVG = "http://www.w3.org/2000/svg";
+const CHART_W = 300;
+const CHART_H = 60;
+const LINES = [["ready", "line-ready", "ready"], ["in", "line-in", "in/s"], ["out", "line-out", "out/s"]];
+
+function polyline(values, top, className) {
+  const line = document.createElementNS(SVG, "polyline");
+  const step = values.length > 1 ? CHART_W / (values.length - 1) : 0;
+  const points = [];
+  values.forEach((v, i) => {
+    if (v === null || v === undefined) return;
+    points.push(`${(i * step).toFixed(1)},${(CHART_H - (top ? (v / top) * (CHART_H - 4) : 0) - 2).toFixed(1)}`);
+  });
+  if (points.length === 1) points.push(`${CHART_W},${points[0].split(",")[1]}`); // one sample: a level line
+  line.setAttribute("points", points.join(" "));
+  line.setAttribute("class", className);
+  return line;
+}
+
+function chart(name, series, minutes) {
+  const figure = document.createElement("figure");
+  figure.className = "chart";
+  figure.dataset.queue = name;
+  const caption = document.createElement("figcaption");
+  caption.textContent = name;
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", `0 0 ${CHART_W} ${CHART_H}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  const peaks = [];
+  for (const [key, className, label] of LINES) {
+    const values = series[key] || [];
+    const top = Math.max(0, ...values.filter((v) => v !== null));
+    svg.appendChild(polyline(values, top, className));
+    peaks.push(`${label} up to ${key === "ready" ? top : top.toFixed(1)}`);
+  }
+  const last = (series.ready || []).filter((v) => v !== null).slice(-1)[0];
+  svg.setAttribute("aria-label", `${name} over the last ${minutes} min: ${peaks.join(", ")}; ready now ${last ?? "unknown"}`);
+  const legend = document.createElement("p");
+  legend.className = "legend";
+  for (const [i, [, className]] of LINES.entries()) {
+    const key = document.createElement("span");
+    key.className = `key ${className}`;
+    key.textContent = peaks[i];
+    legend.appendChild(key);
+  }
+  figure.append(caption, svg, legend);
+  return figure;
+}
+
+async function refreshHistory() {
+  let data;
+  try {
+    data = await api("GET", "api/history");
+  } catch (e) {
+    return; // the queue table says what is wrong
+  }
+  const box = document.getElementById("history");
+  box.replaceChildren();
+  const minutes = Math.max(1, Math.round((data.times.length * data.interval_s) / 60));
+  for (const [name, series] of Object.entries(data.series)) box.appendChild(chart(name, series, minutes));
+  if (!Object.keys(data.series).length) {
+    const p = document.createElement("p");
+    p.className = "note";
+    p.textContent = "no samples yet: the first comes within 10 s";
+    box.appendChild(p);
+  }
+}
+
 async function refreshAll() {
   await Promise.all([refreshQueues(), refreshDead()]);
 }
 
 refreshAll();
+refreshHistory();
+setInterval(refreshHistory, 10_000);
 setInterval(refreshQueues, QUEUES_EVERY_MS);
 setInterval(refreshDead, DEAD_EVERY_MS);
