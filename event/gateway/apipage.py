@@ -13,7 +13,7 @@ INTRO = (
     "status. With a token (<code>--token-file</code>) every call needs <code>Authorization: Bearer "
     "&lt;token&gt;</code>. Query parameters a route does not take are refused (400), so a typo is never "
     'ignored. The machine-readable form of this page is <a href="openapi.json">/openapi.json</a>.</p>\n'
-    '<pre class="example">'
+    '<pre class="example" tabindex="0">'
     + html.escape(
         f"curl -X POST localhost:8080/publish/shop.order_placed {JSON_TYPE} -d '{{\"order\": 42}}'\n"
         f"curl -X POST 'localhost:8080/publish/shop.reminder?in=300' {JSON_TYPE} -d '{{\"order\": 42}}'\n"

@@ -15,6 +15,7 @@ import asyncio
 import os
 import shutil
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,14 @@ pytestmark = [
 
 
 TOKEN = "browser-test-token-0123456789"
+# axe-core from npm (tests/gateway/package.json: npm ci --prefix tests/gateway); the check is skipped,
+# saying so, without it.
+AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
+SERIOUS_JS = """
+async () => (await axe.run(document, { resultTypes: ["violations"] })).violations
+  .filter((v) => v.impact === "serious" || v.impact === "critical")
+  .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).slice(0, 3).join(", ")}`)
+"""
 
 # Every element showing text, with its contrast against the background it is drawn on (the first
 # ancestor with one), by WCAG 2's formula; disabled controls are exempt (WCAG 1.4.3).
@@ -146,6 +155,19 @@ async def test_the_dashboard_signs_in_with_a_token_shows_roles_and_works_the_dea
             await serving
 
 
+async def serious_violations(page: Any) -> list[str]:
+    """axe-core's serious and critical findings on the page as it is now (injected past the page's CSP:
+    Playwright evaluates outside it)."""
+    if not AXE.exists():
+        missing = f"no accessibility check: axe-core is missing at {AXE} (npm ci --prefix tests/gateway)"
+        warnings.warn(missing, stacklevel=2)
+        return []
+    if not await page.evaluate("typeof axe !== 'undefined'"):
+        await page.evaluate(AXE.read_text() + "\n;true")
+    found: list[str] = await page.evaluate(SERIOUS_JS)
+    return found
+
+
 async def _drive(
     page: Any, url: str, iso: Isolation, pool: WorkerPool, handled: list[str], dead_queue: str, shots: Path
 ) -> None:
@@ -160,6 +182,7 @@ async def _drive(
 
     page.on("dialog", lambda dialog: asyncio.ensure_future(accept(dialog)))
     await page.goto(url)
+    assert await serious_violations(page) == []
     # Signed out: the sign-in form. A wrong token is refused, the right one opens the dashboard.
     await page.locator("#token").fill("not-the-token-at-all")
     await page.get_by_role("button", name="Sign in").click()
@@ -211,6 +234,7 @@ async def _drive(
     await expect(page.locator("#dead-message-body")).to_have_text('{\n  "order": 0\n}')
     await expect(page.locator("#dead-message-error")).to_contain_text("order 0: the payment service said no")
     await page.screenshot(path=str(shots / "dashboard-dead-message.png"))
+    assert await serious_violations(page) == []
     await page.get_by_role("button", name="Close").click()
     await expect(opened).to_be_hidden()
 
@@ -233,14 +257,20 @@ async def _drive(
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page is {width} px wide at 390"
     await page.screenshot(path=str(shots / "dashboard-phone.png"), full_page=True)
+    assert await serious_violations(page) == []
     await page.set_viewport_size({"width": 1400, "height": 900})
     assert await page.evaluate(LOW_CONTRAST_JS) == []
+    assert await serious_violations(page) == []
     await page.emulate_media(color_scheme="dark")  # prefers-color-scheme: dark
     assert await page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(22, 24, 26)"
     assert await page.evaluate(LOW_CONTRAST_JS) == []
     await page.screenshot(path=str(shots / "dashboard-dark.png"), full_page=True)
+    assert await serious_violations(page) == []
     await page.emulate_media(color_scheme="light")
     assert await page.evaluate("async () => (await fetch('favicon.ico')).status") == 200
+    await page.goto(url + "api")  # the API's page
+    assert await serious_violations(page) == []
+    await page.go_back()
 
     # Delete all matching a filter: the confirmation says how many, the rest stay.
     await page.get_by_label("Error").fill("refunds are closed")
