@@ -280,6 +280,10 @@ class Gateway:
         _only(request)
         return JSONResponse({"queues": await self.backend.queues()})
 
+    async def workers(self, request: Request) -> Response:
+        _only(request)
+        return JSONResponse({"workers": await self.backend.workers()})
+
     async def history(self, request: Request) -> Response:
         _only(request)
         return JSONResponse(self.backend.history.as_dict())
@@ -486,6 +490,7 @@ def create_app(
         Route("/publish/{routing_key}", g(gateway.publish), methods=["POST"]),
         Route("/api/queues", g(gateway.queues), methods=["GET"]),
         Route("/api/history", g(gateway.history), methods=["GET"]),
+        Route("/api/workers", g(gateway.workers), methods=["GET"]),
         Route("/api/dead", g(gateway.dead_queue), methods=["GET", "DELETE"]),
         Route("/api/dead/requeue", g(gateway.requeue), methods=["POST"]),
         Route("/api/dead/messages/{key:path}", g(gateway.dead_message), methods=["GET"]),

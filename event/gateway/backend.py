@@ -325,6 +325,61 @@ class Backend:
         rows.sort(key=_display_order)
         return rows
 
+    async def workers(self) -> list[dict[str, Any]]:
+        """The namespace's running workers (one per control queue): their connection, the namespace's
+        queues each consumes, and the messages each holds unacknowledged (in flight), from the
+        management API."""
+        api = self.management
+        vhost = api.quoted_vhost
+        try:
+            control_queues = await self._control_queues()
+            if not control_queues:
+                return []
+            consumers = await api.get(f"/consumers/{vhost}") or []
+            found = []
+            for name in sorted(control_queues):
+                queue = await api.get(f"/queues/{vhost}/{quote(name, safe='')}") or {}
+                # channel_details is [] while the broker's statistics have not caught up: skipped until then.
+                details = [
+                    c["channel_details"]
+                    for c in queue.get("consumer_details") or []
+                    if isinstance(c.get("channel_details"), dict)
+                    and c["channel_details"].get("connection_name")
+                ]
+                if not details:
+                    continue
+                connection_name = details[0].get("connection_name", "")
+                connection = await api.get(f"/connections/{quote(connection_name, safe='')}") or {}
+                channels = await api.get(f"/connections/{quote(connection_name, safe='')}/channels") or []
+                properties = connection.get("client_properties") or {}
+                consumed = sorted(
+                    {
+                        c["queue"]["name"]
+                        for c in consumers
+                        if isinstance(c.get("channel_details"), dict)
+                        and c["channel_details"].get("connection_name") == connection_name
+                        and c["queue"]["name"].startswith(self.config.queue_prefix)
+                    }
+                )
+                connected_at = connection.get("connected_at")
+                found.append(
+                    {
+                        "connection": connection_name,
+                        "name": properties.get("connection_name"),
+                        "platform": properties.get("platform"),
+                        "host": details[0].get("peer_host"),
+                        "port": details[0].get("peer_port"),
+                        "connected_at": datetime.fromtimestamp(connected_at / 1000, UTC).isoformat()
+                        if isinstance(connected_at, int)
+                        else None,
+                        "queues": consumed,
+                        "in_flight": sum(int(c.get("messages_unacknowledged") or 0) for c in channels),
+                    }
+                )
+        except ConnectionFailed as exc:
+            raise ManagementUnavailable(self.explain_management(exc)) from None
+        return found
+
     def explain_management(self, exc: ConnectionFailed) -> str:
         """What is wrong with the management API, and the fix, from the error reaching it gave."""
         cause = exc.__cause__

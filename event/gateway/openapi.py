@@ -263,6 +263,45 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/workers": {
+                "get": {
+                    "summary": "The namespace's running workers: connection, host, the queues each "
+                    "consumes, messages in flight (from the management API)",
+                    "operationId": "workers",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["workers"],
+                                "properties": {
+                                    "workers": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["connection", "queues", "in_flight"],
+                                            "properties": {
+                                                "connection": {"type": "string"},
+                                                "name": {"type": ["string", "null"]},
+                                                "platform": {"type": ["string", "null"]},
+                                                "host": {"type": ["string", "null"]},
+                                                "port": {"type": ["integer", "null"]},
+                                                "connected_at": {
+                                                    "type": ["string", "null"],
+                                                    "format": "date-time",
+                                                },
+                                                "queues": {"type": "array", "items": {"type": "string"}},
+                                                "in_flight": {"type": "integer"},
+                                            },
+                                        },
+                                    }
+                                },
+                            },
+                            "the workers",
+                        ),
+                        **_errors(503),
+                    },
+                }
+            },
             "/api/history": {
                 "get": {
                     "summary": "The last hour of the consumer and dead queues: ready, unacked, in/s, out/s "

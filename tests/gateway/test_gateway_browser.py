@@ -204,6 +204,13 @@ async def _drive(
     await expect(page.locator('#queues tr[data-role="consumer"] button')).to_have_count(3)
     await expect(page.locator("#queues tbody button")).to_have_count(3)
 
+    # The workers view: the pool of this test, consuming its three queues.
+    worker = page.locator("#workers tbody tr[data-connection]")
+    await expect(worker).to_have_count(1, timeout=10_000)
+    await expect(worker.locator("td.queues")).to_have_text(
+        f"{iso.namespace}:mails, {iso.namespace}:orders, {iso.namespace}:refunds"
+    )
+
     # The last hour as charts: one per consumer queue and the dead queue, three lines each.
     chart = page.locator(f'#history figure[data-queue="{iso.namespace}:orders"]')
     await expect(chart.locator("polyline")).to_have_count(3, timeout=15_000)

@@ -47,6 +47,18 @@ async def test_every_queue_in_its_role_park_levels_in_numeric_order_and_pause_on
         assert all(row["pausable"] for row in rows if row["role"] == "consumer")
         assert not any(row.get("pausable") for row in rows if row["role"] != "consumer")
 
+        # The workers view: the one running worker, where it runs and what it consumes (the management
+        # API learns of a new consumer within its statistics interval).
+        async def one_worker() -> bool:
+            answer = (await client.get("/api/workers")).json()
+            assert "workers" in answer, answer
+            return len(answer["workers"]) == 1
+
+        await eventually(one_worker, timeout=15)
+        [one] = (await client.get("/api/workers")).json()["workers"]
+        assert one["name"] == "event worker" and one["host"] == "127.0.0.1"
+        assert one["queues"] == consumers and one["in_flight"] == 0
+
         response = await client.post(f"/api/consumers/{park[0]['name']}/pause")
         assert response.status_code == 404 and "not a consumer queue" in response.json()["error"]
         response = await client.post(f"/api/consumers/{dead['name']}/pause")

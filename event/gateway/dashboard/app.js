@@ -71,6 +71,12 @@ function problem(tbody, columns, text) {
   tbody.lastChild.setAttribute("role", "alert");
 }
 
+// A table is not redrawn on its timer while the pointer is over it or focus is in it: a redraw between
+// the press and the release of a click would swallow the click. What a click changed is redrawn at once.
+function busy(table) {
+  return table.matches(":hover") || table.contains(document.activeElement);
+}
+
 async function act(label, method, path, after) {
   try {
     const result = await api(method, path);
@@ -78,7 +84,7 @@ async function act(label, method, path, after) {
   } catch (e) {
     status(e.message, true);
   }
-  await after();
+  await after(true);
 }
 
 function duration(ms) {
@@ -111,7 +117,8 @@ function stateText(q) {
 // only while they hold messages, summed up in one line per role.
 const LEVEL_ROLES = { park: "park queues (retries and delayed events)", delay: "hutch-schedule delay queues" };
 
-async function refreshQueues() {
+async function refreshQueues(force) {
+  if (!force && busy(document.getElementById("queues"))) return;
   let data;
   try {
     data = await api("GET", "api/queues");
@@ -187,7 +194,8 @@ function shorten(text, length) {
   return text.length > length ? text.slice(0, length - 1) + "…" : text;
 }
 
-async function refreshDead() {
+async function refreshDead(force) {
+  if (!force && busy(document.getElementById("dead"))) return;
   let data;
   try {
     data = await api("GET", `api/dead?${deadQuery({ offset: dead.offset, limit: PAGE })}`);
@@ -263,7 +271,7 @@ function keysQuery() {
 async function afterDeadChange() {
   dead.selected.clear();
   updateSelection();
-  await refreshAll();
+  await refreshAll(true);
 }
 
 function requeued(r) {
@@ -345,12 +353,12 @@ deadAction("select-page", (event) => {
   }
   updateSelection();
 });
-deadAction("page-first", () => { dead.offset = 0; refreshDead(); });
-deadAction("page-prev", () => { dead.offset = Math.max(0, dead.offset - PAGE); refreshDead(); });
-deadAction("page-next", () => { dead.offset += PAGE; refreshDead(); });
+deadAction("page-first", () => { dead.offset = 0; refreshDead(true); });
+deadAction("page-prev", () => { dead.offset = Math.max(0, dead.offset - PAGE); refreshDead(true); });
+deadAction("page-next", () => { dead.offset += PAGE; refreshDead(true); });
 deadAction("page-last", () => {
   dead.offset = Math.max(0, Math.floor((dead.matching - 1) / PAGE) * PAGE);
-  refreshDead();
+  refreshDead(true);
 });
 document.getElementById("dead-filter").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -358,14 +366,14 @@ document.getElementById("dead-filter").addEventListener("submit", (event) => {
   dead.offset = 0;
   dead.selected.clear();
   updateSelection();
-  refreshDead();
+  refreshDead(true);
 });
 document.getElementById("dead-filter").addEventListener("reset", () => {
   dead.filter = new URLSearchParams();
   dead.offset = 0;
   dead.selected.clear();
   updateSelection();
-  setTimeout(refreshDead, 0);
+  setTimeout(() => refreshDead(true), 0);
 });
 
 // History: one small chart per consumer queue and the dead queue, drawn as SVG polylines (a chart
@@ -420,6 +428,30 @@ function chart(name, series, minutes) {
   return figure;
 }
 
+async function refreshWorkers() {
+  let data;
+  try {
+    data = await api("GET", "api/workers");
+  } catch (e) {
+    problem(document.querySelector("#workers tbody"), 5, e.message);
+    return;
+  }
+  const tbody = document.querySelector("#workers tbody");
+  tbody.replaceChildren();
+  for (const w of data.workers) {
+    const tr = document.createElement("tr");
+    tr.dataset.connection = w.connection;
+    cell(tr, `${w.name || "worker"} (${w.platform || "?"})`);
+    cell(tr, w.host ? `${w.host}:${w.port}` : "", "code");
+    cell(tr, w.connected_at ? new Date(w.connected_at).toLocaleString() : "", "when");
+    cell(tr, w.queues.join(", ") || "nothing (every queue paused?)", "code queues");
+    cell(tr, w.in_flight, "n in-flight");
+    tbody.appendChild(tr);
+  }
+  if (!data.workers.length) emptyRow(tbody, 5, "no worker of this namespace is running");
+  labelCells(document.getElementById("workers"));
+}
+
 async function refreshHistory() {
   let data;
   try {
@@ -439,12 +471,14 @@ async function refreshHistory() {
   }
 }
 
-async function refreshAll() {
-  await Promise.all([refreshQueues(), refreshDead()]);
+async function refreshAll(force) {
+  await Promise.all([refreshQueues(force), refreshDead(force)]);
 }
 
-refreshAll();
+refreshAll(true);
 refreshHistory();
+refreshWorkers();
 setInterval(refreshHistory, 10_000);
+setInterval(refreshWorkers, 5000);
 setInterval(refreshQueues, QUEUES_EVERY_MS);
 setInterval(refreshDead, DEAD_EVERY_MS);
