@@ -365,8 +365,14 @@ async def _serve(args: argparse.Namespace) -> int:
         ) from exc
     host, port = gateway.parse_bind(args.bind)
     token = gateway.read_token(args.token_file) if args.token_file else None
+    from event.gateway.pull import parse_pull
+
     config = gateway.GatewayConfig.create(
-        args.url, namespace=args.namespace, exchange=args.exchange, management_url=args.management_url
+        args.url,
+        namespace=args.namespace,
+        exchange=args.exchange,
+        management_url=args.management_url,
+        pull=tuple(parse_pull(spec) for spec in args.pull),
     )
     await gateway.serve(config, host, port, token=token)
     return EXIT_OK
@@ -598,6 +604,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default: 127.0.0.1:8080)")
     serve_cmd.add_argument("--token-file", help="file holding the bearer token (needed beyond loopback)")
     serve_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
+    serve_cmd.add_argument(
+        "--pull",
+        action="append",
+        default=[],
+        metavar="NAME=KEY[,KEY]",
+        help="a queue HTTP workers pull from (GET /api/queues/<namespace>:NAME/next), bound to these keys",
+    )
     serve_cmd.set_defaults(run=_serve)
 
     bench = commands.add_parser(

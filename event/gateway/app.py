@@ -41,6 +41,7 @@ from event.gateway.backend import (
 )
 from event.gateway.morgue import DeadFilter, dead_key
 from event.gateway.openapi import document
+from event.gateway.pull import MAX_LEASE_S, MAX_WAIT_S, NoLease, PullQueues
 from event.gateway.security import SESSION_COOKIE, Guard, Secrets
 
 log = logging.getLogger("event.gateway")
@@ -52,6 +53,23 @@ MAX_DEAD_LIMIT = 500
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class NoSuchPullQueue(LookupError):
+    """Not a pull queue of this gateway (answered with 404, naming them)."""
+
+
+def _number(request: Request, name: str, default: float, minimum: float, maximum: float) -> float:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(f"{name}={text!r} must be a number of seconds") from None
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise BadRequest(f"{name}={text!r} must be between {minimum:g} and {maximum:g} seconds")
+    return value
 
 
 class BadRequest(ValueError):
@@ -219,6 +237,8 @@ class Gateway:
                 return _error(400, self._scrub(str(exc)))
             except _TooLarge:
                 return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            except NoSuchPullQueue as exc:
+                return _error(404, str(exc))
             except NoSuchQueue as exc:
                 return _error(404, f"{exc.args[0]!r} is not a consumer queue of this namespace")
             except NotConsumed as exc:
@@ -279,6 +299,58 @@ class Gateway:
     async def queues(self, request: Request) -> Response:
         _only(request)
         return JSONResponse({"queues": await self.backend.queues()})
+
+    # --- HTTP workers that pull -----------------------------------------------------------------------
+
+    def _pulled(self, queue: str) -> PullQueues:
+        pulled = self.backend.pulled
+        if pulled is None or queue not in pulled.waiting:
+            names = ", ".join(pulled.names) if pulled else "none (start event serve with --pull NAME=KEY)"
+            raise NoSuchPullQueue(f"{queue!r} is not a pull queue of this gateway; its pull queues: {names}")
+        return pulled
+
+    async def pull_next(self, request: Request) -> Response:
+        _only(request, "lease", "wait")
+        queue = request.path_params["queue"]
+        pulled = self._pulled(queue)
+        lease = _number(request, "lease", 60.0, 1.0, MAX_LEASE_S)
+        wait = _number(request, "wait", 0.0, 0.0, MAX_WAIT_S)
+        taken = await pulled.next(queue, lease_s=lease, wait_s=wait)
+        if taken is None:
+            return Response(status_code=204)
+        return JSONResponse(taken)
+
+    async def pull_ack(self, request: Request) -> Response:
+        _only(request)
+        queue, lease = request.path_params["queue"], request.path_params["lease"]
+        try:
+            self._pulled(queue).ack(queue, lease)
+        except NoLease:
+            return _error(404, f"no lease {lease!r} is running on {queue!r}: answered already, or it expired "
+                          "and the message went back to be pulled again")  # fmt: skip
+        return JSONResponse({"lease": lease, "acked": True})
+
+    async def pull_fail(self, request: Request) -> Response:
+        _only(request, "error", "retry_after", "dead")
+        queue, lease = request.path_params["queue"], request.path_params["lease"]
+        error = request.query_params.get("error") or "failed in an HTTP worker"
+        retry_after = (
+            _number(request, "retry_after", 0.0, 0.0, MAX_DELAY_S)
+            if request.query_params.get("retry_after") is not None
+            else None
+        )
+        dead = _flag(request, "dead")
+        try:
+            self._pulled(queue).fail(queue, lease, error=error, retry_after=retry_after, dead=dead)
+        except NoLease:
+            return _error(404, f"no lease {lease!r} is running on {queue!r}: answered already, or it expired "
+                          "and the message went back to be pulled again")  # fmt: skip
+        return JSONResponse({"lease": lease, "failed": True, "dead": dead})
+
+    async def pull_stats(self, request: Request) -> Response:
+        _only(request)
+        pulled = self.backend.pulled
+        return JSONResponse(pulled.stats() if pulled else {"queues": {}, "leased": 0, "expired": 0})
 
     async def workers(self, request: Request) -> Response:
         _only(request)
@@ -475,7 +547,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         backend.history.start()
         try:
-            yield
+            async with backend.pulled.running() if backend.pulled else contextlib.nullcontext():
+                yield
         finally:
             await backend.close()
 
@@ -491,6 +564,10 @@ def create_app(
         Route("/api/queues", g(gateway.queues), methods=["GET"]),
         Route("/api/history", g(gateway.history), methods=["GET"]),
         Route("/api/workers", g(gateway.workers), methods=["GET"]),
+        Route("/api/pull", g(gateway.pull_stats), methods=["GET"]),
+        Route("/api/queues/{queue}/next", g(gateway.pull_next), methods=["GET"]),
+        Route("/api/queues/{queue}/leases/{lease}/ack", g(gateway.pull_ack), methods=["POST"]),
+        Route("/api/queues/{queue}/leases/{lease}/fail", g(gateway.pull_fail), methods=["POST"]),
         Route("/api/dead", g(gateway.dead_queue), methods=["GET", "DELETE"]),
         Route("/api/dead/requeue", g(gateway.requeue), methods=["POST"]),
         Route("/api/dead/messages/{key:path}", g(gateway.dead_message), methods=["GET"]),

@@ -26,6 +26,7 @@ from event.dead import DeadMessage, DeadQueue, RequeueReport
 from event.errors import ConfigurationError, ConnectionFailed, EventError, Unroutable
 from event.gateway.history import History
 from event.gateway.morgue import DeadFilter, Fingerprint, Morgue, dead_key
+from event.gateway.pull import PullQueues
 from event.management import ManagementApi
 from event.publisher import Publisher
 from event.sending import Sender, properties
@@ -49,6 +50,7 @@ class GatewayConfig:
     namespace: str = ""
     exchange: str = DEFAULT_EXCHANGE
     management_url: str | None = None
+    pull: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (queue name, routing keys) HTTP workers pull from
 
     @classmethod
     def create(
@@ -58,9 +60,10 @@ class GatewayConfig:
         namespace: str = "",
         exchange: str = DEFAULT_EXCHANGE,
         management_url: str | None = None,
+        pull: tuple[tuple[str, tuple[str, ...]], ...] = (),
     ) -> GatewayConfig:
         """A config with ``url`` resolved as everywhere else ($AMQP_URL, then the local broker)."""
-        return cls(resolve_url(url), namespace, exchange, management_url)
+        return cls(resolve_url(url), namespace, exchange, management_url, pull)
 
     @property
     def shown_url(self) -> str:
@@ -201,6 +204,13 @@ class Backend:
         self.requested: dict[str, float] = {}
         self.morgue = Morgue(self._dead, self._dead_fingerprint)
         self.history = History(self.queues)
+        self.pulled = (
+            PullQueues(
+                config.url, namespace=config.namespace, exchange=config.exchange, queues=dict(config.pull)
+            )
+            if config.pull
+            else None
+        )
 
     async def close(self) -> None:
         """Close the publisher and the command connection."""

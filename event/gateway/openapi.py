@@ -302,6 +302,102 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/pull": {
+                "get": {
+                    "summary": "HTTP workers' pull queues: jobs waiting in the gateway, leases out, leases "
+                    "expired so far",
+                    "operationId": "pullStats",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["queues", "leased", "expired"],
+                                "properties": {
+                                    "queues": {"type": "object", "additionalProperties": {"type": "integer"}},
+                                    "leased": {"type": "integer"},
+                                    "expired": {"type": "integer"},
+                                },
+                            },
+                            "the figures",
+                        ),
+                        **_errors(),
+                    },
+                }
+            },
+            "/api/queues/{queue}/next": {
+                "get": {
+                    "summary": "Take the next message of a pull queue (event serve --pull) under a lease; "
+                    "204 when none came within wait",
+                    "operationId": "pullNext",
+                    "parameters": [
+                        _path("queue", "the pull queue's full name, e.g. myapp:jobs"),
+                        _query(
+                            "lease",
+                            {"type": "number", "minimum": 1, "maximum": 3600},
+                            "seconds to ack or fail it before it goes back (default 60)",
+                        ),
+                        _query(
+                            "wait",
+                            {"type": "number", "minimum": 0, "maximum": 60},
+                            "seconds to wait for a message (long poll; default 0)",
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["lease", "queue", "routing_key", "attempt", "body"],
+                                "properties": {
+                                    "lease": {"type": "string"},
+                                    "lease_s": {"type": "number"},
+                                    "queue": {"type": "string"},
+                                    "message_id": {"type": ["string", "null"]},
+                                    "routing_key": {"type": "string"},
+                                    "attempt": {"type": "integer"},
+                                    "headers": {"type": "object"},
+                                    "body": {"description": "the JSON body, or the bytes as text"},
+                                },
+                            },
+                            "a message, leased",
+                        ),
+                        "204": {"description": "no message within wait"},
+                        **_errors(404),
+                    },
+                }
+            },
+            "/api/queues/{queue}/leases/{lease}/ack": {
+                "post": {
+                    "summary": "The HTTP worker handled the leased message: it is acked",
+                    "operationId": "pullAck",
+                    "parameters": [_path("queue", "the pull queue"), _path("lease", "the lease id")],
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["lease", "acked"]}, "acked"),
+                        **_errors(404),
+                    },
+                }
+            },
+            "/api/queues/{queue}/leases/{lease}/fail": {
+                "post": {
+                    "summary": "The HTTP worker failed the leased message: retried by the consumer's rules, "
+                    "or dead",
+                    "operationId": "pullFail",
+                    "parameters": [
+                        _path("queue", "the pull queue"),
+                        _path("lease", "the lease id"),
+                        _query("error", {"type": "string"}, "the reason, kept in the event-error header"),
+                        _query(
+                            "retry_after",
+                            {"type": "number", "minimum": 0, "maximum": 31622400},
+                            "retry after this many seconds (counts an attempt)",
+                        ),
+                        _query("dead", {"type": "boolean"}, "true: straight to the dead queue"),
+                    ],
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["lease", "failed"]}, "failed"),
+                        **_errors(404),
+                    },
+                }
+            },
             "/api/history": {
                 "get": {
                     "summary": "The last hour of the consumer and dead queues: ready, unacked, in/s, out/s "
