@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +38,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell tool that a closed pipe stopped exits with
 
 MANAGEMENT_URL_HELP = (
     "the management API (default: $EVENT_MANAGEMENT_URL, else $RABBITMQ_MANAGEMENT_URL, "
@@ -102,8 +103,12 @@ async def _run_pool(pool: WorkerPool, args: argparse.Namespace) -> int:
         async def ready() -> bool:
             return pool.ready
 
-        server = await serve(
-            args.metrics_host, args.metrics_port, metrics=metrics, ready=ready, paused=lambda: pool.paused
+        server = await _listening(
+            serve(
+                args.metrics_host, args.metrics_port, metrics=metrics, ready=ready, paused=lambda: pool.paused
+            ),
+            args.metrics_host,
+            args.metrics_port,
         )
     try:
         await pool.run()
@@ -113,6 +118,17 @@ async def _run_pool(pool: WorkerPool, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _listening(starting: Awaitable[asyncio.Server], host: str, port: int) -> asyncio.Server:
+    """The metrics server ``starting`` opens, or a configuration error naming the port it cannot have."""
+    try:
+        return await starting
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {host}:{port} (--metrics-port): {exc.strerror or exc}; "
+            f"another process may be listening there: pick another port, or 0 for any free one"
+        ) from None
+
+
 async def _supervise(args: argparse.Namespace) -> int:
     count = process_count(args.processes)
     ports = free_ports(count) if args.metrics_port is not None else []
@@ -120,8 +136,10 @@ async def _supervise(args: argparse.Namespace) -> int:
     supervisor = Supervisor(argv, count, metrics_ports=ports)
     server = None
     if args.metrics_port is not None:
-        server = await serve(
-            args.metrics_host, args.metrics_port, metrics=supervisor.metrics, ready=supervisor.ready
+        server = await _listening(
+            serve(args.metrics_host, args.metrics_port, metrics=supervisor.metrics, ready=supervisor.ready),
+            args.metrics_host,
+            args.metrics_port,
         )
     try:
         return await supervisor.run()
@@ -394,8 +412,14 @@ async def _serve(args: argparse.Namespace) -> int:
         ) from exc
     host, port = gateway.parse_bind(args.bind)
     token = gateway.read_token(args.token_file) if args.token_file else None
+    from event.gateway.pull import parse_pull
+
     config = gateway.GatewayConfig.create(
-        args.url, namespace=args.namespace, exchange=args.exchange, management_url=args.management_url
+        args.url,
+        namespace=args.namespace,
+        exchange=args.exchange,
+        management_url=args.management_url,
+        pull=tuple(parse_pull(spec) for spec in args.pull),
     )
     await gateway.serve(config, host, port, token=token)
     return EXIT_OK
@@ -656,6 +680,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default: 127.0.0.1:8080)")
     serve_cmd.add_argument("--token-file", help="file holding the bearer token (needed beyond loopback)")
     serve_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
+    serve_cmd.add_argument(
+        "--pull",
+        action="append",
+        default=[],
+        metavar="NAME=KEY[,KEY]",
+        help="a queue HTTP workers pull from (GET /api/queues/<namespace>:NAME/next), bound to these keys",
+    )
     serve_cmd.set_defaults(run=_serve)
 
     bench = commands.add_parser(
@@ -714,6 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         resolve_url(getattr(args, "url", None))
         code: int = loops.run(args.run(args))  # on uvloop when it is installed (event.loops)
+        sys.stdout.flush()  # here, where a closed pipe is caught below, rather than at exit
         return code
     except (ConfigurationError, ValueError) as exc:
         print(f"event: configuration error: {exc}", file=sys.stderr)
@@ -726,6 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (`event queues | head`): stop quietly, as shell tools do. Python would
+        # otherwise fail again flushing stdout at exit, so stdout now points at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

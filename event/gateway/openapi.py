@@ -19,11 +19,14 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "no or a wrong bearer token (only when the gateway has a token)",
         403: "a cross-site request, or a browser's change without the CSRF token",
         404: "no such queue or message",
-        409: "no running worker received the command",
+        409: "no running worker received the command, or none consumes the queue (pause), or (publish "
+        "with mandatory=true) no queue is bound to receive the routing key",
+        415: "a form body (application/x-www-form-urlencoded, curl -d's default): send JSON or the real type",
         413: "the body is larger than 1 MiB",
         503: "the broker (or its management API) is unreachable; nothing was done",
     }
-    return {str(code): _json(_ERROR, reasons[code]) for code in (*codes, 401, 403)}
+    # 400: every route refuses query parameters it does not take.
+    return {str(code): _json(_ERROR, reasons[code]) for code in sorted({400, *codes, 401, 403})}
 
 
 def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
@@ -45,32 +48,72 @@ _QUEUE = {
     "required": ["name", "role", "messages", "unacked", "consumers", "paused"],
     "properties": {
         "name": {"type": "string"},
-        "role": {"type": "string", "enum": ["consumer", "delay", "dead"]},
+        "role": {
+            "type": "string",
+            "enum": ["consumer", "dead", "park", "delay", "control"],
+            "description": "consumer: a pool's queue; dead: the bounded dead queue; park: event's delay "
+            "queue of one level (retries, delayed events); delay: hutch-schedule's delay queue of one "
+            "level; control: one running worker's command queue",
+        },
         "messages": {"type": "integer", "description": "ready in the queue"},
         "unacked": {"type": "integer", "description": "delivered, not yet acknowledged"},
         "consumers": {"type": "integer"},
         "publish_rate": {"type": "number", "description": "messages in per second"},
         "deliver_rate": {"type": "number", "description": "messages out per second"},
         "ack_rate": {"type": "number"},
-        "paused": {"type": "boolean", "description": "paused through this gateway"},
+        "paused": {
+            "type": "boolean",
+            "description": "paused through this gateway and no consumer on it since (consumer queues)",
+        },
+        "pausable": {
+            "type": "boolean",
+            "description": "a worker consumes it, so a pause has an effect (consumer queues only)",
+        },
+        "level_s": {"type": "integer", "description": "the delay of a park or delay queue, in seconds"},
+        "ttl_ms": {"type": ["integer", "null"], "description": "how long the dead queue keeps a message"},
+        "max_length": {"type": ["integer", "null"], "description": "the dead queue's cap"},
+        "worker": {"type": ["string", "null"], "description": "the connection of a control queue's worker"},
     },
+}
+
+_DEAD_SUMMARY_PROPERTIES: dict[str, Any] = {
+    "key": {"type": "string", "description": "the message id, or a digest for a message without one"},
+    "message_id": {"type": ["string", "null"]},
+    "routing_key": {"type": "string"},
+    "queue": {"type": ["string", "null"], "description": "the consumer queue it failed in"},
+    "error": {"type": ["string", "null"], "description": "the last error (header event-error)"},
+    "failed_at": {"type": ["string", "null"], "format": "date-time"},
+    "attempts": {"type": "integer"},
+    "body_preview": {"type": "string", "description": "the start of the body, as text"},
+    "size": {"type": "integer", "description": "the body's size in bytes"},
+}
+
+_DEAD_SUMMARY = {
+    "type": "object",
+    "required": ["key", "routing_key", "attempts", "body_preview", "size"],
+    "properties": _DEAD_SUMMARY_PROPERTIES,
 }
 
 _DEAD_MESSAGE = {
     "type": "object",
-    "required": ["routing_key", "attempts", "body", "headers"],
+    "required": ["key", "routing_key", "attempts", "body", "headers", "is_json"],
     "properties": {
-        "message_id": {"type": ["string", "null"]},
-        "routing_key": {"type": "string"},
-        "queue": {"type": ["string", "null"], "description": "the consumer queue it failed in"},
-        "error": {"type": ["string", "null"], "description": "the last error (header event-error)"},
-        "failed_at": {"type": ["string", "null"], "format": "date-time"},
-        "attempts": {"type": "integer"},
-        "body_preview": {"type": "string"},
-        "body": {"type": "string", "description": "the body as text (at most 4 KiB shown)"},
-        "headers": {"type": "object"},
+        **_DEAD_SUMMARY_PROPERTIES,
+        "body": {"type": "string", "description": "the body as text (at most 256 KiB)"},
+        "body_truncated": {"type": "boolean"},
+        "is_json": {"type": "boolean"},
+        "body_json": {"description": "the body parsed, when it is JSON (else null)"},
+        "headers": {"type": "object", "description": "every header, x-death included"},
     },
 }
+
+_FILTER = [
+    _query("routing_key", {"type": "string"}, "a part of the routing key, or a topic pattern with * or #"),
+    _query("queue", {"type": "string"}, "a part of the failing queue's name"),
+    _query("error", {"type": "string"}, "a part of the error text (case ignored)"),
+    _query("since", {"type": "string", "format": "date-time"}, "failed at this time or later"),
+    _query("until", {"type": "string", "format": "date-time"}, "failed at this time or earlier"),
+]
 
 _REQUEUED = {
     "type": "object",
@@ -96,7 +139,14 @@ _COMMANDED = {
 }
 
 _MESSAGE_ID = _query("message_id", {"type": "string", "minLength": 1}, "only the message with this id")
-_ALL = _query("all", {"type": "boolean"}, "every message (when no message_id is given)")
+_ALL = _query("all", {"type": "boolean"}, "every message")
+_KEYS = _query(
+    "key",
+    {"type": "array", "items": {"type": "string", "minLength": 1}},
+    "the messages with these keys (repeat the parameter: those selected on the page)",
+) | {"style": "form", "explode": True}
+_MATCHING = _query("matching", {"type": "boolean"}, "every message that passes the filter parameters")
+_SELECTION = [_MESSAGE_ID, _KEYS, _ALL, _MATCHING, *_FILTER]
 
 
 def document() -> dict[str, Any]:
@@ -117,7 +167,15 @@ def document() -> dict[str, Any]:
                 "Error": {
                     "type": "object",
                     "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
+                    "properties": {
+                        "error": {"type": "string", "description": "what is wrong, and the fix"},
+                        "problem": {
+                            "type": "string",
+                            "enum": ["broker", "management"],
+                            "description": "with a 503: what to fix, the broker (down, or refusing the "
+                            "login) or its management API (off, or refusing the user)",
+                        },
+                    },
                 },
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -147,22 +205,44 @@ def document() -> dict[str, Any]:
                             {"type": "string", "format": "date-time"},
                             "deliver at this time (not with in)",
                         ),
+                        _query(
+                            "mandatory",
+                            {"type": "boolean"},
+                            "true: an unroutable key is a 409 and nothing is stored (default: a 202 "
+                            "with routed false)",
+                        ),
                     ],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+                    "requestBody": {
+                        "required": True,
+                        "description": "JSON (no Content-Type: JSON too) is checked and published as "
+                        "JSON; any other type but a form is published as bytes with its content type "
+                        "(without in or at)",
+                        "content": {
+                            "application/json": {"schema": {}},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    },
                     "responses": {
                         "202": _json(
                             {
                                 "type": "object",
-                                "required": ["message_id", "routing_key"],
+                                "required": ["message_id", "routing_key", "routed"],
                                 "properties": {
                                     "message_id": {"type": "string"},
                                     "routing_key": {"type": "string"},
                                     "delay": {"type": ["number", "null"]},
+                                    "routed": {
+                                        "type": ["boolean", "null"],
+                                        "description": "whether a queue received it (false: none is bound "
+                                        "for the key, the broker dropped it); null for a delayed message, "
+                                        "routed when due",
+                                    },
                                 },
                             },
                             "confirmed by the broker",
                         ),
-                        **_errors(400, 413, 503),
+                        **_errors(400, 409, 413, 415, 503),
                     },
                 }
             },
@@ -179,33 +259,215 @@ def document() -> dict[str, Any]:
                             },
                             "the queues",
                         ),
+                        **_errors(400, 503),
+                    },
+                }
+            },
+            "/api/workers": {
+                "get": {
+                    "summary": "The namespace's running workers: connection, host, the queues each "
+                    "consumes, messages in flight (from the management API)",
+                    "operationId": "workers",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["workers"],
+                                "properties": {
+                                    "workers": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["connection", "queues", "in_flight"],
+                                            "properties": {
+                                                "connection": {"type": "string"},
+                                                "name": {"type": ["string", "null"]},
+                                                "platform": {"type": ["string", "null"]},
+                                                "host": {"type": ["string", "null"]},
+                                                "port": {"type": ["integer", "null"]},
+                                                "connected_at": {
+                                                    "type": ["string", "null"],
+                                                    "format": "date-time",
+                                                },
+                                                "queues": {"type": "array", "items": {"type": "string"}},
+                                                "in_flight": {"type": "integer"},
+                                            },
+                                        },
+                                    }
+                                },
+                            },
+                            "the workers",
+                        ),
                         **_errors(503),
                     },
                 }
             },
-            "/api/dead": {
+            "/api/pull": {
                 "get": {
-                    "summary": "A page of the dead queue, with each message's error headers (messages stay)",
-                    "operationId": "dead",
+                    "summary": "HTTP workers' pull queues: jobs waiting in the gateway, leases out, leases "
+                    "expired so far",
+                    "operationId": "pullStats",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["queues", "leased", "expired"],
+                                "properties": {
+                                    "queues": {"type": "object", "additionalProperties": {"type": "integer"}},
+                                    "leased": {"type": "integer"},
+                                    "expired": {"type": "integer"},
+                                },
+                            },
+                            "the figures",
+                        ),
+                        **_errors(),
+                    },
+                }
+            },
+            "/api/queues/{queue}/next": {
+                "get": {
+                    "summary": "Take the next message of a pull queue (event serve --pull) under a lease; "
+                    "204 when none came within wait",
+                    "operationId": "pullNext",
                     "parameters": [
+                        _path("queue", "the pull queue's full name, e.g. myapp:jobs"),
                         _query(
-                            "offset", {"type": "integer", "minimum": 0, "maximum": 10000}, "skip this many"
+                            "lease",
+                            {"type": "number", "minimum": 1, "maximum": 3600},
+                            "seconds to ack or fail it before it goes back (default 60)",
                         ),
                         _query(
-                            "limit", {"type": "integer", "minimum": 1, "maximum": 500}, "at most this many"
+                            "wait",
+                            {"type": "number", "minimum": 0, "maximum": 60},
+                            "seconds to wait for a message (long poll; default 0)",
                         ),
                     ],
                     "responses": {
                         "200": _json(
                             {
                                 "type": "object",
-                                "required": ["queue", "exists", "total", "messages"],
+                                "required": ["lease", "queue", "routing_key", "attempt", "body"],
+                                "properties": {
+                                    "lease": {"type": "string"},
+                                    "lease_s": {"type": "number"},
+                                    "queue": {"type": "string"},
+                                    "message_id": {"type": ["string", "null"]},
+                                    "routing_key": {"type": "string"},
+                                    "attempt": {"type": "integer"},
+                                    "headers": {"type": "object"},
+                                    "body": {"description": "the JSON body, or the bytes as text"},
+                                },
+                            },
+                            "a message, leased",
+                        ),
+                        "204": {"description": "no message within wait"},
+                        **_errors(404),
+                    },
+                }
+            },
+            "/api/queues/{queue}/leases/{lease}/ack": {
+                "post": {
+                    "summary": "The HTTP worker handled the leased message: it is acked",
+                    "operationId": "pullAck",
+                    "parameters": [_path("queue", "the pull queue"), _path("lease", "the lease id")],
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["lease", "acked"]}, "acked"),
+                        **_errors(404),
+                    },
+                }
+            },
+            "/api/queues/{queue}/leases/{lease}/fail": {
+                "post": {
+                    "summary": "The HTTP worker failed the leased message: retried by the consumer's rules, "
+                    "or dead",
+                    "operationId": "pullFail",
+                    "parameters": [
+                        _path("queue", "the pull queue"),
+                        _path("lease", "the lease id"),
+                        _query("error", {"type": "string"}, "the reason, kept in the event-error header"),
+                        _query(
+                            "retry_after",
+                            {"type": "number", "minimum": 0, "maximum": 31622400},
+                            "retry after this many seconds (counts an attempt)",
+                        ),
+                        _query("dead", {"type": "boolean"}, "true: straight to the dead queue"),
+                    ],
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["lease", "failed"]}, "failed"),
+                        **_errors(404),
+                    },
+                }
+            },
+            "/api/history": {
+                "get": {
+                    "summary": "The last hour of the consumer and dead queues: ready, unacked, in/s, out/s "
+                    "every 10 s, sampled by this gateway since it started",
+                    "operationId": "history",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["interval_s", "times", "series"],
+                                "properties": {
+                                    "interval_s": {"type": "number"},
+                                    "times": {"type": "array", "items": {"type": "number"}},
+                                    "series": {
+                                        "type": "object",
+                                        "additionalProperties": {
+                                            "type": "object",
+                                            "additionalProperties": {
+                                                "type": "array",
+                                                "items": {"type": ["number", "null"]},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                            "series per queue, oldest first (null: the queue was not there)",
+                        ),
+                        **_errors(),
+                    },
+                }
+            },
+            "/api/dead": {
+                "get": {
+                    "summary": "A page of the dead queue, newest first, filtered (messages stay in it)",
+                    "operationId": "dead",
+                    "parameters": [
+                        _query(
+                            "offset",
+                            {"type": "integer", "minimum": 0, "maximum": 100000},
+                            "skip this many (of those matching, newest first)",
+                        ),
+                        _query(
+                            "limit", {"type": "integer", "minimum": 1, "maximum": 500}, "at most this many"
+                        ),
+                        *_FILTER,
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["queue", "exists", "total", "matching", "messages"],
                                 "properties": {
                                     "queue": {"type": "string"},
                                     "exists": {"type": "boolean"},
-                                    "total": {"type": "integer"},
+                                    "total": {"type": "integer", "description": "messages in the queue"},
+                                    "matching": {
+                                        "type": "integer",
+                                        "description": "of those, passing the filter",
+                                    },
                                     "offset": {"type": "integer"},
-                                    "messages": {"type": "array", "items": _DEAD_MESSAGE},
+                                    "read_at": {
+                                        "type": "string",
+                                        "format": "date-time",
+                                        "description": "when the gateway last read the queue",
+                                    },
+                                    "reads": {
+                                        "type": "integer",
+                                        "description": "how often this gateway read the whole queue so far",
+                                    },
+                                    "messages": {"type": "array", "items": _DEAD_SUMMARY},
                                 },
                             },
                             "the page",
@@ -220,22 +482,31 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _json(_DELETED, "purged"), **_errors(400, 404, 503)},
                 },
             },
+            "/api/dead/messages/{key}": {
+                "get": {
+                    "summary": "One dead message in full: headers with x-death, the body",
+                    "operationId": "deadMessage",
+                    "parameters": [_path("key", "the message's key (its message id) from the list")],
+                    "responses": {"200": _json(_DEAD_MESSAGE, "the message"), **_errors(404, 503)},
+                }
+            },
             "/api/dead/requeue": {
                 "post": {
-                    "summary": "Send dead messages back to the queue each failed in: one by id, or all",
+                    "summary": "Send dead messages back to the queue each failed in: one by id, those "
+                    "selected (key), all, or all matching a filter",
                     "operationId": "requeueDead",
-                    "parameters": [_MESSAGE_ID, _ALL],
+                    "parameters": _SELECTION,
                     "responses": {"200": _json(_REQUEUED, "what was requeued"), **_errors(400, 404, 503)},
                 }
             },
             "/api/dead/delete": {
                 "post": {
-                    "summary": "Delete dead messages: one by id, or all (all=true needs confirm=true)",
+                    "summary": "Delete dead messages, selected as for requeue (all=true and "
+                    "matching=true need confirm=true)",
                     "operationId": "deleteDead",
                     "parameters": [
-                        _MESSAGE_ID,
-                        _ALL,
-                        _query("confirm", {"type": "boolean"}, "with all=true"),
+                        *_SELECTION,
+                        _query("confirm", {"type": "boolean"}, "with all=true or matching=true"),
                     ],
                     "responses": {"200": _json(_DELETED, "deleted"), **_errors(400, 404, 503)},
                 }
@@ -256,13 +527,37 @@ def document() -> dict[str, Any]:
             },
             "/healthz": {
                 "get": {
-                    "summary": "200 while the gateway runs",
+                    "summary": "200 while the gateway runs (needs no token)",
                     "operationId": "health",
                     "responses": {
                         "200": {
                             "description": "ok",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        "400": _json(_ERROR, "a query parameter was given"),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {
+                        "200": _json({"type": "object"}, "the OpenAPI document"),
+                        **_errors(400),
+                    },
+                }
+            },
+            "/api": {
+                "get": {
+                    "summary": "This document as a page to read",
+                    "operationId": "apiPage",
+                    "responses": {
+                        "200": {
+                            "description": "an HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(400),
                     },
                 }
             },

@@ -5,7 +5,10 @@
   or the session cookie that the login page sets (an HMAC of the token, never the token itself);
   both are compared in constant time (:func:`hmac.compare_digest`).
 - A state-changing request (anything but GET/HEAD/OPTIONS) coming from a browser must be same-origin
-  (``Origin`` and ``Sec-Fetch-Site``) and carry the page's CSRF token in ``X-CSRF-Token``. Programs
+  (``Origin`` and ``Sec-Fetch-Site``) and carry the page's CSRF token in ``X-CSRF-Token`` (the sign-in
+  and sign-out forms, which cannot send a header and touch no broker state, only the first).
+- Pages are sent with ``Referrer-Policy: same-origin``: a browser then sends the page's real ``Origin``
+  with a same-origin form, and no referrer to any other site. Programs
   (curl, an HTTP client) send neither ``Origin`` nor cookies and need only the bearer token.
 - Bound to loopback, only loopback ``Host`` names are answered, so a DNS-rebinding page cannot talk
   to the gateway through the user's browser.
@@ -30,12 +33,17 @@ SESSION_COOKIE = "event_session"
 CSRF_HEADER = "x-csrf-token"
 LOOPBACK_NAMES = ("localhost",)
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-PUBLIC_PATHS = ("/login", "/static/", "/favicon.ico", "/healthz")
+PUBLIC_PATHS = ("/login", "/logout", "/static/", "/favicon.ico", "/healthz")
+# Forms of the sign-in and sign-out pages: a form cannot send the X-CSRF-Token header, so these two are
+# guarded by the Origin and Sec-Fetch-Site checks alone (they change nothing on the broker).
+FORM_PATHS = ("/login", "/logout")
 SECURITY_HEADERS = (
     (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'"),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: under no-referrer Chromium sends ``Origin: null`` with a form's POST,
+    # which the origin check must refuse, and nobody could sign in. Other sites still get no referrer.
+    (b"referrer-policy", b"same-origin"),
 )
 
 
@@ -171,7 +179,11 @@ class Guard:
         if origin is not None and origin != f"{scope.get('scheme', 'http')}://{host}":
             return _error(403, f"cross-origin request from {origin!r} refused")
         from_browser = origin is not None or fetch_site is not None or bool(cookies)
-        if from_browser and path != "/login" and not self.keys.csrf_matches(headers.get(CSRF_HEADER, "")):
+        if (
+            from_browser
+            and path not in FORM_PATHS
+            and not self.keys.csrf_matches(headers.get(CSRF_HEADER, ""))
+        ):
             return _error(403, "a browser's change needs the dashboard's CSRF token in X-CSRF-Token")
         return None
 

@@ -4,6 +4,7 @@ an unreachable broker, pause and resume, and the bind and token rules."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,7 +58,7 @@ async def test_bad_requests_get_400_naming_the_problem(
         ("/publish/app.x", {"in": "5", "at": "2030-01-01T00:00:00Z"}, b"{}", "not both"),
         ("/publish/app.x", {"at": "2030-01-01T00:00:00"}, b"{}", "time zone"),
         ("/publish/app.x", {"at": "tomorrow"}, b"{}", "ISO 8601"),
-        ("/api/dead/requeue", {}, b"", "message_id=ID, or all=true"),
+        ("/api/dead/requeue", {}, b"", "message_id=ID, key=ID (repeatable), all=true"),
         ("/api/dead/delete", {"all": "true"}, b"", "confirm=true"),
     ]
     async with gateway(amqp_url, iso, management) as gw, httpx.AsyncClient(base_url=gw.base) as client:
@@ -93,7 +94,8 @@ async def test_publish_answers_503_while_the_broker_is_unreachable_and_sends_not
             assert [r.status_code for r in refused] == [503] * 10
             for response in refused:
                 error = response.json()["error"]
-                assert "unreachable" in error and "guest:guest" not in error, error
+                assert error.startswith("nothing was done: "), error
+                assert "guest:guest" not in error and response.json()["problem"] == "broker"
             await link.restore()
             accepted = await asyncio.gather(*map(publish, range(200, 210)))
             assert [r.status_code for r in accepted] == [202] * 10
@@ -211,12 +213,17 @@ async def test_the_dead_queue_over_http_lists_deletes_requeues_and_purges(
         failing["on"] = False
         page = (await client.get("/api/dead", params={"limit": "3"})).json()
         assert (page["exists"], page["total"], len(page["messages"])) == (True, 4, 3)
-        first = page["messages"][0]
-        assert first["message_id"] == "item-0" and first["queue"] == f"{iso.namespace}:fragile"
-        assert first["error"] == "Dead: no stock for item 0" and first["attempts"] == 1
-        assert first["body"] == '{"item":0}' and first["headers"]["event-error"] == first["error"]
+        assert [m["message_id"] for m in page["messages"]] == ["item-3", "item-2", "item-1"]  # newest first
         rest = (await client.get("/api/dead", params={"offset": "3"})).json()["messages"]
-        assert [m["message_id"] for m in rest] == ["item-3"]
+        assert [m["message_id"] for m in rest] == ["item-0"]
+        oldest = rest[0]
+        assert oldest["queue"] == f"{iso.namespace}:fragile" and oldest["attempts"] == 1
+        assert oldest["error"] == "Dead: no stock for item 0" and oldest["body_preview"] == '{"item":0}'
+        opened = (await client.get("/api/dead/messages/item-0")).json()
+        assert opened["body"] == '{"item":0}' and opened["body_json"] == {"item": 0}
+        assert opened["headers"]["event-error"] == oldest["error"]
+        nothing = await client.get("/api/dead/messages/no-such-id")
+        assert nothing.status_code == 404 and "no-such-id" in nothing.json()["error"]
 
         deleted = await client.post("/api/dead/delete", params={"message_id": "item-1"})
         assert deleted.status_code == 200 and deleted.json() == {"deleted": 1}
@@ -230,3 +237,65 @@ async def test_the_dead_queue_over_http_lists_deletes_requeues_and_purges(
         await eventually(lambda: sorted(handled) == ["item-0", "item-2", "item-3"], timeout=10)
         purged = await client.delete("/api/dead", params={"confirm": "true"})
         assert purged.status_code == 200 and purged.json() == {"deleted": 0}
+
+
+async def test_a_busy_bind_port_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "event.cli", "serve", "--bind", f"127.0.0.1:{port}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    [line] = err.decode().strip().splitlines()
+    assert f"cannot serve on 127.0.0.1:{port} (--bind)" in line and "pick another port" in line
+
+
+async def test_management_off_wrong_password_and_broker_down_each_say_so_at_start_and_on_every_call(
+    amqp_url: str, iso: Isolation, management: Management
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    wrong = amqp_url.replace("guest:guest@", "guest:not-the-password@")
+    assert wrong != amqp_url
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    cases = [
+        # (broker URL, management URL, what the queue list says, what serve says at start)
+        (amqp_url, closed, "rabbitmq-plugins enable rabbitmq_management", ["does not answer"]),
+        (wrong, management.base, "refused the user 'guest' (401)", ["refused the login", "(401)"]),
+        (down, closed, "does not answer", ["cannot reach RabbitMQ", "does not answer"]),
+    ]
+    for url, management_url, listed, started in cases:
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "event.cli", "serve", "--url", url, "--namespace", iso.namespace,
+            "--exchange", iso.exchange, "--bind", f"127.0.0.1:{port}", "--management-url", management_url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+
+                async def up() -> bool:
+                    try:
+                        return (await client.get("/healthz")).status_code == 200
+                    except httpx.HTTPError:
+                        return False
+
+                await eventually(up, timeout=30)
+                answer = await client.get("/api/queues")
+                assert answer.status_code == 503 and listed in answer.json()["error"], answer.text
+                assert answer.json()["problem"] == "management"
+                if url == down:
+                    dead = await client.get("/api/dead")
+                    assert dead.status_code == 503 and dead.json()["problem"] == "broker"
+                    assert "cannot reach RabbitMQ" in dead.json()["error"]
+        finally:
+            process.terminate()
+            output = (await process.communicate())[0].decode()
+        warnings = [line for line in output.splitlines() if "WARNING event.gateway: event serve:" in line]
+        assert len(warnings) == len(started), output
+        for line, said in zip(warnings, started, strict=True):
+            assert said in line, output
+        assert "not-the-password" not in output and "Traceback" not in output

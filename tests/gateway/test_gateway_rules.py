@@ -55,7 +55,11 @@ def client(token: str | None, keys: Secrets | None = None) -> tuple[httpx.AsyncC
 
     keys = keys or Secrets(token)
     app = Starlette(
-        routes=[Route("/api/x", ok, methods=["GET", "POST"]), Route("/login", ok, methods=["POST"])]
+        routes=[
+            Route("/api/x", ok, methods=["GET", "POST"]),
+            Route("/login", ok, methods=["POST"]),
+            Route("/logout", ok, methods=["POST"]),
+        ]
     )
     app.add_middleware(Guard, keys=keys, loopback_only=token is None)
     transport = httpx.ASGITransport(app=app)
@@ -93,6 +97,8 @@ async def test_with_a_token_requests_need_it_and_every_answer_has_the_security_h
     assert allowed.status_code == 200
     assert "frame-ancestors 'none'" in allowed.headers["content-security-policy"]
     assert allowed.headers["x-frame-options"] == "DENY"
+    # Not no-referrer: with it Chromium posts a same-origin form with "Origin: null", refused below.
+    assert allowed.headers["referrer-policy"] == "same-origin"
     http.cookies.set("event_session", keys.session_value())
     assert (await http.get("/api/x")).status_code == 200
 
@@ -101,3 +107,12 @@ async def test_with_a_token_requests_need_it_and_every_answer_has_the_security_h
 def test_only_the_token_matches(given_token: str) -> None:
     keys = Secrets("the-right-token-123")
     assert keys.token_matches(given_token) == (given_token == "the-right-token-123")
+
+
+async def test_the_sign_in_and_out_forms_need_the_same_origin_but_no_csrf_header() -> None:
+    http, _ = client("sixteen-chars-token")
+    form = {"Origin": "http://127.0.0.1:8080", "Sec-Fetch-Site": "same-origin"}
+    for path in ("/login", "/logout"):
+        assert (await http.post(path, headers=form)).status_code == 200
+        assert (await http.post(path, headers={"Origin": "null"})).status_code == 403
+        assert (await http.post(path, headers={"Sec-Fetch-Site": "cross-site"})).status_code == 403

@@ -6,6 +6,7 @@ import importlib.util
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -210,3 +211,39 @@ async def test_topology_unbind_schedule_moves_the_pools_namespace_off_hutch_sche
     assert "unbound 21 delay queue(s)" in moved.stdout and "deleted 21 empty" in moved.stdout
     again = event("topology", "topo_app:pool", "--unbind-schedule", env=env)
     assert again.returncode == 0 and "unbound 0" in again.stdout  # idempotent
+
+
+def closed_pipe(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run `event ARGS` with its stdout a pipe nobody reads any more (`event ... | head` once head
+    exited): the exit code and what it printed on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # before the command writes: its first write meets a closed pipe
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "event.cli", *args], stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(APPS), **env},
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    return result.returncode, result.stderr
+
+
+def test_a_closed_pipe_ends_topology_and_queues_quietly(env: dict[str, str]) -> None:
+    for command in (["topology", "topo_app:pool"], ["queues"]):
+        code, stderr = closed_pipe(*command, env=env)
+        assert (code, stderr) == (141, ""), (command, stderr)
+
+
+def test_a_busy_metrics_port_is_one_line_and_exit_2(env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = event(
+            "worker", "topo_app:pool", "--metrics-port", port, "--metrics-host", "127.0.0.1", env=env
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert f"cannot serve metrics on 127.0.0.1:{port} (--metrics-port)" in line
+    assert "pick another port" in line

@@ -30,7 +30,8 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "runners.counts", "runners.hooks", "runners.http", "pool", "testing",
     ),
     "edges": (
-        "workers_file", "asyncapi", "protoc_plugin", "bench", "bench_child", "cli", "gateway", "gateway.app",
+        "workers_file", "asyncapi", "protoc_plugin", "bench", "bench_child", "cli", "gateway",
+        "gateway.apipage", "gateway.app", "gateway.history", "gateway.morgue", "gateway.pull",
         "gateway.backend", "gateway.openapi", "gateway.security", "gateway.server",
     ),
 }  # fmt: skip
