@@ -861,20 +861,22 @@ class AMQPChannel:
 
         The broker returns an unroutable mandatory message just before the confirm that covers it, so
         it is the oldest mandatory publish with the same exchange, routing key and body among those
-        this confirm covers (and not already returned); a return that none of them is stays unclaimed
-        and is dropped. Message ids are not compared: a caller may reuse one, and nothing obliges a
-        message to have one."""
+        this confirm covers (and not already returned), else the oldest pending one alike (the confirm
+        of a publish may come after that of a later one it was returned before). Message ids are not
+        compared: a caller may reuse one, and nothing obliges a message to have one."""
         for returned in self._returns:
             key = (returned.exchange, returned.routing_key, returned.body)
             chosen = None
-            for one, sent in self._mandatory.items():  # in tag order
-                if one > tag:
-                    break
-                if one != tag and not multiple:
+            fallback = None
+            for one, sent in self._mandatory.items():
+                if sent != key or one in self._returned:
                     continue
-                if sent == key and one not in self._returned:
+                if one == tag or (multiple and one < tag):
                     chosen = one
                     break
+                if fallback is None:
+                    fallback = one
+            chosen = chosen if chosen is not None else fallback
             if chosen is None:
                 log.warning(
                     "channel %d: a message returned from %r with routing key %r matches no publish",
