@@ -154,6 +154,11 @@ class AMQPConnection(asyncio.Protocol):
     def blocked(self) -> str | None:
         return self._blocked
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet processed: the part of a frame still arriving (at most a frame)."""
+        return len(self._buf)
+
     async def channel(self, *, confirms: bool = False) -> AMQPChannel:
         if self._state != _READY:
             raise driver.ChannelInvalidState(f"the connection to {self._node} is closed")
