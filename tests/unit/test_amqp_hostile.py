@@ -709,7 +709,7 @@ def _mutate(data: bytes, flips: list[tuple[int, int]], cut: int | None) -> bytes
 
 
 @settings(
-    max_examples=3000,
+    max_examples=2000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     derandomize=True,
@@ -720,18 +720,47 @@ def _mutate(data: bytes, flips: list[tuple[int, int]], cut: int | None) -> bytes
     cut=st.none() | st.integers(0, 2000),
     chunk=st.integers(1, 300),
     confirms=st.booleans(),
+    handshake=st.booleans(),
 )
 def test_fuzz_the_receive_path(
-    stream: list[bytes], flips: list[tuple[int, int]], cut: int | None, chunk: int, confirms: bool
+    stream: list[bytes],
+    flips: list[tuple[int, int]],
+    cut: int | None,
+    chunk: int,
+    confirms: bool,
+    handshake: bool,
 ) -> None:
-    """Arbitrary and mutated frames, split anywhere: no exception escapes, no hang, the buffer stays
-    within one frame, and the connection is either open and consistent or closed with a reply code."""
-    asyncio.run(_fuzz_one(_mutate(b"".join(stream), flips, cut), chunk, confirms))
+    """Arbitrary and mutated frames, split anywhere, from the handshake on or once a channel is open:
+    no exception escapes, no hang, the buffer stays within one frame, and the connection is either
+    open and consistent or closed with a reply code."""
+    if handshake:  # the broker's side of the handshake, mutated with the rest
+        stream = [HANDSHAKE, *stream]
+    asyncio.run(_fuzz_one(_mutate(b"".join(stream), flips, cut), chunk, confirms, handshake))
 
 
-async def _fuzz_one(data: bytes, chunk: int, confirms: bool) -> None:
-    connection, transport, channel = await opened(confirms=confirms, prefetch=2)
-    pending = await publishes(channel, 5, mandatory=True) if confirms else []
+HANDSHAKE = b"".join(
+    marshal(frame)
+    for frame in (
+        spec.Connection.Start(
+            server_properties={"product": "fuzz", "nested": {"a": [1, "b"]}}, mechanisms="PLAIN"
+        ),
+        spec.Connection.Tune(2047, 4096, 0),
+        spec.Connection.OpenOk(),
+    )
+)
+
+
+async def _fuzz_one(data: bytes, chunk: int, confirms: bool, handshake: bool) -> None:
+    if handshake:
+        loop = asyncio.get_running_loop()
+        connection = amqp.AMQPConnection(parse("amqp://u:p@h/"), name="t", node="t", loop=loop)
+        transport = Recorder()
+        connection.connection_made(transport)
+        channel: Any = type("NoChannel", (), {"got": []})()
+        pending: list[asyncio.Task[None]] = []
+    else:
+        connection, transport, channel = await opened(confirms=confirms, prefetch=2)
+        pending = await publishes(channel, 5, mandatory=True) if confirms else []
     for at in range(0, len(data), chunk):
         with watchdog(2.0):
             connection.data_received(data[at : at + chunk])  # raises nothing
