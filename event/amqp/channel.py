@@ -15,7 +15,7 @@ Held to the protocol, with bounded time and memory whatever the broker sends (ea
 
 - a confirm of a tag never published is 503 COMMAND_INVALID (RabbitMQ answers a client's ack of an
   unknown tag with 406 on the channel; a broker confirming what was never sent is broken, not the
-  channel, so the connection ends); settling a confirm walks the publishes pending, not the tag range;
+  channel, so the connection ends); settling a confirm walks only tags published, each once;
 - a method where a content header or body was due, a content header or body with no method or header
   before it, is 505 UNEXPECTED_FRAME; more body than the header's ``body_size`` (or a ``body_size``
   above :data:`BODY_MAX`) is 501 FRAME_ERROR: nothing reaches a handler that its frames do not fully
@@ -116,6 +116,7 @@ class AMQPChannel:
     def __init__(self, connection: AMQPConnection, number: int, *, confirms: bool) -> None:
         self._connection = connection
         self._loop = connection.loop
+        self._payload_max = connection.payload_max  # negotiated before any channel opens
         self._number = number
         self._confirms = confirms
         self._closed = False  # no more use: we began closing it, or it is gone
@@ -131,6 +132,7 @@ class AMQPChannel:
         self._flow_on.set()
         # Publisher confirms: delivery tag -> the publish's future, in tag order (inserted so).
         self._published = 0
+        self._lowest = 1  # no unconfirmed tag below this
         self._unconfirmed: dict[int, asyncio.Future[None]] = {}
         # Mandatory publishes not yet confirmed: tag -> (exchange, routing key, body), and the returns
         # that arrived since the last confirm (the broker sends a Return just before its Ack).
@@ -173,6 +175,13 @@ class AMQPChannel:
     @property
     def closing(self) -> asyncio.Future[None]:
         return self._closing
+
+    @property
+    def awaits_broker(self) -> bool:
+        """Whether something waits for the broker here: an RPC's reply, a publish's confirm, a CloseOk."""
+        return bool(self._rpcs or self._unconfirmed) or (
+            self._close_ok is not None and not self._close_ok.done()
+        )
 
     async def close(self) -> None:
         """Close the channel (``Channel.Close``, then the broker's ``CloseOk``); publishes still
@@ -536,7 +545,7 @@ class AMQPChannel:
             return at
         kind, number, size = frames.HEAD.unpack_from(buf, at)
         end = at + 7 + size
-        payload_max = self._connection.payload_max
+        payload_max = self._payload_max
         if (
             kind != frames.FRAME_HEADER
             or number != self._number
@@ -808,42 +817,34 @@ class AMQPChannel:
 
     def _confirm(self, tag: int, multiple: bool, error: type[driver.Nacked] | None) -> None:
         """``Basic.Ack`` (``error`` None) or ``Basic.Nack`` of ``tag``, and of every tag below it if
-        ``multiple``. It walks the publishes pending that it settles, never the range of tags."""
-        if tag > self._published or (tag == 0 and not multiple):
+        ``multiple``.
+
+        A tag above the last one published is refused before any walk, so a walk from the lowest tag
+        possibly unconfirmed up to ``tag`` covers only tags published, and each tag is walked past
+        once (the mark only goes up): amortized O(1) a publish, never O(the tag's value)."""
+        top = self._published
+        if tag > top or (tag == 0 and not multiple):
             raise frames.Violation(
                 frames.COMMAND_INVALID,
-                f"a confirm of delivery tag {tag} on channel {self._number}, where "
-                f"{self._published} were published",
+                f"a confirm of delivery tag {tag} on channel {self._number}, where {top} were published",
             )
-        if multiple and tag == 0:  # the spec's "every outstanding message"
-            tag = self._published
         if self._returns:
-            self._match_returns(tag, multiple)
+            self._match_returns(tag or top, multiple)
         unconfirmed = self._unconfirmed
-        if not multiple:
-            confirmed = unconfirmed.pop(tag, None)
-            if confirmed is None:
-                return  # confirmed before, or forgotten (timed out, cancelled): nothing waits for it
-            settled = [(tag, confirmed)]
-        elif not unconfirmed:
-            return
-        elif next(reversed(unconfirmed)) <= tag:  # the usual multiple: every one pending
-            settled = list(unconfirmed.items())
-            unconfirmed.clear()
+        if multiple:
+            if tag == 0:  # the spec's "every outstanding message"
+                tag = top
+            tags: range | tuple[int] = range(self._lowest, tag + 1)
+            self._lowest = max(self._lowest, tag + 1)
         else:
-            settled = []
-            for one, confirmed in unconfirmed.items():  # in tag order: only those settled are walked
-                if one > tag:
-                    break
-                settled.append((one, confirmed))
-            for one, _ in settled:
-                del unconfirmed[one]
-        mandatory = self._mandatory
-        returned_ones = self._returned
-        for one, confirmed in settled:
-            if mandatory:
-                mandatory.pop(one, None)
-            returned = returned_ones.pop(one, None) if returned_ones else None
+            tags = (tag,)
+        for one in tags:
+            confirmed = unconfirmed.pop(one, None)
+            if confirmed is None:
+                continue  # confirmed before, or forgotten (timed out, cancelled): nothing waits for it
+            if self._mandatory:
+                self._mandatory.pop(one, None)
+            returned = self._returned.pop(one, None) if self._returned else None
             if confirmed.done():
                 continue  # its publisher stopped waiting
             if error is not None:
@@ -852,6 +853,11 @@ class AMQPChannel:
                 confirmed.set_exception(driver.Returned(returned))
             else:
                 confirmed.set_result(None)
+        if not multiple:
+            lowest = self._lowest
+            while lowest <= top and lowest not in unconfirmed:
+                lowest += 1
+            self._lowest = lowest
         deadlines = self._deadlines  # the confirmed no longer need theirs (bounded memory at a high rate)
         while deadlines and deadlines[0][1] not in unconfirmed:
             deadlines.popleft()

@@ -51,6 +51,10 @@ log = logging.getLogger("event.amqp")
 FRAME_MAX = 131072  # what we accept at most (RabbitMQ's default too), and our cap when the broker says 0
 FRAME_MIN = 4096  # the protocol's minimum frame_max: a broker's lower value is refused
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the broker's Connection.CloseOk
+# While reading is paused for too many deliveries in hand, every HOLD_PROBE seconds one more read is let
+# in if a channel waits for the broker (a confirm, an RPC reply, a CloseOk): a handler that publishes a
+# confirmed copy before it acks would otherwise wait for ever on a confirm we no longer read.
+HOLD_PROBE = 0.25
 
 CAPABILITIES = {
     "publisher_confirms": True,
@@ -133,8 +137,10 @@ class AMQPConnection(asyncio.Protocol):
         # Channels closed on our side whose CloseOk may still come (a close that timed out, or crossed
         # the broker's): their late frames are dropped, and their numbers not reused meanwhile.
         self._abandoned: set[int] = set()
-        # Channels holding more unsettled deliveries than their prefetch allows: reading is paused.
+        # Channels holding more unsettled deliveries than their prefetch allows: reading is paused,
+        # but for one read every HOLD_PROBE seconds while a channel waits for the broker.
         self._holding: set[int] = set()
+        self._probe: asyncio.TimerHandle | None = None
 
     # --- the driver.Connection protocol -----------------------------------------------------------
 
@@ -282,6 +288,8 @@ class AMQPConnection(asyncio.Protocol):
             buf.clear()
         else:
             del buf[:pos]
+            if self._holding:  # the one read a probe let in, or the read that began the hold
+                self._pause()
 
     def _stray(self, kind: int, number: int, buf: bytearray, start: int, end: int) -> None:
         """A frame for channel ``number``, which is not open: a late one of a channel we abandoned is
@@ -310,11 +318,10 @@ class AMQPConnection(asyncio.Protocol):
 
     def hold(self, number: int) -> None:
         """Channel ``number`` holds too many unsettled deliveries: stop reading until it lets go."""
-        if not self._holding:
-            transport = self._transport
-            if transport is not None and not transport.is_closing():
-                transport.pause_reading()
         self._holding.add(number)
+        self._pause()
+        if self._probe is None:
+            self._probe = self.loop.call_later(HOLD_PROBE, self._peek)
 
     def release(self, number: int) -> None:
         """Channel ``number`` no longer holds too many deliveries: read again if no channel does."""
@@ -322,9 +329,30 @@ class AMQPConnection(asyncio.Protocol):
         if number in holding:
             holding.discard(number)
             if not holding:
-                transport = self._transport
-                if transport is not None and not transport.is_closing():
-                    transport.resume_reading()
+                if self._probe is not None:
+                    self._probe.cancel()
+                    self._probe = None
+                self._resume()
+
+    def _pause(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def _resume(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _peek(self) -> None:
+        """While reading is held: let one read in if a channel waits for the broker (data_received
+        pauses again after it), so that a wait for a confirm or a reply never becomes a deadlock."""
+        self._probe = None
+        if not self._holding or self._state == _CLOSED:
+            return
+        if any(channel.awaits_broker for channel in self._channels.values()) or self._close_ok is not None:
+            self._resume()
+        self._probe = self.loop.call_later(HOLD_PROBE, self._peek)
 
     async def publishable(self, flow_on: asyncio.Event) -> None:
         """Wait until the broker lets this connection publish (and the channel's flow, ``flow_on``)."""
@@ -489,6 +517,8 @@ class AMQPConnection(asyncio.Protocol):
         self._state = _CLOSED
         if self._beat is not None:
             self._beat.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
         make = exc or (lambda: driver.ConnectionClosed(0, f"the connection to {self._node} was closed"))
         for channel in list(self._channels.values()):
             channel.finish(make)

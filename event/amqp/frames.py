@@ -338,6 +338,7 @@ def _table(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tupl
         table[key], at = _value(buf, at + n, depth, left)
     if at != end:
         raise ValueError("field table value runs past the table")
+    _count(left, len(table))
     return table, end
 
 
@@ -354,16 +355,22 @@ def _array(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tupl
     while at < end:
         value, at = _value(buf, at, depth, left)
         items.append(value)
+    _count(left, len(items))
     if at != end:
         raise ValueError("field array value runs past the array")
     return items, at
 
 
-def _value(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tuple[Any, int]:
-    """One typed field value (RabbitMQ's errata of the type letters, as pamqp reads them)."""
-    left[0] -= 1
+def _count(left: list[int], values: int) -> None:
+    """``values`` more of the header's allowance of field values (counted per table and array, not
+    per value: the decoder's cost stays where it was)."""
+    left[0] -= values
     if left[0] < 0:
         raise ValueError(f"a content header with more than {MAX_TABLE_FIELDS} field values")
+
+
+def _value(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tuple[Any, int]:
+    """One typed field value (RabbitMQ's errata of the type letters, as pamqp reads them)."""
     kind = buf[at]
     at += 1
     if kind == 0x53:  # S: long string, bytes if not UTF-8
