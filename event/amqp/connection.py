@@ -21,7 +21,8 @@ code. No exception leaves :meth:`AMQPConnection.data_received`.
 
 Reading pauses (``transport.pause_reading()``) while a channel holds more unsettled deliveries than
 its consumers' prefetch allows with a margin (see :mod:`event.amqp.channel`), and resumes when they
-drain; the missed-heartbeat detector does not count the silence of a pause of ours.
+drain; the missed-heartbeat detector does not count the silence of a pause of ours, and while a channel
+waits for the broker (a confirm, a reply) one read is let in every :data:`HOLD_PROBE` seconds.
 """
 
 from __future__ import annotations

@@ -437,6 +437,28 @@ async def test_reading_pauses_while_deliveries_in_hand_exceed_the_prefetch_and_r
     assert transport.reading  # a channel that ends holds nothing back
 
 
+async def test_a_held_connection_still_reads_now_and_then_while_a_confirm_is_awaited() -> None:
+    """A handler that publishes a copy and awaits its confirm before it acks (event's retries do) must
+    not wait for ever on a confirm we stopped reading: one read is let in every HOLD_PROBE seconds."""
+    connection, transport, consuming = await opened(prefetch=10)
+    opening = asyncio.create_task(connection.channel(confirms=True))
+    await asyncio.sleep(0)
+    connection.data_received(marshal(spec.Channel.OpenOk(), 2))
+    await asyncio.sleep(0)
+    connection.data_received(marshal(spec.Confirm.SelectOk(), 2))
+    publishing = await opening
+    connection.data_received(b"".join(message(tag, b"m") for tag in range(1, 86)))
+    assert not transport.reading
+    await asyncio.sleep(0.4)
+    assert not transport.reading  # nothing awaited from the broker: the hold is strict
+    copy = asyncio.create_task(publishing.basic_publish(b"retry copy", routing_key="q"))
+    await eventually(lambda: transport.reading, timeout=2)  # a probe lets one read in
+    connection.data_received(message(86, b"m") + marshal(spec.Basic.Ack(1), 2))
+    assert await asyncio.wait_for(copy, 1) is None
+    assert not transport.reading  # held again after that read
+    assert len(consuming.got) == 86 and not connection.is_closed
+
+
 async def test_prefetch_0_and_no_ack_consumers_never_pause_reading() -> None:
     connection, transport, channel = await opened(prefetch=0)
     connection.data_received(b"".join(message(tag, b"m") for tag in range(1, 1001)))
