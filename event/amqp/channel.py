@@ -9,6 +9,31 @@ connection's :meth:`~AMQPConnection.send`, which writes once per loop turn.
 
 Publisher confirms are matched by delivery tag (``multiple`` honoured); a ``Basic.Return`` is matched
 to the publish it belongs to by the confirm that follows it (see :meth:`AMQPChannel._match_returns`).
+
+Held to the protocol, with bounded time and memory whatever the broker sends (each violation raises
+:class:`event.amqp.frames.Violation`, and the connection closes with its code):
+
+- a confirm of a tag never published is 503 COMMAND_INVALID (RabbitMQ answers a client's ack of an
+  unknown tag with 406 on the channel; a broker confirming what was never sent is broken, not the
+  channel, so the connection ends); settling a confirm walks only tags published, each once;
+- a method where a content header or body was due, a content header or body with no method or header
+  before it, is 505 UNEXPECTED_FRAME; more body than the header's ``body_size`` (or a ``body_size``
+  above :data:`BODY_MAX`) is 501 FRAME_ERROR: nothing reaches a handler that its frames do not fully
+  and consistently describe;
+- a delivery tag not above the last one, or a ``Basic.GetOk`` with no ``Basic.Get`` asked, or any other
+  method not due, is 503 COMMAND_INVALID; a delivery for a consumer tag we do not know is rejected
+  with requeue (as pika does) and logged;
+- a publish that timed out or whose caller was cancelled is forgotten at once (body included); a
+  ``Basic.Return`` that no pending mandatory publish could claim is dropped when it arrives, and the
+  returns kept never outnumber the mandatory publishes pending;
+- read back-pressure: the deliveries in hand (delivered to a consumer that acks, not yet acked,
+  nacked or rejected) are counted per channel; past :data:`HOLD_FACTOR` times the prefetch its
+  consumers were given plus :data:`HOLD_MARGIN`, the connection stops reading until they drain back
+  to the prefetch. A broker that honours ``basic.qos`` never sends more than the prefetch, so this
+  only bounds a peer that ignores it; a consumer with prefetch 0 (unlimited) or ``no_ack`` sets no
+  bound. The prefetch counted is each consumer's at its ``ConsumeOk`` (RabbitMQ applies a
+  ``basic.qos`` to the consumers that come after it), and a cancelled consumer's share is kept, so
+  that the deliveries it leaves unsettled never make the channel pause.
 """
 
 from __future__ import annotations
@@ -39,6 +64,12 @@ _NOTHING, _DELIVER, _GET, _RETURN = 0, 1, 2, 3
 
 CLOSE_TIMEOUT = 10.0  # seconds to wait for the broker's Channel.CloseOk
 PUBLISH_METHODS_KEPT = 512  # Basic.Publish frames a channel keeps for reuse
+BODY_MAX = 512 * 1024 * 1024  # the largest message body accepted: RabbitMQ's own hard limit (512 MiB)
+# Reading pauses past HOLD_FACTOR x the prefetch allowance + HOLD_MARGIN deliveries in hand, and resumes
+# at the allowance: room for a broker that is a little late with its qos, none for one that ignores it.
+HOLD_FACTOR = 2
+HOLD_MARGIN = 64
+_NO_LIMIT = 1 << 62
 
 
 def retrieve(future: asyncio.Future[Any]) -> None:
@@ -67,11 +98,12 @@ class _Rpc:
 
 
 class _Consumer:
-    __slots__ = ("on_cancel", "on_delivery")
+    __slots__ = ("acks", "on_cancel", "on_delivery")
 
-    def __init__(self, on_delivery: driver.OnDelivery, on_cancel: driver.OnCancel | None) -> None:
+    def __init__(self, on_delivery: driver.OnDelivery, on_cancel: driver.OnCancel | None, acks: bool) -> None:
         self.on_delivery = on_delivery
         self.on_cancel = on_cancel
+        self.acks = acks  # its deliveries stay in hand until acked (not no_ack)
 
 
 def _arguments(arguments: driver.Arguments | None) -> dict[str, Any]:
@@ -84,6 +116,7 @@ class AMQPChannel:
     def __init__(self, connection: AMQPConnection, number: int, *, confirms: bool) -> None:
         self._connection = connection
         self._loop = connection.loop
+        self._payload_max = connection.payload_max  # negotiated before any channel opens
         self._number = number
         self._confirms = confirms
         self._closed = False  # no more use: we began closing it, or it is gone
@@ -97,7 +130,7 @@ class AMQPChannel:
         self._flow = True
         self._flow_on = asyncio.Event()
         self._flow_on.set()
-        # Publisher confirms: delivery tag -> the publish's future, tags in order.
+        # Publisher confirms: delivery tag -> the publish's future, in tag order (inserted so).
         self._published = 0
         self._lowest = 1  # no unconfirmed tag below this
         self._unconfirmed: dict[int, asyncio.Future[None]] = {}
@@ -120,6 +153,14 @@ class AMQPChannel:
         self._in_size = 0
         self._in_parts: list[bytes] | None = None
         self._in_got = 0
+        self._last_tag = 0  # the last delivery tag received (Deliver or GetOk): they only go up
+        # Read back-pressure: the delivery tags in hand (in tag order), the prefetch in force (at the
+        # last QosOk), the allowance of the consumers so far, and where reading pauses and resumes.
+        self._in_hand: dict[int, None] = {}
+        self._prefetch = 0
+        self._allowance = 0
+        self._pause_at = _NO_LIMIT
+        self._holding = False
 
     # --- the driver.Channel protocol --------------------------------------------------------------
 
@@ -134,6 +175,13 @@ class AMQPChannel:
     @property
     def closing(self) -> asyncio.Future[None]:
         return self._closing
+
+    @property
+    def awaits_broker(self) -> bool:
+        """Whether something waits for the broker here: an RPC's reply, a publish's confirm, a CloseOk."""
+        return bool(self._rpcs or self._unconfirmed) or (
+            self._close_ok is not None and not self._close_ok.done()
+        )
 
     async def close(self) -> None:
         """Close the channel (``Channel.Close``, then the broker's ``CloseOk``); publishes still
@@ -153,7 +201,10 @@ class AMQPChannel:
             self.finish(None)  # the broker never answered: forget the channel on our side
 
     async def basic_qos(self, prefetch_count: int) -> None:
-        await self._call(spec.Basic.Qos(prefetch_count=prefetch_count), spec.Basic.QosOk)
+        def took(_: spec.Basic.QosOk) -> None:
+            self._prefetch = prefetch_count  # for the consumers that come after it
+
+        await self._call(spec.Basic.Qos(prefetch_count=prefetch_count), spec.Basic.QosOk, took)
 
     async def exchange_declare(
         self,
@@ -245,12 +296,22 @@ class AMQPChannel:
         arguments: driver.Arguments | None = None,
         on_cancel: driver.OnCancel | None = None,
     ) -> str:
-        consumer = _Consumer(on_delivery, on_cancel)
+        consumer = _Consumer(on_delivery, on_cancel, not no_ack)
 
         def register(ok: spec.Basic.ConsumeOk) -> str:
             # In the read path, before any delivery that follows the ConsumeOk in the same read.
             tag = str(ok.consumer_tag)
             self._consumers[tag] = consumer
+            if not no_ack:
+                if self._prefetch == 0:  # unlimited: the broker may send it everything
+                    self._allowance = _NO_LIMIT
+                elif self._allowance < _NO_LIMIT:
+                    self._allowance += self._prefetch
+                    self._pause_at = HOLD_FACTOR * self._allowance + HOLD_MARGIN
+                if self._allowance >= _NO_LIMIT:
+                    self._pause_at = _NO_LIMIT
+                if self._holding and len(self._in_hand) <= self._allowance:
+                    self._let_go()
             return tag
 
         method = spec.Basic.Consume(
@@ -283,16 +344,44 @@ class AMQPChannel:
         if self._closed:
             raise driver.ChannelInvalidState(f"channel {self._number} is closed")
         self._connection.send(frames.encode_ack(self._number, delivery_tag, multiple))
+        if self._in_hand:
+            self._settle(delivery_tag, multiple)
 
     def basic_nack(self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True) -> None:
         if self._closed:
             raise driver.ChannelInvalidState(f"channel {self._number} is closed")
         self._connection.send(frames.encode_nack(self._number, delivery_tag, multiple, requeue))
+        if self._in_hand:
+            self._settle(delivery_tag, multiple)
 
     def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
         if self._closed:
             raise driver.ChannelInvalidState(f"channel {self._number} is closed")
         self._connection.send(frames.encode_reject(self._number, delivery_tag, requeue))
+        if self._in_hand:
+            self._settle(delivery_tag, False)
+
+    def _settle(self, delivery_tag: int, multiple: bool) -> None:
+        """Deliveries the user settled are no longer in hand; reading resumes once few enough are."""
+        in_hand = self._in_hand
+        if not multiple:
+            in_hand.pop(delivery_tag, None)
+        elif delivery_tag == 0 or next(reversed(in_hand)) <= delivery_tag:  # 0: every one (the spec)
+            in_hand.clear()
+        else:
+            settled = []
+            for tag in in_hand:  # in tag order: only those settled are walked
+                if tag > delivery_tag:
+                    break
+                settled.append(tag)
+            for tag in settled:
+                del in_hand[tag]
+        if self._holding and len(in_hand) <= self._allowance:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        self._holding = False
+        self._connection.release(self._number)
 
     async def basic_publish(
         self,
@@ -333,7 +422,20 @@ class AMQPChannel:
             self._mandatory[tag] = (exchange, routing_key, body)
         if timeout is not None:
             self._expire_at(self._loop.time() + timeout, tag)
-        await confirmed
+        try:
+            await confirmed
+        except asyncio.CancelledError:
+            self._forget(tag)  # nobody waits for its confirm: keep neither the future nor the body
+            raise
+
+    def _forget(self, tag: int) -> None:
+        """Drop the bookkeeping of a publish nobody waits for; its late confirm is then ignored."""
+        self._unconfirmed.pop(tag, None)
+        if self._mandatory:
+            self._mandatory.pop(tag, None)
+            self._returned.pop(tag, None)
+            if self._returns:
+                self._drop_unclaimed_returns()
 
     async def _publishable(self) -> None:
         # While the broker blocks the connection, our writes back up, or the broker turned flow off.
@@ -378,9 +480,11 @@ class AMQPChannel:
             if confirmed is not None and deadline > now:
                 break
             deadlines.popleft()
-            if confirmed is not None and not confirmed.done():
-                # Left in _unconfirmed: its late confirm (or a return before it) is matched and dropped.
-                confirmed.set_exception(TimeoutError(f"no confirm of delivery tag {tag} in time"))
+            if confirmed is not None:
+                # Forgotten at once, body and all: its late confirm (or a return) is then ignored.
+                self._forget(tag)
+                if not confirmed.done():
+                    confirmed.set_exception(TimeoutError(f"no confirm of delivery tag {tag} in time"))
         if deadlines:
             self._sweep = self._loop.call_at(deadlines[0][0], self._expire)
 
@@ -396,6 +500,10 @@ class AMQPChannel:
         """A method frame of this channel, its payload at ``buf[start:end]`` (``total``: how much of
         ``buf`` has arrived). Returns where the next frame starts: past this one, or past the whole
         message when a ``Basic.Deliver`` has its content header and body right behind it."""
+        if self._in_kind != _NOTHING:
+            raise frames.Violation(
+                frames.UNEXPECTED_FRAME, f"a method frame on channel {self._number} where content was due"
+            )
         index = frames.METHOD_ID.unpack_from(buf, start)[0]
         if index == frames.DELIVER:
             deliver = frames.decode_deliver(buf, start + 4, end)
@@ -411,6 +519,10 @@ class AMQPChannel:
             self._in_kind = _RETURN
         elif index == frames.GET_OK:
             self._in_method = frames.decode_get_ok(buf, start + 4, end)
+            if not self._rpcs or spec.Basic.GetOk not in self._rpcs[0].replies:
+                raise frames.Violation(
+                    frames.COMMAND_INVALID, f"Basic.GetOk on channel {self._number} unasked"
+                )
             self._in_kind = _GET
         else:
             frame = pamqp.frame.unmarshal(bytes(buf[start - 7 : end + 1]))[2]
@@ -433,14 +545,18 @@ class AMQPChannel:
             return at
         kind, number, size = frames.HEAD.unpack_from(buf, at)
         end = at + 7 + size
+        payload_max = self._payload_max
         if (
             kind != frames.FRAME_HEADER
             or number != self._number
             or end >= total
+            or size > payload_max
             or buf[end] != frames.FRAME_END
         ):
             return at  # not (all) here yet, or not what follows a Deliver: the frame loop judges it
         body_size, properties = frames.decode_header(buf, at + 7, end)
+        if body_size > BODY_MAX:
+            raise frames.Violation(frames.FRAME_ERROR, f"a body of {body_size} bytes, above {BODY_MAX}")
         at = end + 1
         if body_size == 0:
             self._complete(properties, b"")
@@ -449,7 +565,7 @@ class AMQPChannel:
             kind, number, size = frames.HEAD.unpack_from(buf, at)
             end = at + 7 + size
             whole = kind == frames.FRAME_BODY and number == self._number and size == body_size
-            if whole and end < total and buf[end] == frames.FRAME_END:
+            if whole and end < total and size <= payload_max and buf[end] == frames.FRAME_END:
                 self._complete(properties, bytes(buf[at + 7 : end]))
                 return end + 1
         self._in_properties = properties
@@ -459,9 +575,13 @@ class AMQPChannel:
 
     def on_header(self, buf: bytearray, start: int, end: int) -> None:
         """A content header of this channel."""
-        if self._in_kind == _NOTHING:
-            raise ValueError(f"a content header on channel {self._number} with no method before it")
+        if self._in_kind == _NOTHING or self._in_properties is not None:
+            raise frames.Violation(
+                frames.UNEXPECTED_FRAME, f"a content header on channel {self._number} where none was due"
+            )
         size, properties = frames.decode_header(buf, start, end)
+        if size > BODY_MAX:
+            raise frames.Violation(frames.FRAME_ERROR, f"a body of {size} bytes, above {BODY_MAX}")
         if size == 0:
             self._complete(properties, b"")
         else:
@@ -471,32 +591,51 @@ class AMQPChannel:
 
     def on_body(self, buf: bytearray, start: int, end: int) -> None:
         """A body frame of this channel."""
+        size = end - start
         parts = self._in_parts
         if parts is None:
             if self._in_properties is None:
-                raise ValueError(f"a body frame on channel {self._number} with no content header before it")
-            if end - start >= self._in_size:
+                raise frames.Violation(
+                    frames.UNEXPECTED_FRAME, f"a body frame on channel {self._number} with no content header"
+                )
+            if size >= self._in_size:
+                if size > self._in_size:
+                    self._too_long(size)
                 properties, self._in_properties = self._in_properties, None
                 self._complete(properties, bytes(buf[start:end]))
                 return
-            self._in_parts = [bytes(buf[start:end])]
-            self._in_got = end - start
+            if size:  # an empty body frame adds nothing (and must not grow the list)
+                self._in_parts = [bytes(buf[start:end])]
+                self._in_got = size
             return
-        parts.append(bytes(buf[start:end]))
-        self._in_got += end - start
-        if self._in_got >= self._in_size:
+        got = self._in_got + size
+        if got >= self._in_size:
+            if got > self._in_size:
+                self._too_long(got)
             whole, self._in_properties, self._in_parts = self._in_properties, None, None
             assert whole is not None
+            parts.append(bytes(buf[start:end]))
             self._complete(whole, b"".join(parts))
+        elif size:
+            parts.append(bytes(buf[start:end]))
+            self._in_got = got
 
-    def finish(self, exc: Callable[[], BaseException] | None) -> None:
+    def _too_long(self, got: int) -> None:
+        raise frames.Violation(
+            frames.FRAME_ERROR,
+            f"{got} bytes of body on channel {self._number} where the content header said {self._in_size}",
+        )
+
+    def finish(self, exc: Callable[[], BaseException] | None, *, answered: bool = False) -> None:
         """The channel is gone: ``exc`` makes the error for its ``closing`` and every pending call
         (``None``: we closed it; pending calls get :class:`~event.driver.ChannelInvalidState`)."""
         if self._closing.done():
             return
         self._closed = True
         self._ended = exc
-        self._connection.forget(self._number)
+        # Our Channel.Close was sent and not answered (a timeout, or the broker's Close crossed it):
+        # its CloseOk may still come.
+        self._connection.forget(self._number, close_ok_due=self._close_ok is not None and not answered)
         make = exc or (lambda: driver.ChannelInvalidState(f"channel {self._number} was closed"))
         while self._rpcs:
             rpc = self._rpcs.popleft()
@@ -507,6 +646,11 @@ class AMQPChannel:
                 confirmed.set_exception(make())
         self._unconfirmed.clear()
         self._mandatory.clear()
+        self._returns.clear()
+        self._returned.clear()
+        self._in_hand.clear()
+        self._holding = False
+        self._in_parts = None
         self._deadlines.clear()
         if self._sweep is not None:
             self._sweep.cancel()
@@ -562,7 +706,11 @@ class AMQPChannel:
             code, text = int(frame.reply_code or 0), str(frame.reply_text)
             self.finish(lambda: driver.channel_closed(code, text))
         elif isinstance(frame, spec.Channel.CloseOk):
-            self.finish(None)
+            if self._close_ok is None:
+                raise frames.Violation(
+                    frames.COMMAND_INVALID, f"Channel.CloseOk on channel {self._number} unasked"
+                )
+            self.finish(None, answered=True)
         elif isinstance(frame, spec.Channel.Flow):
             self._flow = bool(frame.active)
             if self._flow:
@@ -585,16 +733,28 @@ class AMQPChannel:
         elif self._rpcs and isinstance(frame, self._rpcs[0].replies):
             self._answer(frame)
         else:
-            log.warning("channel %d: unexpected %s from the broker, ignored", self._number, frame.name)
+            raise frames.Violation(frames.COMMAND_INVALID, f"{frame.name} on channel {self._number} unasked")
 
     def _complete(self, properties: driver.Properties, body: bytes) -> None:
         """The last piece of a message arrived: hand it over."""
         kind, self._in_kind = self._in_kind, _NOTHING
         if kind == _DELIVER:
             consumer_tag, delivery_tag, redelivered, exchange, routing_key = self._in_method
+            if delivery_tag <= self._last_tag:
+                self._tag_not_above(delivery_tag)
+            self._last_tag = delivery_tag
+            if self._closed:
+                return  # closing: the broker requeues it when the channel closes
             consumer = self._consumers.get(consumer_tag)
-            if consumer is None or self._closed:
-                return  # cancelled or closing: the broker requeues it when the channel closes
+            if consumer is None:
+                self._unclaimed(consumer_tag, delivery_tag)
+                return
+            if consumer.acks:
+                in_hand = self._in_hand
+                in_hand[delivery_tag] = None
+                if len(in_hand) > self._pause_at and not self._holding:
+                    self._holding = True
+                    self._connection.hold(self._number)
             delivery = driver.Delivery(
                 delivery_tag, redelivered, exchange, routing_key, properties, body, consumer_tag
             )
@@ -604,6 +764,9 @@ class AMQPChannel:
                 log.exception("the on_delivery callback of consumer %s failed", consumer_tag)
         elif kind == _GET:
             delivery_tag, redelivered, exchange, routing_key, count = self._in_method
+            if delivery_tag <= self._last_tag:
+                self._tag_not_above(delivery_tag)
+            self._last_tag = delivery_tag
             got = driver.Delivery(
                 delivery_tag, redelivered, exchange, routing_key, properties, body, "", count
             )
@@ -614,15 +777,63 @@ class AMQPChannel:
             if not self._confirms:
                 log.debug("channel %d: %s returned with no confirm to report it on", self._number, code)
                 return
-            self._returns.append(driver.ReturnedMessage(code, text, exchange, routing_key, properties, body))
+            returned = driver.ReturnedMessage(code, text, exchange, routing_key, properties, body)
+            if len(self._returns) >= len(self._mandatory) or not self._claimable(returned):
+                log.warning(
+                    "channel %d: a message returned from %r with routing key %r matches no pending publish",
+                    self._number,
+                    exchange,
+                    routing_key,
+                )
+                return
+            self._returns.append(returned)
+
+    def _tag_not_above(self, delivery_tag: int) -> None:
+        raise frames.Violation(
+            frames.COMMAND_INVALID,
+            f"delivery tag {delivery_tag} on channel {self._number} not above the last one, {self._last_tag}",
+        )
+
+    def _unclaimed(self, consumer_tag: str, delivery_tag: int) -> None:
+        """A delivery for a consumer we do not have: back to the queue, as pika does, not held unacked
+        until the channel closes."""
+        log.warning(
+            "channel %d: a delivery for unknown consumer %r; rejected with requeue",
+            self._number,
+            consumer_tag,
+        )
+        self._connection.send(frames.encode_reject(self._number, delivery_tag, True))
+
+    def _claimable(self, returned: driver.ReturnedMessage) -> bool:
+        """Whether a pending mandatory publish not yet returned could be the one ``returned`` is."""
+        key = (returned.exchange, returned.routing_key, returned.body)
+        claimed = self._returned
+        return any(sent == key and tag not in claimed for tag, sent in self._mandatory.items())
+
+    def _drop_unclaimed_returns(self) -> None:
+        """Publishes were forgotten: the returns waiting for a confirm that none could claim go too."""
+        kept = [returned for returned in self._returns if self._claimable(returned)]
+        self._returns[:] = kept[: len(self._mandatory)]
 
     def _confirm(self, tag: int, multiple: bool, error: type[driver.Nacked] | None) -> None:
         """``Basic.Ack`` (``error`` None) or ``Basic.Nack`` of ``tag``, and of every tag below it if
-        ``multiple``."""
+        ``multiple``.
+
+        A tag above the last one published is refused before any walk, so a walk from the lowest tag
+        possibly unconfirmed up to ``tag`` covers only tags published, and each tag is walked past
+        once (the mark only goes up): amortized O(1) a publish, never O(the tag's value)."""
+        top = self._published
+        if tag > top or (tag == 0 and not multiple):
+            raise frames.Violation(
+                frames.COMMAND_INVALID,
+                f"a confirm of delivery tag {tag} on channel {self._number}, where {top} were published",
+            )
         if self._returns:
-            self._match_returns(tag, multiple)
+            self._match_returns(tag or top, multiple)
         unconfirmed = self._unconfirmed
         if multiple:
+            if tag == 0:  # the spec's "every outstanding message"
+                tag = top
             tags: range | tuple[int] = range(self._lowest, tag + 1)
             self._lowest = max(self._lowest, tag + 1)
         else:
@@ -630,7 +841,7 @@ class AMQPChannel:
         for one in tags:
             confirmed = unconfirmed.pop(one, None)
             if confirmed is None:
-                continue
+                continue  # confirmed before, or forgotten (timed out, cancelled): nothing waits for it
             if self._mandatory:
                 self._mandatory.pop(one, None)
             returned = self._returned.pop(one, None) if self._returned else None
@@ -643,7 +854,7 @@ class AMQPChannel:
             else:
                 confirmed.set_result(None)
         if not multiple:
-            lowest, top = self._lowest, self._published
+            lowest = self._lowest
             while lowest <= top and lowest not in unconfirmed:
                 lowest += 1
             self._lowest = lowest
@@ -656,8 +867,9 @@ class AMQPChannel:
 
         The broker returns an unroutable mandatory message just before the confirm that covers it, so
         it is the oldest mandatory publish with the same exchange, routing key and body among those
-        this confirm covers (and not already returned). Message ids are not compared: a caller may
-        reuse one, and nothing obliges a message to have one."""
+        this confirm covers (and not already returned), else the oldest pending one alike (the confirm
+        of a publish may come after that of a later one it was returned before). Message ids are not
+        compared: a caller may reuse one, and nothing obliges a message to have one."""
         for returned in self._returns:
             key = (returned.exchange, returned.routing_key, returned.body)
             chosen = None

@@ -8,6 +8,21 @@ consumer's callback, and no task is made per frame.
 Writes are coalesced: :meth:`AMQPConnection.send` appends to a list, flushed with one
 ``transport.write`` at the next turn of the loop, so the acks, publishes and RPCs of one turn leave in
 one system call.
+
+What the broker sends is held to the protocol (a buggy or hostile peer must not hang, bloat or
+mislead the process): a frame larger than the negotiated ``frame_max`` is refused as soon as its
+7-byte header is in, a ``frame_max`` below 4096 at ``Connection.Tune`` is refused, a method out of
+sequence or a frame for a channel that is not open ends the connection. Every violation
+(:class:`event.amqp.frames.Violation`, or bytes the decoders refuse) is answered the same way:
+``Connection.Close`` with the reply code (501-505, 530) goes to the broker, the socket is closed
+without waiting for its ``CloseOk`` (the peer is not trusted to send it), and every pending publish,
+RPC and the connection's ``closing`` fail with a :class:`~event.driver.ConnectionClosed` naming the
+code. No exception leaves :meth:`AMQPConnection.data_received`.
+
+Reading pauses (``transport.pause_reading()``) while a channel holds more unsettled deliveries than
+its consumers' prefetch allows with a margin (see :mod:`event.amqp.channel`), and resumes when they
+drain; the missed-heartbeat detector does not count the silence of a pause of ours, and while a channel
+waits for the broker (a confirm, a reply) one read is let in every :data:`HOLD_PROBE` seconds.
 """
 
 from __future__ import annotations
@@ -34,8 +49,13 @@ from event.errors import ConfigurationError, ConnectionFailed
 
 log = logging.getLogger("event.amqp")
 
-FRAME_MAX = 131072  # what we accept at most (RabbitMQ's default too)
+FRAME_MAX = 131072  # what we accept at most (RabbitMQ's default too), and our cap when the broker says 0
+FRAME_MIN = 4096  # the protocol's minimum frame_max: a broker's lower value is refused
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the broker's Connection.CloseOk
+# While reading is paused for too many deliveries in hand, every HOLD_PROBE seconds one more read is let
+# in if a channel waits for the broker (a confirm, an RPC reply, a CloseOk): a handler that publishes a
+# confirmed copy before it acks would otherwise wait for ever on a confirm we no longer read.
+HOLD_PROBE = 0.25
 
 CAPABILITIES = {
     "publisher_confirms": True,
@@ -53,6 +73,19 @@ _METHOD, _HEADER, _BODY, _HEARTBEAT = frames.FRAME_METHOD, frames.FRAME_HEADER, 
 
 # Where the handshake is: what we sent last and wait an answer to.
 _START, _TUNE, _OPEN, _READY, _CLOSING, _CLOSED = range(6)
+
+_CLOSE_OK = spec.Channel.CloseOk.index
+# What the decoders raise on bytes they cannot read (a timestamp out of range raises OverflowError or
+# OSError, a table nested too deep for pamqp RecursionError): the stream cannot be trusted past them.
+_UNDECODABLE = (
+    ValueError,
+    IndexError,
+    struct.error,
+    OverflowError,
+    OSError,
+    RecursionError,
+    pamqp.exceptions.PAMQPException,
+)
 
 
 class _Refused(Exception):
@@ -86,6 +119,9 @@ class AMQPConnection(asyncio.Protocol):
         self._close_ok: asyncio.Future[None] | None = None
         self.server_properties: dict[str, Any] = {}
         self.frame_max = 4096  # until Tune: the protocol's minimum
+        # The largest frame payload we accept: until Tune, our own cap (a broker's Start may carry
+        # large server properties); then the negotiated frame_max less the frame's 8 bytes of overhead.
+        self.payload_max = FRAME_MAX - frames.FRAME_OVERHEAD
         self.channel_max = 65535
         self.heartbeat = 0
         # Flow control: the broker's Connection.Blocked, and the transport's own back-pressure.
@@ -99,6 +135,13 @@ class AMQPConnection(asyncio.Protocol):
         self._silent_ticks = 0
         self._beat: asyncio.TimerHandle | None = None
         self._closers: set[asyncio.Task[None]] = set()
+        # Channels closed on our side whose CloseOk may still come (a close that timed out, or crossed
+        # the broker's): their late frames are dropped, and their numbers not reused meanwhile.
+        self._abandoned: set[int] = set()
+        # Channels holding more unsettled deliveries than their prefetch allows: reading is paused,
+        # but for one read every HOLD_PROBE seconds while a channel waits for the broker.
+        self._holding: set[int] = set()
+        self._probe: asyncio.TimerHandle | None = None
 
     # --- the driver.Connection protocol -----------------------------------------------------------
 
@@ -118,10 +161,16 @@ class AMQPConnection(asyncio.Protocol):
     def blocked(self) -> str | None:
         return self._blocked
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet processed: the part of a frame still arriving (at most a frame)."""
+        return len(self._buf)
+
     async def channel(self, *, confirms: bool = False) -> AMQPChannel:
         if self._state != _READY:
             raise driver.ChannelInvalidState(f"the connection to {self._node} is closed")
-        number = next((n for n in range(1, self.channel_max + 1) if n not in self._channels), 0)
+        taken, abandoned = self._channels, self._abandoned
+        number = next((n for n in range(1, self.channel_max + 1) if n not in taken and n not in abandoned), 0)
         if not number:
             raise driver.ChannelInvalidState(f"all {self.channel_max} channels of the connection are open")
         channel = AMQPChannel(self, number, confirms=confirms)
@@ -192,9 +241,16 @@ class AMQPConnection(asyncio.Protocol):
         total = len(buf)
         pos = 0
         channels = self._channels
+        payload_max = self.payload_max
         try:
-            while total - pos >= 8 and self._state != _CLOSED:
+            while total - pos >= 7 and self._state != _CLOSED:
                 kind, number, size = _HEAD.unpack_from(buf, pos)
+                if size > payload_max:  # refused before buffering it: a 4 GiB header is no wait for 4 GiB
+                    raise frames.Violation(
+                        frames.FRAME_ERROR,
+                        f"a frame of {size + frames.FRAME_OVERHEAD} bytes on channel {number}, above "
+                        f"frame_max {self.frame_max if self._state > _TUNE else FRAME_MAX}",
+                    )
                 end = pos + 7 + size
                 if end >= total:
                     break
@@ -204,7 +260,7 @@ class AMQPConnection(asyncio.Protocol):
                 if number:
                     channel = channels.get(number)
                     if channel is None:
-                        pass  # a channel we closed: its late frames go nowhere
+                        self._stray(kind, number, buf, start, end)
                     elif kind == _BODY:
                         channel.on_body(buf, start, end)
                     elif kind == _METHOD:
@@ -218,16 +274,31 @@ class AMQPConnection(asyncio.Protocol):
                     frame = pamqp.frame.unmarshal(bytes(buf[pos : end + 1]))[2]
                     assert isinstance(frame, base.Frame)
                     self._on_method(frame)
+                    payload_max = self.payload_max  # Tune may have changed it
                 elif kind != _HEARTBEAT:
                     raise ValueError(f"frame type {kind} on channel 0")
                 pos = end + 1
-        except (ValueError, IndexError, struct.error, pamqp.exceptions.PAMQPException) as exc:
+        except frames.Violation as exc:
+            self._violation(exc.reply_code, exc.reply_text)
+        except _UNDECODABLE as exc:
             self._frame_error(buf[pos:], exc)
-            return
+        except Exception as exc:  # a fault of ours: the stream's state is unknown, so it ends too
+            log.exception("%s: failed to process what the broker sent", self._node)
+            self._violation(541, f"INTERNAL_ERROR - the client failed on a frame: {exc!r}")
         if self._state == _CLOSED:
             buf.clear()
         else:
             del buf[:pos]
+            if self._holding:  # the one read a probe let in, or the read that began the hold
+                self._pause()
+
+    def _stray(self, kind: int, number: int, buf: bytearray, start: int, end: int) -> None:
+        """A frame for channel ``number``, which is not open: a late one of a channel we abandoned is
+        dropped (its CloseOk ends the wait for it); anything else is a channel error."""
+        if number not in self._abandoned:
+            raise frames.Violation(frames.CHANNEL_ERROR, f"a frame on channel {number}, which is not open")
+        if kind == _METHOD and end - start >= 4 and frames.METHOD_ID.unpack_from(buf, start)[0] == _CLOSE_OK:
+            self._abandoned.discard(number)
 
     # --- what channels call -----------------------------------------------------------------------
 
@@ -238,9 +309,51 @@ class AMQPConnection(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
-    def forget(self, number: int) -> None:
-        """Channel ``number`` is closed on both sides: the number is free again."""
+    def forget(self, number: int, *, close_ok_due: bool = False) -> None:
+        """Channel ``number`` is closed: the number is free again, or once the broker's ``CloseOk``
+        comes if ``close_ok_due`` (till then its late frames are dropped, not taken as a violation)."""
         self._channels.pop(number, None)
+        if close_ok_due and self._state < _CLOSING:
+            self._abandoned.add(number)
+        self.release(number)
+
+    def hold(self, number: int) -> None:
+        """Channel ``number`` holds too many unsettled deliveries: stop reading until it lets go."""
+        self._holding.add(number)
+        self._pause()
+        if self._probe is None:
+            self._probe = self.loop.call_later(HOLD_PROBE, self._peek)
+
+    def release(self, number: int) -> None:
+        """Channel ``number`` no longer holds too many deliveries: read again if no channel does."""
+        holding = self._holding
+        if number in holding:
+            holding.discard(number)
+            if not holding:
+                if self._probe is not None:
+                    self._probe.cancel()
+                    self._probe = None
+                self._resume()
+
+    def _pause(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def _resume(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _peek(self) -> None:
+        """While reading is held: let one read in if a channel waits for the broker (data_received
+        pauses again after it), so that a wait for a confirm or a reply never becomes a deadlock."""
+        self._probe = None
+        if not self._holding or self._state == _CLOSED:
+            return
+        if any(channel.awaits_broker for channel in self._channels.values()) or self._close_ok is not None:
+            self._resume()
+        self._probe = self.loop.call_later(HOLD_PROBE, self._peek)
 
     async def publishable(self, flow_on: asyncio.Event) -> None:
         """Wait until the broker lets this connection publish (and the channel's flow, ``flow_on``)."""
@@ -263,16 +376,34 @@ class AMQPConnection(asyncio.Protocol):
     def _frame_error(self, rest: bytes | bytearray, exc: Exception) -> None:
         """Bytes we cannot decode: the stream cannot be trusted past them, so the connection ends.
         pamqp, the reference decoder, names the fault when it can."""
-        detail = str(exc)
-        try:
-            pamqp.frame.unmarshal(bytes(rest))
-        except Exception as reference:
-            detail = str(reference) or detail
-        log.error("%s: undecodable frame from the broker (%s); closing the connection", self._node, detail)
-        self._finish(lambda: driver.ConnectionClosed(501, f"FRAME_ERROR - {detail}"), abort=True)
+        detail = str(exc) or type(exc).__name__
+        if not isinstance(exc, RecursionError):  # pamqp would recurse as deep again
+            try:
+                pamqp.frame.unmarshal(bytes(rest[: self.payload_max + frames.FRAME_OVERHEAD]))
+            except Exception as reference:
+                detail = str(reference) or detail
+        self._violation(frames.FRAME_ERROR, f"FRAME_ERROR - {detail}")
+
+    def _violation(self, code: int, text: str) -> None:
+        """The broker broke the protocol: tell it with ``Connection.Close`` (``code``, ``text``), close
+        the socket once that is written, and fail everything pending with the same code and words."""
+        if self._state == _CLOSED:
+            return
+        log.error(
+            "%s: protocol violation by the broker, closing the connection: %s %s", self._node, code, text
+        )
+        said = text.encode()[:255].decode("utf-8", "ignore")  # a short string on the wire
+        self.send(pamqp.frame.marshal(spec.Connection.Close(code, said, 0, 0), 0))
+        if not self.opened.done():
+            self.opened.set_exception(driver.ConnectionClosed(code, text))
+        self._finish(lambda: driver.ConnectionClosed(code, text))
 
     def _on_method(self, frame: base.Frame) -> None:
         """A method of channel 0: the handshake, then close, blocked and unblocked."""
+        if isinstance(frame, spec.Connection.Start | spec.Connection.Tune | spec.Connection.OpenOk):
+            due = {_START: spec.Connection.Start, _TUNE: spec.Connection.Tune, _OPEN: spec.Connection.OpenOk}
+            if not isinstance(frame, due.get(self._state, ())):  # e.g. a Start once open: no second login
+                raise frames.Violation(frames.COMMAND_INVALID, f"{frame.name} when it was not due")
         if isinstance(frame, spec.Connection.Start):
             self._on_start(frame)
         elif isinstance(frame, spec.Connection.Tune):
@@ -298,7 +429,7 @@ class AMQPConnection(asyncio.Protocol):
                 self._publishable.set()
             log.info("%s unblocked publishing", self._node)
         else:
-            log.warning("%s: unexpected %s on channel 0, ignored", self._node, frame.name)
+            raise frames.Violation(frames.COMMAND_INVALID, f"{frame.name} on channel 0")
 
     def _on_start(self, start: spec.Connection.Start) -> None:
         self.server_properties = dict(start.server_properties or {})
@@ -322,8 +453,16 @@ class AMQPConnection(asyncio.Protocol):
         self.send(pamqp.frame.marshal(start_ok, 0))
 
     def _on_tune(self, tune: spec.Connection.Tune) -> None:
+        theirs_max = int(tune.frame_max or 0)  # 0: the broker sets no limit, ours (FRAME_MAX) holds
+        if 0 < theirs_max < FRAME_MIN:
+            # Refused as RabbitMQ refuses a client's frame_max below the minimum (530 NOT_ALLOWED):
+            # with 8, every publish would fail; with 5, a publish would send a header and no body.
+            raise frames.Violation(
+                frames.NOT_ALLOWED, f"frame_max {theirs_max} is below the protocol's minimum of {FRAME_MIN}"
+            )
         self.channel_max = min(int(tune.channel_max or 65535), 65535)
-        self.frame_max = min(int(tune.frame_max or FRAME_MAX), FRAME_MAX)
+        self.frame_max = min(theirs_max or FRAME_MAX, FRAME_MAX)
+        self.payload_max = self.frame_max - frames.FRAME_OVERHEAD
         ours, theirs = self._params.heartbeat, int(tune.heartbeat or 0)
         self.heartbeat = theirs if theirs and theirs < ours else ours
         tune_ok = spec.Connection.TuneOk(
@@ -361,7 +500,7 @@ class AMQPConnection(asyncio.Protocol):
         if not self._wrote:
             transport.write(frames.HEARTBEAT)
         self._wrote = False
-        if self._heard:
+        if self._heard or self._holding:  # paused by us: the silence is ours, not the broker's
             self._silent_ticks = 0
         else:
             self._silent_ticks += 1
@@ -379,6 +518,8 @@ class AMQPConnection(asyncio.Protocol):
         self._state = _CLOSED
         if self._beat is not None:
             self._beat.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
         make = exc or (lambda: driver.ConnectionClosed(0, f"the connection to {self._node} was closed"))
         for channel in list(self._channels.values()):
             channel.finish(make)
@@ -442,7 +583,12 @@ async def connect(url: str, *, name: str, timeout: float = 10.0) -> driver.Conne
     except ssl.SSLError as exc:
         connection._finish(None, abort=True)
         raise ConnectionFailed(reasons.tls_failed(shown, str(exc))) from exc
-    except (OSError, driver.ConnectionClosed) as exc:
+    except driver.ConnectionClosed as exc:
+        connection._finish(None, abort=True)
+        if exc.reply_code:  # a protocol violation of the peer's at the handshake
+            raise ConnectionFailed(reasons.protocol_violation(shown, str(exc))) from exc
+        raise ConnectionFailed(reasons.unreachable(shown, str(exc))) from exc
+    except OSError as exc:
         connection._finish(None, abort=True)
         raise ConnectionFailed(reasons.unreachable(shown, str(exc) or type(exc).__name__)) from exc
     except BaseException:  # cancelled: leave no half-open socket behind

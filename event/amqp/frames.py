@@ -15,6 +15,12 @@ Every other frame is pamqp's (``pamqp.frame.unmarshal`` / ``marshal``). pamqp is
 property test (tests/unit/test_amqp_frames.py) checks each codec here against it for arbitrary frames.
 A decoder here raises ``ValueError`` (or ``IndexError``/``struct.error``) on bytes it does not
 understand; the protocol then asks pamqp, whose error names the fault precisely.
+
+The field-table decoder is bounded against a hostile peer: tables and arrays nest at most
+:data:`MAX_TABLE_DEPTH` deep (a recursion per level: 5,000 levels would raise ``RecursionError``) and
+one content header holds at most :data:`MAX_TABLE_FIELDS` values in all (its bytes are bounded by
+``frame_max`` already, but a 3-byte field becomes a Python object of some 100: a limit on the count
+bounds the memory one frame can make).
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ from typing import Any
 
 import pamqp.encode
 from pamqp import commands as spec
-from pamqp.header import ContentHeader
 
 Properties = spec.Basic.Properties
 
@@ -65,6 +70,9 @@ _Q = struct.Struct(">q")
 _F = struct.Struct(">f")
 _D = struct.Struct(">d")
 _DECIMAL = struct.Struct(">Bi")
+
+MAX_TABLE_DEPTH = 32  # tables and arrays within tables; RabbitMQ's own x-death headers nest 3 deep
+MAX_TABLE_FIELDS = 16384  # values of every table and array of one content header together
 
 _UTC = datetime.UTC
 _new_properties = Properties.__new__
@@ -104,6 +112,39 @@ _LAYOUT = [
 ]
 if [(name, Properties.amqp_type(name)) for name in Properties.__slots__] != _LAYOUT:
     raise ImportError("event.amqp.frames does not know this pamqp's Basic.Properties layout")
+
+
+# --- protocol violations ------------------------------------------------------------------------------
+
+# The reply codes of the hard errors a client can find in what the broker sends (AMQP 0-9-1, 1.8.3).
+FRAME_ERROR = 501  # a frame that cannot be decoded, or larger than frame_max
+SYNTAX_ERROR = 502  # a field with an illegal value
+COMMAND_INVALID = 503  # a method that is not allowed here (a second Connection.Start, a confirm of nothing)
+CHANNEL_ERROR = 504  # a frame for a channel that is not open
+UNEXPECTED_FRAME = 505  # a frame out of sequence (a method where a content body was due)
+NOT_ALLOWED = 530  # a negotiated value the client refuses (frame_max below 4096)
+
+_CODE_NAMES = {
+    FRAME_ERROR: "FRAME_ERROR",
+    SYNTAX_ERROR: "SYNTAX_ERROR",
+    COMMAND_INVALID: "COMMAND_INVALID",
+    CHANNEL_ERROR: "CHANNEL_ERROR",
+    UNEXPECTED_FRAME: "UNEXPECTED_FRAME",
+    NOT_ALLOWED: "NOT_ALLOWED",
+    541: "INTERNAL_ERROR",
+}
+
+
+class Violation(Exception):
+    """The broker broke the protocol: the connection must close with ``reply_code`` (a hard error).
+
+    Raised inside the receive path; the connection catches it, sends ``Connection.Close`` with the
+    code and text, and fails everything pending with the same words."""
+
+    def __init__(self, reply_code: int, detail: str) -> None:
+        self.reply_code = reply_code
+        self.reply_text = f"{_CODE_NAMES.get(reply_code, 'ERROR')} - {detail}"
+        super().__init__(self.reply_text)
 
 
 # --- decoding ------------------------------------------------------------------------------------------
@@ -179,13 +220,10 @@ def decode_header(buf: bytes | bytearray, at: int, end: int) -> tuple[int, Prope
     """A content header at ``buf[at:end]``: the body size and the ``Basic.Properties`` (the very
     object pamqp builds for the same bytes)."""
     class_id, _, body_size, flags = _HEADER_START.unpack_from(buf, at)
-    if class_id != spec.Basic.frame_id or flags & 1:
-        # Another class, or flag continuation words (never sent for Basic): pamqp's generic decoder.
-        header = ContentHeader()
-        header.unmarshal(bytes(buf[at:end]))
-        if class_id != spec.Basic.frame_id:
-            raise ValueError(f"content header of class {class_id}, not Basic")
-        return header.body_size, header.properties
+    if class_id != spec.Basic.frame_id:
+        raise ValueError(f"content header of class {class_id}, not Basic")
+    if flags & 1:  # Basic's 14 properties fit in one flags word: a continuation is malformed
+        raise ValueError("content header property flags with a continuation word")
     at += 14
     p = _new_properties(Properties)
     if flags & _F_CONTENT_TYPE:
@@ -201,7 +239,7 @@ def decode_header(buf: bytes | bytearray, at: int, end: int) -> tuple[int, Prope
     else:
         p.content_encoding = None
     if flags & _F_HEADERS:
-        p.headers, at = _table(buf, at)
+        p.headers, at = _table(buf, at, 0, [MAX_TABLE_FIELDS])
     else:
         p.headers = None
     if flags & _F_DELIVERY_MODE:
@@ -279,40 +317,59 @@ def _timestamp(buf: bytes | bytearray, at: int) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(value, tz=_UTC)
 
 
-def _table(buf: bytes | bytearray, at: int) -> tuple[dict[str, Any], int]:
-    """A field table at ``buf[at:]``: the table and the offset after it."""
+def _table(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tuple[dict[str, Any], int]:
+    """A field table at ``buf[at:]``: the table and the offset after it. ``depth``: tables and arrays
+    around it; ``left``: how many more values the whole header may hold (counted down)."""
+    if depth >= MAX_TABLE_DEPTH:
+        raise ValueError(f"field tables nested deeper than {MAX_TABLE_DEPTH}")
     (length,) = _U32.unpack_from(buf, at)
     at += 4
     end = at + length
     if end > len(buf):
         raise ValueError("field table runs past the data")
     table: dict[str, Any] = {}
+    depth += 1
     while at < end:
         n = buf[at]
         at += 1
         if at + n > end:
             raise ValueError("field table key runs past the table")
         key = buf[at : at + n].decode()
-        table[key], at = _value(buf, at + n)
+        table[key], at = _value(buf, at + n, depth, left)
     if at != end:
         raise ValueError("field table value runs past the table")
+    _count(left, len(table))
     return table, end
 
 
-def _array(buf: bytes | bytearray, at: int) -> tuple[list[Any], int]:
+def _array(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tuple[list[Any], int]:
+    if depth >= MAX_TABLE_DEPTH:
+        raise ValueError(f"field tables nested deeper than {MAX_TABLE_DEPTH}")
     (length,) = _U32.unpack_from(buf, at)
     at += 4
     end = at + length
     if end > len(buf):
         raise ValueError("field array runs past the data")
     items: list[Any] = []
+    depth += 1
     while at < end:
-        value, at = _value(buf, at)
+        value, at = _value(buf, at, depth, left)
         items.append(value)
+    _count(left, len(items))
+    if at != end:
+        raise ValueError("field array value runs past the array")
     return items, at
 
 
-def _value(buf: bytes | bytearray, at: int) -> tuple[Any, int]:
+def _count(left: list[int], values: int) -> None:
+    """``values`` more of the header's allowance of field values (counted per table and array, not
+    per value: the decoder's cost stays where it was)."""
+    left[0] -= values
+    if left[0] < 0:
+        raise ValueError(f"a content header with more than {MAX_TABLE_FIELDS} field values")
+
+
+def _value(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tuple[Any, int]:
     """One typed field value (RabbitMQ's errata of the type letters, as pamqp reads them)."""
     kind = buf[at]
     at += 1
@@ -343,9 +400,9 @@ def _value(buf: bytes | bytearray, at: int) -> tuple[Any, int]:
     if kind == 0x69:  # i: unsigned 32
         return _U32.unpack_from(buf, at)[0], at + 4
     if kind == 0x46:  # F: table
-        return _table(buf, at)
+        return _table(buf, at, depth, left)
     if kind == 0x41:  # A: array
-        return _array(buf, at)
+        return _array(buf, at, depth, left)
     if kind == 0x54:  # T: timestamp
         return _timestamp(buf, at), at + 8
     if kind == 0x66:  # f: float
@@ -360,6 +417,8 @@ def _value(buf: bytes | bytearray, at: int) -> tuple[Any, int]:
     if kind == 0x78:  # x: byte array
         (n,) = _U32.unpack_from(buf, at)
         at += 4
+        if at + n > len(buf):
+            raise ValueError("byte array runs past the data")
         return bytearray(buf[at : at + n]), at + n
     raise ValueError(f"unknown field type {bytes([kind])!r}")
 

@@ -48,3 +48,8 @@ def timed_out(shown: str, timeout: float) -> str:
 def unreachable(shown: str, reason: str) -> str:
     """The socket could not be opened, or the broker hung up or closed the connection at the handshake."""
     return f"cannot reach RabbitMQ at {shown} ({reason}); {HOW_TO_GET_A_BROKER}"
+
+
+def protocol_violation(shown: str, detail: str) -> str:
+    """The peer broke the AMQP 0-9-1 protocol at the handshake (e.g. a ``frame_max`` below 4096)."""
+    return f"the peer at {shown} broke the AMQP 0-9-1 protocol ({detail}): is it a RabbitMQ broker?"
