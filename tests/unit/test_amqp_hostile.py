@@ -342,7 +342,7 @@ async def test_a_header_with_too_many_fields_is_a_frame_error() -> None:
     header = struct.pack(">HHQH", 60, 0, 0, spec.Basic.Properties.flags["headers"]) + table
     raw = marshal(spec.Basic.Deliver("c", 1, False, "ex", "rk"), 1)
     connection.data_received(raw + struct.pack(">BHI", 2, 1, len(header)) + header + b"\xce")
-    assert "more than 16384 field values" in str(await closed_with(connection, 501))
+    assert "of more than 16384 values" in str(await closed_with(connection, 501))
 
 
 # --- memory that must come back -----------------------------------------------------------------------
