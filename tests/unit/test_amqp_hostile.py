@@ -734,7 +734,7 @@ def _mutate(data: bytes, flips: list[tuple[int, int]], cut: int | None) -> bytes
 
 
 @settings(
-    max_examples=2000,
+    max_examples=6000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     derandomize=True,
