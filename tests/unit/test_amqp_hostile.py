@@ -161,7 +161,7 @@ async def test_a_confirm_of_a_tag_far_beyond_those_published_closes_at_once_with
     pending = await publishes(channel, 3)
     started = time.perf_counter()
     connection.data_received(frames.encode_ack(1, tag, True))  # pamqp writes no tag above 2^63 - 1
-    assert time.perf_counter() - started < 0.1  # O(pending), not O(tag)
+    assert time.perf_counter() - started < 0.5  # O(published), not O(tag): today 10^7 takes 1.4-3 s
     closed = await closed_with(connection, 503)
     assert "COMMAND_INVALID" in str(closed) and str(tag) in str(closed)
     assert transport.close_sent() == 503 and transport.closed
