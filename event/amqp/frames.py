@@ -18,9 +18,9 @@ understand; the protocol then asks pamqp, whose error names the fault precisely.
 
 The field-table decoder is bounded against a hostile peer: tables and arrays nest at most
 :data:`MAX_TABLE_DEPTH` deep (a recursion per level: 5,000 levels would raise ``RecursionError``) and
-one content header holds at most :data:`MAX_TABLE_FIELDS` values in all (its bytes are bounded by
-``frame_max`` already, but a 3-byte field becomes a Python object of some 100: a limit on the count
-bounds the memory one frame can make).
+one table or array holds at most :data:`MAX_TABLE_FIELDS` values (the bytes of a header are bounded
+by ``frame_max`` already; the count bounds what one container makes of them, a 1-byte void becoming
+an 8-byte list slot and a 3-byte field a dict entry of some 100).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ _D = struct.Struct(">d")
 _DECIMAL = struct.Struct(">Bi")
 
 MAX_TABLE_DEPTH = 32  # tables and arrays within tables; RabbitMQ's own x-death headers nest 3 deep
-MAX_TABLE_FIELDS = 16384  # values of every table and array of one content header together
+MAX_TABLE_FIELDS = 16384  # values in one table or array
 
 _UTC = datetime.UTC
 _new_properties = Properties.__new__
@@ -239,7 +239,7 @@ def decode_header(buf: bytes | bytearray, at: int, end: int) -> tuple[int, Prope
     else:
         p.content_encoding = None
     if flags & _F_HEADERS:
-        p.headers, at = _table(buf, at, 0, [MAX_TABLE_FIELDS])
+        p.headers, at = _table(buf, at, 0)
     else:
         p.headers = None
     if flags & _F_DELIVERY_MODE:
@@ -317,9 +317,9 @@ def _timestamp(buf: bytes | bytearray, at: int) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(value, tz=_UTC)
 
 
-def _table(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tuple[dict[str, Any], int]:
+def _table(buf: bytes | bytearray, at: int, depth: int) -> tuple[dict[str, Any], int]:
     """A field table at ``buf[at:]``: the table and the offset after it. ``depth``: tables and arrays
-    around it; ``left``: how many more values the whole header may hold (counted down)."""
+    around it."""
     if depth >= MAX_TABLE_DEPTH:
         raise ValueError(f"field tables nested deeper than {MAX_TABLE_DEPTH}")
     (length,) = _U32.unpack_from(buf, at)
@@ -335,14 +335,15 @@ def _table(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tupl
         if at + n > end:
             raise ValueError("field table key runs past the table")
         key = buf[at : at + n].decode()
-        table[key], at = _value(buf, at + n, depth, left)
+        table[key], at = _value(buf, at + n, depth)
     if at != end:
         raise ValueError("field table value runs past the table")
-    _count(left, len(table))
+    if len(table) > MAX_TABLE_FIELDS:
+        raise ValueError(f"a field table of more than {MAX_TABLE_FIELDS} values")
     return table, end
 
 
-def _array(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tuple[list[Any], int]:
+def _array(buf: bytes | bytearray, at: int, depth: int) -> tuple[list[Any], int]:
     if depth >= MAX_TABLE_DEPTH:
         raise ValueError(f"field tables nested deeper than {MAX_TABLE_DEPTH}")
     (length,) = _U32.unpack_from(buf, at)
@@ -353,23 +354,16 @@ def _array(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tupl
     items: list[Any] = []
     depth += 1
     while at < end:
-        value, at = _value(buf, at, depth, left)
+        value, at = _value(buf, at, depth)
         items.append(value)
-    _count(left, len(items))
+    if len(items) > MAX_TABLE_FIELDS:
+        raise ValueError(f"a field array of more than {MAX_TABLE_FIELDS} values")
     if at != end:
         raise ValueError("field array value runs past the array")
     return items, at
 
 
-def _count(left: list[int], values: int) -> None:
-    """``values`` more of the header's allowance of field values (counted per table and array, not
-    per value: the decoder's cost stays where it was)."""
-    left[0] -= values
-    if left[0] < 0:
-        raise ValueError(f"a content header with more than {MAX_TABLE_FIELDS} field values")
-
-
-def _value(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tuple[Any, int]:
+def _value(buf: bytes | bytearray, at: int, depth: int) -> tuple[Any, int]:
     """One typed field value (RabbitMQ's errata of the type letters, as pamqp reads them)."""
     kind = buf[at]
     at += 1
@@ -400,9 +394,9 @@ def _value(buf: bytes | bytearray, at: int, depth: int, left: list[int]) -> tupl
     if kind == 0x69:  # i: unsigned 32
         return _U32.unpack_from(buf, at)[0], at + 4
     if kind == 0x46:  # F: table
-        return _table(buf, at, depth, left)
+        return _table(buf, at, depth)
     if kind == 0x41:  # A: array
-        return _array(buf, at, depth, left)
+        return _array(buf, at, depth)
     if kind == 0x54:  # T: timestamp
         return _timestamp(buf, at), at + 8
     if kind == 0x66:  # f: float

@@ -161,7 +161,7 @@ async def test_a_confirm_of_a_tag_far_beyond_those_published_closes_at_once_with
     pending = await publishes(channel, 3)
     started = time.perf_counter()
     connection.data_received(frames.encode_ack(1, tag, True))  # pamqp writes no tag above 2^63 - 1
-    assert time.perf_counter() - started < 0.1  # O(pending), not O(tag)
+    assert time.perf_counter() - started < 0.5  # O(published), not O(tag): today 10^7 takes 1.4-3 s
     closed = await closed_with(connection, 503)
     assert "COMMAND_INVALID" in str(closed) and str(tag) in str(closed)
     assert transport.close_sent() == 503 and transport.closed
@@ -342,7 +342,7 @@ async def test_a_header_with_too_many_fields_is_a_frame_error() -> None:
     header = struct.pack(">HHQH", 60, 0, 0, spec.Basic.Properties.flags["headers"]) + table
     raw = marshal(spec.Basic.Deliver("c", 1, False, "ex", "rk"), 1)
     connection.data_received(raw + struct.pack(">BHI", 2, 1, len(header)) + header + b"\xce")
-    assert "more than 16384 field values" in str(await closed_with(connection, 501))
+    assert "of more than 16384 values" in str(await closed_with(connection, 501))
 
 
 # --- memory that must come back -----------------------------------------------------------------------
@@ -734,7 +734,7 @@ def _mutate(data: bytes, flips: list[tuple[int, int]], cut: int | None) -> bytes
 
 
 @settings(
-    max_examples=2000,
+    max_examples=6000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     derandomize=True,
