@@ -20,7 +20,8 @@ Held to the protocol, with bounded time and memory whatever the broker sends (ea
   before it, is 505 UNEXPECTED_FRAME; more body than the header's ``body_size`` (or a ``body_size``
   above :data:`BODY_MAX`) is 501 FRAME_ERROR: nothing reaches a handler that its frames do not fully
   and consistently describe;
-- a delivery tag not above the last one, or a ``Basic.GetOk`` with no ``Basic.Get`` asked, or any other
+- a delivery tag not above the last one (of a delivery to be acked: direct reply-to repeats its tag to
+  its no_ack consumer), or a ``Basic.GetOk`` with no ``Basic.Get`` asked, or any other
   method not due, is 503 COMMAND_INVALID; a delivery for a consumer tag we do not know is rejected
   with requeue (as pika does) and logged;
 - a publish that timed out or whose caller was cancelled is forgotten at once (body included); a
@@ -740,12 +741,15 @@ class AMQPChannel:
         kind, self._in_kind = self._in_kind, _NOTHING
         if kind == _DELIVER:
             consumer_tag, delivery_tag, redelivered, exchange, routing_key = self._in_method
-            if delivery_tag <= self._last_tag:
-                self._tag_not_above(delivery_tag)
-            self._last_tag = delivery_tag
+            consumer = self._consumers.get(consumer_tag)
+            # Only a delivery that will be acked must have a tag above the last: RabbitMQ's direct
+            # reply-to hands a no_ack consumer its replies under one tag, again and again (seen on 3.10).
+            if consumer is None or consumer.acks:
+                if delivery_tag <= self._last_tag:
+                    self._tag_not_above(delivery_tag)
+                self._last_tag = delivery_tag
             if self._closed:
                 return  # closing: the broker requeues it when the channel closes
-            consumer = self._consumers.get(consumer_tag)
             if consumer is None:
                 self._unclaimed(consumer_tag, delivery_tag)
                 return

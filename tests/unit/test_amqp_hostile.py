@@ -301,6 +301,20 @@ async def test_a_delivery_tag_that_does_not_go_up_is_refused() -> None:
     assert [d.body for d in channel.got] == [b"a"]
 
 
+async def test_a_no_ack_consumer_takes_repeated_tags_as_direct_reply_to_sends_them() -> None:
+    """RabbitMQ hands the no_ack consumer of amq.rabbitmq.reply-to every reply under one delivery tag
+    (seen on 3.10): only a delivery that will be acked is held to tags that go up."""
+    connection, _, channel = await opened()
+    consume = asyncio.create_task(channel.basic_consume("amq.rabbitmq.reply-to", channel.got.append,
+                                                        consumer_tag="r", no_ack=True))  # fmt: skip
+    await asyncio.sleep(0)
+    connection.data_received(marshal(spec.Basic.ConsumeOk("r"), 1))
+    await consume
+    connection.data_received(message(2, b"a", ctag="r") + message(2, b"b", ctag="r"))
+    await asyncio.sleep(0)
+    assert [d.body for d in channel.got] == [b"a", b"b"] and not connection.is_closed
+
+
 def nested_table(depth: int) -> bytes:
     table = b"\x00\x00\x00\x00"
     for _ in range(depth):
