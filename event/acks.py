@@ -138,8 +138,8 @@ class AckTracker:
         self._reject = reject
         self.batch = max(1, batch)
         self.interval = interval
-        # The channel's prefetch (0: none). When every slot of it is taken, the broker sends nothing
-        # more until it hears of an ack: then what is finished is acked at once, not after the timer.
+        # The channel's prefetch (0: none). The broker sends nothing more while every slot of it is
+        # taken, by running handlers or by acks we owe: see _settled for how the batch follows it.
         self.window = window
         self.ledger = AckLedger()
         self._timer: asyncio.TimerHandle | None = None
@@ -171,7 +171,10 @@ class AckTracker:
         ledger = self.ledger
         ledger.finish(tag, alone=alone)
         pending = ledger.pending
-        if pending >= self.batch or (self.window and pending and ledger.held >= self.window):
+        # A batch is a quarter of the window the broker has left to send in: of the whole prefetch when
+        # handlers keep up, of what slow messages leave free when they hold most of it (else the pipe
+        # runs dry between round trips), and at once when nothing is left.
+        if pending >= self.batch or (self.window and 4 * pending >= self.window - ledger.held + pending):
             self.flush()
         elif pending and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.interval, self._on_timer)
