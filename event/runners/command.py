@@ -143,7 +143,7 @@ class CommandRunner:
         try:
             try:
                 async with asyncio.timeout(self.timeout):
-                    await _feed(child, msg.raw)
+                    await feed_stdin(child, msg.raw)
                     code = await child.wait()
                     stdout, stderr = await out, await err
             except TimeoutError:
@@ -182,7 +182,8 @@ class CommandRunner:
         )  # fmt: skip
 
 
-async def _feed(child: asyncio.subprocess.Process, body: bytes) -> None:
+async def feed_stdin(child: asyncio.subprocess.Process, body: bytes) -> None:
+    """Write ``body`` to the child's stdin and close it; a child that never reads it is no failure."""
     stdin = child.stdin
     assert stdin is not None
     # A command that does not read its stdin, or exits early, closes the pipe: not a failure of ours, its

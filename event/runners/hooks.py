@@ -28,7 +28,7 @@ import orjson
 from event.config import check_count, check_seconds, redact_url
 from event.errors import ConfigurationError
 from event.message import DeadLetter
-from event.runners.command import check_command
+from event.runners.command import check_command, feed_stdin
 
 if TYPE_CHECKING:
     from pyreqwest.client import Client
@@ -129,7 +129,9 @@ class DeadHook:
             stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
         )  # fmt: skip
         try:
-            _, stderr = await child.communicate(_as_json(letter))
+            # The letter is written as the exec runner writes a body: a hook that exits without reading
+            # it is judged by its exit status, on uvloop too (see feed_stdin).
+            _, (_, stderr) = await asyncio.gather(feed_stdin(child, _as_json(letter)), child.communicate())
         finally:
             if child.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -14,6 +14,7 @@ import pytest
 from support import Isolation, Probe, eventually
 
 from event import Publisher, WorkerPool, wire
+from event.message import DeadLetter
 from event.runners.hooks import DeadHook
 
 # Long enough that a quick script is not taken for a hung one on a loaded machine (seen at 0.5 s: a fork
@@ -177,3 +178,21 @@ def test_a_command_that_cannot_run_is_refused_before_anything_starts(tmp_path: P
                               timeout=60, env={**os.environ, "AMQP_URL": "amqp://127.0.0.1:1/"})  # fmt: skip
         assert done.returncode == 2, done.stderr
         assert "not an executable file" in done.stderr or "unrecognized arguments: --bogus" in done.stderr
+
+
+@pytest.mark.both_loops
+async def test_a_dead_letter_hook_that_never_reads_its_stdin_is_judged_by_its_exit_status(
+    tmp_path: Path,
+) -> None:
+    """uvloop refused the write of the letter to a hook that had exited without reading it (a RuntimeError
+    on the closed pipe), so a hook that succeeded was counted as failed."""
+    quiet = script(tmp_path, "#!/bin/sh\nexit 0\n", "quiet.sh")
+    hook = DeadHook(str(quiet))
+    letter = DeadLetter("m-1", "app.x", "ns:x", "ns:dead", "boom", 2)
+    for _ in range(20):
+        hook(letter)
+    try:
+        await eventually(lambda: hook.told + hook.failed == 20, timeout=30)
+    finally:
+        await hook.close()
+    assert (hook.told, hook.failed) == (20, 0)
