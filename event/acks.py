@@ -38,7 +38,7 @@ class AckLedger:
     never named, or the broker closes the channel (406 unknown delivery tag).
     """
 
-    __slots__ = ("_alone", "_behind", "_finished", "_outstanding", "ackable_upto", "acked_upto", "ready")
+    __slots__ = ("_alone", "_behind", "_finished", "_outstanding", "ackable_upto", "ready")
 
     def __init__(self) -> None:
         self._outstanding: deque[int] = deque()  # delivered, in delivery (= tag) order
@@ -46,7 +46,6 @@ class AckLedger:
         self._behind: set[int] = set()  # of those, the ones the broker has not been told of yet
         self._alone: set[int] = set()  # of those, the ones already settled alone
         self.ackable_upto = 0  # highest tag of the finished prefix not settled alone
-        self.acked_upto = 0  # highest tag a multiple-ack named
         self.ready = 0  # finished prefix tags the next multiple-ack will cover
 
     def delivered(self, tag: int) -> None:
@@ -95,7 +94,7 @@ class AckLedger:
         upto = None
         if self.ready:
             self.ready = 0
-            upto = self.acked_upto = self.ackable_upto
+            upto = self.ackable_upto
         singles: list[int] = []
         if self._behind:
             singles = sorted(self._behind)
@@ -174,7 +173,7 @@ class AckTracker:
         # A batch is a quarter of the window the broker has left to send in: of the whole prefetch when
         # handlers keep up, of what slow messages leave free when they hold most of it (else the pipe
         # runs dry between round trips), and at once when nothing is left.
-        if pending >= self.batch or (self.window and 4 * pending >= self.window - ledger.held + pending):
+        if pending >= self.batch or (self.window and 4 * pending >= self.window - ledger.unfinished):
             self.flush()
         elif pending and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.interval, self._on_timer)

@@ -27,7 +27,8 @@ class Batcher(Generic[T]):
 
     ``run(items)`` is started in a task for each list; at most ``limit`` run at once (0: no limit),
     the next full list waiting for one to end. ``accepting()`` false at a flush: the list is dropped
-    unrun (its messages stay unacked, and the broker hands them back when the channel closes)."""
+    unrun (its messages stay unacked, and the broker hands them back when the channel closes); ``run``
+    itself asks again once it has a slot."""
 
     def __init__(
         self,
@@ -79,16 +80,8 @@ class Batcher(Generic[T]):
         try:
             if self._slots is None:
                 await self._run(items)
-                return
-            async with self._slots:
-                if self._accepting():
+            else:
+                async with self._slots:
                     await self._run(items)
         finally:
             self.running -= len(items)
-
-    def drop(self) -> None:
-        """Forget what is gathered (the channel is gone: its tags mean nothing any more)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._gathering = []
