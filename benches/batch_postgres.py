@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import Any
 
-from event import BatchFailed, Message, Publisher, WorkerPool, wire
+from event import BatchFailed, Message, Publisher, WorkerPool, topology, wire
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 BAD = -1
@@ -133,10 +133,7 @@ async def clean(url: str, plan: Any, namespace: str) -> None:
     connection = await connect(url, name="pg bench clean-up")
     try:
         channel = await connection.channel()
-        for queue in plan.queues:
-            await channel.queue_delete(queue.name)
-        for exchange in plan.exchanges:
-            await channel.exchange_delete(exchange.name)
+        await topology.remove(channel, plan)
         await channel.exchange_delete(wire.control_exchange_name(f"{namespace}-ex"))
     finally:
         await connection.close()

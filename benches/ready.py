@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from event import Message, WorkerPool
+from event import Message, WorkerPool, topology, wire
 from event.loops import resolve_loop
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -51,11 +51,8 @@ async def clean(url: str, namespace: str, consumers: int) -> None:
     connection = await connect(url, name="ready bench clean-up")
     try:
         channel = await connection.channel()
-        for queue in plan.queues:
-            await channel.queue_delete(queue.name)
-        for exchange in plan.exchanges:
-            await channel.exchange_delete(exchange.name)
-        await channel.exchange_delete(f"{namespace}-ex.control")
+        await topology.remove(channel, plan)
+        await channel.exchange_delete(wire.control_exchange_name(f"{namespace}-ex"))
     finally:
         await connection.close()
 

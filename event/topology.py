@@ -236,6 +236,15 @@ async def declare(channel: Channel, plan: Plan) -> None:
             return
 
 
+async def remove(channel: Channel, plan: Plan) -> None:
+    """Delete what ``plan`` declares, its queues then its exchanges (what it holds is lost): for a
+    benchmark or a tool that must leave nothing behind."""
+    for queue in plan.queues:
+        await channel.queue_delete(queue.name)
+    for exchange in plan.exchanges:
+        await channel.exchange_delete(exchange.name)
+
+
 async def declare_each(open_channel: Callable[[], Awaitable[Channel]], plan: Plan) -> dict[str, EventError]:
     """Declare what can be declared of ``plan``; the refusals, by exchange or queue name (empty: all done).
 
