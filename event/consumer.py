@@ -26,17 +26,15 @@ Handler = AsyncHandler | SyncHandler
 KNOWN_QUEUE_TYPES = ("classic", "quorum")
 
 
-class ConsumerOptions(TypedDict, total=False):
-    """The options of ``@pool.consumer(...)``, their one list: :meth:`event.WorkerPool.consumer` says what
-    each does, :func:`define_consumer` gives each left out its default and checks each given."""
+class RunnerOptions(TypedDict, total=False):
+    """The consumer options a runner (``pool.proxy``, ``pool.command``) passes on: all but ``queue``,
+    whose default a runner chooses, and ``timeout``, a runner's own (its request's or its command's)."""
 
-    queue: str | None  # default: the handler's name in Hutch's snake case
     context: Callable[[], Any]  # default: event.message.Context
     prefetch: int | None  # default: DEFAULT_PREFETCH, or two batches for a batch consumer
     max_concurrency: int  # default 0: only the pool's limit
     arguments: Mapping[str, Any] | None
     middleware: tuple[Middleware, ...]
-    timeout: float | None
     retries: int  # default: event.retry.DEFAULT_RETRIES
     backoff: Backoff | None
     rate_limit: str | None
@@ -47,6 +45,15 @@ class ConsumerOptions(TypedDict, total=False):
     queue_type: str | None  # default: the pool's
     retry: str  # default "park"
     max_priority: int  # default 0
+
+
+class ConsumerOptions(RunnerOptions, total=False):
+    """The options of ``@pool.consumer(...)``, their one list (with :class:`RunnerOptions`):
+    :meth:`event.WorkerPool.consumer` says what each does, :func:`define_consumer` gives each left out
+    its default and checks each given."""
+
+    queue: str | None  # default: the handler's name in Hutch's snake case
+    timeout: float | None  # default None: no time limit
 
 
 def check_options(options: Mapping[str, object], where: str) -> None:

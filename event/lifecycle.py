@@ -117,7 +117,7 @@ class PoolRun:
                 namespace=declared.namespace,
                 exchange=declared.exchange,
                 dead_queue=declared.dead_queue,
-                middleware=list(declared.middleware),
+                middleware=declared.middleware,
                 pool_slots=pool_slots,
                 pool_concurrency=declared.concurrency,
                 executor=self._executor,

@@ -25,7 +25,14 @@ from event.config import (
     resolve_url,
 )
 from event.connection import Connector, connect
-from event.consumer import Consumer, ConsumerOptions, Handler, check_options, define_consumer
+from event.consumer import (
+    Consumer,
+    ConsumerOptions,
+    Handler,
+    RunnerOptions,
+    check_options,
+    define_consumer,
+)
 from event.cron import Schedule, define_schedule
 from event.dispatch import OnDead
 from event.errors import ConfigurationError
@@ -138,7 +145,8 @@ class WorkerPool:
     def consumer(self, *routing_keys: str, **options: Unpack[ConsumerOptions]) -> Callable[[H], H]:
         """Register the decorated function as the consumer of ``routing_keys`` (topic patterns allowed).
 
-        Its queue is ``<namespace>:<queue>``, ``queue`` defaulting to the function's name in Hutch's
+        The options are :class:`event.consumer.ConsumerOptions` (each left out takes the default said
+        here). Its queue is ``<namespace>:<queue>``, ``queue`` defaulting to the function's name in Hutch's
         snake case. ``context`` is called for every message; the instance goes to each middleware and
         to the handler. ``prefetch`` bounds the unacknowledged messages the broker sends this consumer,
         ``max_concurrency`` the handlers it runs at once (0: only the pool's limit applies).
@@ -196,7 +204,7 @@ class WorkerPool:
 
     def proxy(
         self, *routing_keys: str, to: str, timeout: float = 30.0, headers: Mapping[str, str] | None = None,
-        queue: str | None = None, **consumer_options: Any,
+        queue: str | None = None, **consumer_options: Unpack[RunnerOptions],
     ) -> HttpProxy:  # fmt: skip
         """Consume ``routing_keys`` by POSTing each body to the URL ``to`` (see :mod:`event.runners.http`).
 
@@ -217,7 +225,7 @@ class WorkerPool:
 
     def command(
         self, *routing_keys: str, argv: Sequence[str], timeout: float = 60.0, queue: str | None = None,
-        **consumer_options: Any,
+        **consumer_options: Unpack[RunnerOptions],
     ) -> CommandRunner:  # fmt: skip
         """Consume ``routing_keys`` by running ``argv`` (plus the body's ``args``) for each message.
 
