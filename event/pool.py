@@ -368,7 +368,7 @@ class WorkerPool:
     async def running(self, timeout: float = 30.0) -> AsyncIterator[WorkerPool]:
         """Run the pool in the background for the body of an ``async with`` (handy in tests and scripts)."""
         task = asyncio.create_task(self.run(install_signal_handlers=False))
-        await asyncio.sleep(0)  # let run() create its events
+        await asyncio.sleep(0)  # let run() make its PoolRun, which wait_until_ready waits on
         ready = asyncio.create_task(self.wait_until_ready(timeout))
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
