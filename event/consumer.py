@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict, Unpack
 
 from event import wire
 from event.batching import DEFAULT_BATCH_WAIT_S
-from event.config import check_count, check_name, check_seconds
+from event.config import DEFAULT_PREFETCH, check_count, check_name, check_seconds
 from event.errors import ConfigurationError
+from event.message import Context
 from event.middleware import Middleware
 from event.payloads import PayloadSpec, payload_spec
 from event.ratelimit import RateLimit, parse_rate
-from event.retry import RETRY_MODES, Backoff, broker_retry_arguments
+from event.retry import DEFAULT_RETRIES, RETRY_MODES, Backoff, broker_retry_arguments
 
 # (ctx, msg) or (ctx, msg, payload): see event.payloads for the typed forms.
 AsyncHandler = Callable[..., Awaitable[None]]
@@ -25,28 +26,76 @@ Handler = AsyncHandler | SyncHandler
 KNOWN_QUEUE_TYPES = ("classic", "quorum")
 
 
+class RunnerOptions(TypedDict, total=False):
+    """The consumer options a runner (``pool.proxy``, ``pool.command``) passes on: all but ``queue``,
+    whose default a runner chooses, and ``timeout``, a runner's own (its request's or its command's)."""
+
+    context: Callable[[], Any]  # default: event.message.Context
+    prefetch: int | None  # default: DEFAULT_PREFETCH, or two batches for a batch consumer
+    max_concurrency: int  # default 0: only the pool's limit
+    arguments: Mapping[str, Any] | None
+    middleware: tuple[Middleware, ...]
+    retries: int  # default: event.retry.DEFAULT_RETRIES
+    backoff: Backoff | None
+    rate_limit: str | None
+    rate_burst: int  # default 1
+    max_deliveries: int  # default: wire.DEFAULT_MAX_DELIVERIES
+    batch: int  # default 0: one message per call
+    batch_wait: float  # default: event.batching.DEFAULT_BATCH_WAIT_S
+    queue_type: str | None  # default: the pool's
+    retry: str  # default "park"
+    max_priority: int  # default 0
+
+
+class ConsumerOptions(RunnerOptions, total=False):
+    """The options of ``@pool.consumer(...)``, their one list (with :class:`RunnerOptions`):
+    :meth:`event.WorkerPool.consumer` says what each does, :func:`define_consumer` gives each left out
+    its default and checks each given."""
+
+    queue: str | None  # default: the handler's name in Hutch's snake case
+    timeout: float | None  # default None: no time limit
+
+
+def check_options(options: Mapping[str, object], where: str) -> None:
+    """Raise :class:`TypeError` for a name that is not a consumer option, as a misspelt keyword would."""
+    unknown = sorted(set(options) - ConsumerOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(
+            f"{where}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: the consumer "
+            f"options are {', '.join(sorted(ConsumerOptions.__optional_keys__))}"
+        )
+
+
+def default_prefetch(batch: int) -> int:
+    """The prefetch of a consumer that names none: two batches for a batch consumer (one gathering
+    while one runs), else :data:`DEFAULT_PREFETCH`."""
+    return min(65535, 2 * batch) if batch else DEFAULT_PREFETCH
+
+
 @dataclass(frozen=True, slots=True)
 class Consumer:
     """One consumer: its queue, bindings, handler and limits."""
 
+    # Built by define_consumer alone, from ConsumerOptions: the options resolved (defaults given, the
+    # queue's full name, its arguments merged, the rate parsed) and the handler's payload type.
     handler: Handler
     routing_keys: tuple[str, ...]
     queue: str
     context: Callable[[], Any]
     prefetch: int
     max_concurrency: int
-    arguments: Mapping[str, Any] = field(default_factory=dict)
-    middleware: tuple[Middleware, ...] = ()
-    timeout: float | None = None
-    retries: int = 0
-    backoff: Backoff | None = None
-    payload: PayloadSpec | None = None
-    rate: RateLimit | None = None
-    max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES
-    batch: int = 0  # a batch consumer's largest list (0: one message per call)
-    batch_wait: float = DEFAULT_BATCH_WAIT_S  # how long a list gathers after its first message
-    retry: str = "park"  # "broker": RabbitMQ 4.3's delayed retry on the quorum queue itself
-    max_priority: int = 0  # 0: a FIFO queue; else higher priorities first (see event.topology.pool_plan)
+    arguments: Mapping[str, Any]
+    middleware: tuple[Middleware, ...]
+    timeout: float | None
+    retries: int
+    backoff: Backoff | None
+    payload: PayloadSpec | None
+    rate: RateLimit | None
+    max_deliveries: int
+    batch: int  # a batch consumer's largest list (0: one message per call)
+    batch_wait: float  # how long a list gathers after its first message
+    retry: str  # "broker": RabbitMQ 4.3's delayed retry on the quorum queue itself
+    max_priority: int  # 0: a FIFO queue; else higher priorities first (see event.topology.pool_plan)
 
     @property
     def is_async(self) -> bool:
@@ -64,26 +113,32 @@ def define_consumer(
     routing_keys: tuple[str, ...],
     *,
     namespace: str,
-    queue: str | None,
-    context: Callable[[], Any],
-    prefetch: int,
-    max_concurrency: int,
-    arguments: Mapping[str, Any] | None,
-    middleware: tuple[Middleware, ...],
-    timeout: float | None,
-    retries: int,
-    backoff: Backoff | None,
-    rate_limit: str | None = None,
-    rate_burst: int = 1,
-    max_deliveries: int = wire.DEFAULT_MAX_DELIVERIES,
-    batch: int = 0,
-    batch_wait: float = DEFAULT_BATCH_WAIT_S,
-    queue_type: str | None = None,
-    retry: str = "park",
-    max_priority: int = 0,
+    pool_queue_type: str | None = None,
+    **options: Unpack[ConsumerOptions],
 ) -> Consumer:
-    """Validate the options of ``@pool.consumer`` and build the :class:`Consumer`; errors name the handler."""
+    """Validate the options of ``@pool.consumer`` and build the :class:`Consumer`; errors name the handler.
+
+    ``pool_queue_type`` is the pool's ``queue_type``: the queue's, unless the consumer chose one (its
+    own ``queue_type``, or ``x-queue-type`` in its arguments).
+    """
     where = getattr(handler, "__qualname__", repr(handler))
+    check_options(options, "consumer")
+    queue = options.get("queue")
+    context = options.get("context", Context)
+    batch = options.get("batch", 0)
+    prefetch = options.get("prefetch")
+    if prefetch is None:
+        prefetch = default_prefetch(batch)
+    arguments = options.get("arguments")
+    queue_type = options.get("queue_type")
+    if queue_type is None and "x-queue-type" not in (arguments or {}):
+        queue_type = pool_queue_type
+    backoff = options.get("backoff")
+    retries = options.get("retries", DEFAULT_RETRIES)
+    retry = options.get("retry", "park")
+    max_priority = options.get("max_priority", 0)
+    timeout = options.get("timeout")
+    rate_limit = options.get("rate_limit")
     if not callable(handler):
         raise ConfigurationError(f"consumer handler {handler!r} is not callable")
     if not routing_keys:
@@ -142,21 +197,31 @@ def define_consumer(
         handler=handler,
         batch=batch,
         retry=retry,
-        batch_wait=check_seconds(f"batch_wait of consumer {where}", batch_wait, allow_zero=True),
+        batch_wait=check_seconds(
+            f"batch_wait of consumer {where}",
+            options.get("batch_wait", DEFAULT_BATCH_WAIT_S),
+            allow_zero=True,
+        ),
         routing_keys=routing_keys,
         queue=full,
         context=context,
         prefetch=check_count(f"prefetch of consumer {where}", prefetch, minimum=1, maximum=65535),
-        max_concurrency=check_count(f"max_concurrency of consumer {where}", max_concurrency),
+        max_concurrency=check_count(
+            f"max_concurrency of consumer {where}", options.get("max_concurrency", 0)
+        ),
         arguments=args,
-        middleware=middleware,
+        middleware=options.get("middleware", ()),
         retries=check_count(f"retries of consumer {where}", retries),
         backoff=backoff,
         payload=payload_spec(handler),
-        rate=None if rate_limit is None else parse_rate(rate_limit, rate_burst, where),
+        rate=None if rate_limit is None else parse_rate(rate_limit, options.get("rate_burst", 1), where),
         # One delivery that ends unsettled is ordinary (a lost connection, a crash of another
         # message's handler): at least two, so no single crash dead-queues what was in flight with it.
-        max_deliveries=check_count(f"max_deliveries of consumer {where}", max_deliveries, minimum=2),
+        max_deliveries=check_count(
+            f"max_deliveries of consumer {where}",
+            options.get("max_deliveries", wire.DEFAULT_MAX_DELIVERIES),
+            minimum=2,
+        ),
         max_priority=max_priority,
         timeout=None
         if timeout is None

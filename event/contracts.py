@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, is_typeddict
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, Unpack, is_typeddict
 
 from event import protobuf, wire
 from event.errors import ConfigurationError
@@ -30,6 +30,7 @@ from event.message import Message
 from event.payloads import converter, payload_spec
 
 if TYPE_CHECKING:  # the publisher imports this module for Publisher.to
+    from event.consumer import ConsumerOptions
     from event.pool import WorkerPool
     from event.publisher import Publisher
 
@@ -84,7 +85,9 @@ class Contract(Generic[P]):
         """``(routing_key,)``: for ``pool.consumer(*contract.routing_keys, ...)``."""
         return (self.routing_key,)
 
-    def consumer(self, pool: WorkerPool, **options: Any) -> Callable[[TypedHandler[P]], TypedHandler[P]]:
+    def consumer(
+        self, pool: WorkerPool, **options: Unpack[ConsumerOptions]
+    ) -> Callable[[TypedHandler[P]], TypedHandler[P]]:
         """Register the decorated handler on ``pool`` as the consumer of this contract's routing key.
 
         ``options`` are those of :meth:`event.WorkerPool.consumer`. The handler must declare this

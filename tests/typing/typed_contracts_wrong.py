@@ -37,6 +37,17 @@ async def typed_for_another(ctx: Context, msg: Message[SendSms]) -> None:
     print(msg.body.number)
 
 
+# The consumer options are one TypedDict (event.consumer.ConsumerOptions): mypy still checks each by name.
+@pool.consumer("app.misspelt", prefech=30)  # E: call-arg
+async def misspelt_option(ctx: Context, msg: Message[SendSms]) -> None:
+    print(msg.body.number)
+
+
+@pool.consumer("app.wrong_type", max_concurrency="5")  # E: arg-type
+async def option_of_another_type(ctx: Context, msg: Message[SendSms]) -> None:
+    print(msg.body.number)
+
+
 async def publish(publisher: Publisher) -> None:
     await publisher.to(SEND_EMAIL).publish(SendSms(number="+44"))  # E: arg-type
     await publisher.to(SEND_EMAIL).publish(SendEmail(to="ada@example.com"))  # E: call-arg

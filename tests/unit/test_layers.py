@@ -27,7 +27,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "dispatch", "supervise", "pausing", "control", "cron", "dead", "publisher", "contracts", "services",
         "replies", "schedule_copies", "schedule_unbind", "processes", "depths", "idempotency", "runners",
         "runners.command",
-        "runners.counts", "runners.hooks", "runners.http", "pool", "testing",
+        "runners.counts", "runners.hooks", "runners.http", "lifecycle", "pool", "testing",
     ),
     "edges": (
         "workers_file", "asyncapi", "protoc_plugin", "bench", "bench_child", "cli", "gateway",

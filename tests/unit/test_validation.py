@@ -77,6 +77,18 @@ def test_consumer_options_out_of_range(kwargs: dict[str, Any], words: str) -> No
         async def handler(ctx: object, msg: object) -> None: ...
 
 
+def test_a_misspelt_consumer_option_is_refused_at_once_naming_it_and_the_options() -> None:
+    # The options travel as **options (one TypedDict for mypy): at run time a name outside it must
+    # still fail as a wrong keyword did, when pool.consumer(...) is called, not silently later.
+    pool = WorkerPool(URL, namespace="myapp")
+    options: dict[str, Any] = {"prefech": 30}
+    with pytest.raises(TypeError, match=r"'prefech'.*max_concurrency.*prefetch"):
+        pool.consumer("app.x", **options)
+    with pytest.raises(TypeError, match="'prefech'"):
+        pool.command("app.x", argv=["true"], **options)
+    assert pool.consumers == ()
+
+
 def test_consumer_needs_a_routing_key() -> None:
     pool = WorkerPool(URL, namespace="myapp")
     with pytest.raises(ConfigurationError, match="at least one routing key"):
