@@ -9,7 +9,7 @@ from typing import Any
 
 from event import wire
 from event.batching import DEFAULT_BATCH_WAIT_S
-from event.config import check_count, check_name, check_seconds
+from event.config import QUEUE_TYPES, check_count, check_name, check_seconds
 from event.errors import ConfigurationError
 from event.middleware import Middleware
 from event.payloads import PayloadSpec, payload_spec
@@ -20,9 +20,6 @@ from event.retry import RETRY_MODES, Backoff, broker_retry_arguments
 AsyncHandler = Callable[..., Awaitable[None]]
 SyncHandler = Callable[..., None]
 Handler = AsyncHandler | SyncHandler
-
-# Hutch's queue options map to these exact argument keys (spec section 2).
-KNOWN_QUEUE_TYPES = ("classic", "quorum")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +109,9 @@ def define_consumer(
             )
         args["x-queue-type"] = queue_type
     queue_type = args.get("x-queue-type")
-    if queue_type is not None and queue_type not in KNOWN_QUEUE_TYPES:
+    if queue_type is not None and queue_type not in QUEUE_TYPES:
         raise ConfigurationError(
-            f"x-queue-type of consumer {where} must be one of {KNOWN_QUEUE_TYPES}, not {queue_type!r}"
+            f"x-queue-type of consumer {where} must be one of {QUEUE_TYPES}, not {queue_type!r}"
         )
     if retry not in RETRY_MODES:
         raise ConfigurationError(f"retry of consumer {where} must be one of {RETRY_MODES}, not {retry!r}")

@@ -11,7 +11,8 @@ retry it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +22,6 @@ from event.errors import ConfigurationError, ConnectionFailed, EventError, Topol
 from event.management import ManagementApi
 
 log = logging.getLogger("event.topology")
-
-# What the broker (or the client, about a closed channel or connection) raises when a declare cannot be
-# carried out now; not a statement about our configuration.
-_TRANSIENT = (driver.AMQPError, ConnectionError)
 
 
 @dataclass(frozen=True)
@@ -300,20 +297,39 @@ async def bind_exchange(channel: Channel, exchange: Exchange) -> None:
         )
 
 
-async def _bind(call: Awaitable[Any], what: str, binding: Binding) -> None:
+@contextmanager
+def _refusals(action: str, mismatch: Callable[[str], str] | None = None) -> Iterator[None]:
+    """The driver's refusal of ``action`` (``"declare exchange 'x'"``) raised as event's, one rule for every
+    declare and bind: PRECONDITION_FAILED is a :class:`TopologyMismatch` worded by ``mismatch`` (given the
+    broker's words) when there is one, ACCESS_REFUSED a :class:`ConfigurationError`, anything else that
+    may pass a :class:`ConnectionFailed`."""
     try:
+        yield
+    except (driver.AMQPError, ConnectionError) as exc:  # the broker's refusal, or the channel gone
+        reason = broker_reason(exc)
+        if mismatch is not None and isinstance(exc, driver.PreconditionFailed):
+            raise TopologyMismatch(mismatch(reason)) from exc
+        if isinstance(exc, driver.AccessRefused):
+            raise ConfigurationError(f"the broker refused to {action}: {reason}") from exc
+        # Not a statement about our configuration: it may pass, so callers retry it.
+        raise ConnectionFailed(f"could not {action}: {reason}") from exc
+
+
+async def _bind(call: Awaitable[Any], what: str, binding: Binding) -> None:
+    with _refusals(f"bind {what} to {_shown(binding)}"):
         await call
-    except driver.AccessRefused as exc:
-        raise ConfigurationError(
-            f"the broker refused to bind {what} to {_shown(binding)}: {broker_reason(exc)}"
-        ) from exc
-    except _TRANSIENT as exc:
-        raise ConnectionFailed(f"could not bind {what} to {_shown(binding)}: {broker_reason(exc)}") from exc
 
 
 async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
     """One exchange as Hutch declares its own: durable, not auto-delete, arguments only where needed."""
-    try:
+    with _refusals(
+        f"declare exchange {exchange.name!r}",
+        lambda reason: (
+            f"exchange {exchange.name!r} already exists with other properties than ours "
+            f"(type {exchange.kind}, durable, no arguments); the broker says: {reason}. "
+            f"Use another exchange name or delete the old exchange."
+        ),
+    ):
         await channel.exchange_declare(
             exchange=exchange.name,
             exchange_type=exchange.kind,
@@ -321,23 +337,19 @@ async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
             auto_delete=False,
             arguments=dict(exchange.arguments) or None,
         )
-    except driver.PreconditionFailed as exc:
-        raise TopologyMismatch(
-            f"exchange {exchange.name!r} already exists with other properties than ours "
-            f"(type {exchange.kind}, durable, no arguments); the broker says: {broker_reason(exc)}. "
-            f"Use another exchange name or delete the old exchange."
-        ) from exc
-    except driver.AccessRefused as exc:
-        raise ConfigurationError(
-            f"the broker refused to declare exchange {exchange.name!r}: {broker_reason(exc)}"
-        ) from exc
-    except _TRANSIENT as exc:
-        raise ConnectionFailed(f"could not declare exchange {exchange.name!r}: {broker_reason(exc)}") from exc
 
 
 async def declare_queue(channel: Channel, queue: Queue) -> None:
     """A durable, non-exclusive, non-auto-delete queue with exactly its arguments, and its bindings."""
-    try:
+    with _refusals(
+        f"declare {queue.role} {queue.name!r}",
+        lambda reason: (
+            f"{queue.role} {queue.name!r} already exists with other arguments than ours "
+            f"({queue.arguments!r}); the broker says: {reason}. Change the options to match"
+            f"{_PARK_HINT if queue.role == 'park queue' else ''}, or delete the queue "
+            f"(`rabbitmqctl delete_queue {queue.name}`) once it is drained."
+        ),
+    ):
         await channel.queue_declare(
             queue=queue.name,
             durable=True,
@@ -345,21 +357,6 @@ async def declare_queue(channel: Channel, queue: Queue) -> None:
             auto_delete=False,
             arguments=dict(queue.arguments),
         )
-    except driver.PreconditionFailed as exc:
-        raise TopologyMismatch(
-            f"{queue.role} {queue.name!r} already exists with other arguments than ours "
-            f"({queue.arguments!r}); the broker says: {broker_reason(exc)}. Change the options to match"
-            f"{_PARK_HINT if queue.role == 'park queue' else ''}, or delete the queue "
-            f"(`rabbitmqctl delete_queue {queue.name}`) once it is drained."
-        ) from exc
-    except driver.AccessRefused as exc:
-        raise ConfigurationError(
-            f"the broker refused to declare {queue.role} {queue.name!r}: {broker_reason(exc)}"
-        ) from exc
-    except _TRANSIENT as exc:
-        raise ConnectionFailed(
-            f"could not declare {queue.role} {queue.name!r}: {broker_reason(exc)}"
-        ) from exc
     for binding in queue.bindings:
         await _bind(
             channel.queue_bind(
