@@ -41,7 +41,7 @@ async def run(url: str, jobs: int, profile: bool) -> None:
     namespace = f"profile{uuid.uuid4().hex[:8]}"
     exchange = f"{namespace}-ex"
     sink = f"{namespace}-sink"
-    admin = await amqp.connect(url, name="publish profile admin")
+    admin = await amqp.open_connection(url, name="publish profile admin")
     channel = await admin.channel(confirms=False)
     try:
         async with Publisher(url, namespace=namespace, exchange=exchange) as publisher:
