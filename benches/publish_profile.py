@@ -55,7 +55,7 @@ async def run(url: str, jobs: int, profile: bool) -> None:
             await _in_window(2_000, WINDOW, one)
             await _measured(jobs, one, profile)
     finally:
-        plan = topology.delay_plan(namespace, exchange)
+        plan = topology.publisher_plan(namespace, exchange)
         for queue in [sink, *(q.name for q in plan.queues)]:
             await channel.queue_delete(queue)
         for declared in plan.exchanges:

@@ -96,10 +96,12 @@ def _binding_dict(binding: Binding) -> dict[str, Any]:
     return shown
 
 
-def delay_plan(
+def publisher_plan(
     namespace: str, exchange: str, *, queue_type: str | None = None, delay_queues: bool = False
 ) -> Plan:
-    """What delaying needs: the exchanges and event's park queues (and, if asked, hutch-schedule's).
+    """What a publisher declares, and the base of a pool's plan: what delaying needs, the exchanges and
+    event's park queues (and, if asked, hutch-schedule's). (``wire.delay_plan`` is another idea: where one
+    delayed message is parked, and until when.)
 
     A copy enters its park queue through the headers exchange ``<exchange>.park`` (each park queue
     bound by its own name in ``event-park-in``), keeping its event's routing key, and leaves through the
@@ -179,7 +181,7 @@ def pool_plan(
     A consumer with a max priority (by queue name) gets ``x-max-priority`` on a classic queue; a quorum
     queue takes no such argument (RabbitMQ refuses it): from 4.0 every quorum queue orders by priority.
     """
-    base = delay_plan(namespace, exchange, queue_type=dead_queue_type, delay_queues=delay_queues)
+    base = publisher_plan(namespace, exchange, queue_type=dead_queue_type, delay_queues=delay_queues)
     dead_name = wire.dead_queue_name(namespace, exchange)
     limits = max_deliveries or {}
     priorities = max_priorities or {}

@@ -562,7 +562,7 @@ class Backend:
                 return
             channel = await open_channel(connection, confirms=False)
             try:
-                await control.declare(channel, self.config.exchange)
+                await control.declare_control_exchange(channel, self.config.exchange)
             finally:
                 await close_quietly(channel)
             self._control_declared = connection
