@@ -53,7 +53,7 @@ from event.runners.command import CommandRunner
 from event.runners.counts import OutcomeCounts
 from event.schedule_copies import ScheduleCopies
 from event.sending import Sender
-from event.supervise import ConsumerSupervisor, backoff
+from event.supervise import ConsumerSupervisor, delay_before
 from event.topology import Plan
 
 if TYPE_CHECKING:
@@ -745,7 +745,7 @@ class WorkerPool:
         # broker is restarting refuses for a moment. Neither is a reason to stop consuming the others.
         attempt = 0
         while not connection.is_closed:
-            await asyncio.sleep(backoff(attempt, RECONNECT_DELAYS_S))
+            await asyncio.sleep(delay_before(attempt, RECONNECT_DELAYS_S))
             attempt += 1
             try:
                 failures = await topology.declare_each(
@@ -765,7 +765,7 @@ class WorkerPool:
                     "at %s (attempt %d, next in %g s): %s",
                     connected_url(connection),
                     attempt,
-                    backoff(attempt, RECONNECT_DELAYS_S),
+                    delay_before(attempt, RECONNECT_DELAYS_S),
                     failure,
                 )
 
@@ -844,7 +844,7 @@ class WorkerPool:
         assert self._stop_requested is not None
         attempt = 0
         while not self._stop_requested.is_set():
-            delay = backoff(attempt, RECONNECT_DELAYS_S)
+            delay = delay_before(attempt, RECONNECT_DELAYS_S)
             attempt += 1
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
