@@ -286,17 +286,7 @@ def _not_required_refused(queue: Queue, exc: EventError) -> None:
 
 async def bind_exchange(channel: Channel, exchange: Exchange) -> None:
     """The bindings that lead into ``exchange`` from other exchanges."""
-    for binding in exchange.bindings:
-        await _bind(
-            channel.exchange_bind(
-                destination=exchange.name,
-                source=binding.source,
-                routing_key=binding.key,
-                arguments=dict(binding.arguments) or None,
-            ),
-            f"exchange {exchange.name!r}",
-            binding,
-        )
+    await _bind(channel.exchange_bind, exchange.name, f"exchange {exchange.name!r}", exchange.bindings)
 
 
 @contextmanager
@@ -317,9 +307,17 @@ def _refusals(action: str, mismatch: Callable[[str], str] | None = None) -> Iter
         raise ConnectionFailed(f"could not {action}: {reason}") from exc
 
 
-async def _bind(call: Awaitable[Any], what: str, binding: Binding) -> None:
-    with _refusals(f"bind {what} to {_shown(binding)}"):
-        await call
+async def _bind(
+    bind: Callable[[str, str, str, driver.Arguments | None], Awaitable[None]],
+    name: str,
+    what: str,
+    bindings: Iterable[Binding],
+) -> None:
+    """Each of ``bindings`` into ``name`` (``what``, for the errors) by ``bind``: the channel's
+    ``exchange_bind`` or ``queue_bind``, which both take the destination, source, key and arguments."""
+    for binding in bindings:
+        with _refusals(f"bind {what} to {_shown(binding)}"):
+            await bind(name, binding.source, binding.key, dict(binding.arguments) or None)
 
 
 async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
@@ -359,17 +357,7 @@ async def declare_queue(channel: Channel, queue: Queue) -> None:
             auto_delete=False,
             arguments=dict(queue.arguments),
         )
-    for binding in queue.bindings:
-        await _bind(
-            channel.queue_bind(
-                queue=queue.name,
-                exchange=binding.source,
-                routing_key=binding.key,
-                arguments=dict(binding.arguments) or None,
-            ),
-            f"{queue.role} {queue.name!r}",
-            binding,
-        )
+    await _bind(channel.queue_bind, queue.name, f"{queue.role} {queue.name!r}", queue.bindings)
 
 
 # Arguments a broker reports that nobody declared: RabbitMQ 4.x lists the queue type it chose. At these values
