@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import orjson
 
 from event import wire
-from event.connection import Channel, Connection, close_quietly, open_channel
+from event.connect import Channel, Connection, close_quietly, open_channel
 from event.driver import Delivery
 from event.sending import Sender, properties
 

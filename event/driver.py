@@ -285,7 +285,7 @@ class Connection(Protocol):
 
 class Connector(Protocol):
     """How a pool, publisher or tool opens its connection: ``connector(url, name=...)``, ``name`` shown in
-    the broker's connection list. :func:`event.connection.connect` (a URL or a comma-separated list of
+    the broker's connection list. :func:`event.connect.connect` (a URL or a comma-separated list of
     nodes, through :mod:`event.amqp`) is the one they use unless a test broker's ``connect`` stands in."""
 
     def __call__(self, url: str, *, name: str) -> Awaitable[Connection]: ...

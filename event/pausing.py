@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from event.connection import Channel
+from event.connect import Channel
 from event.control import Command
 from event.driver import OnCancel, OnDelivery
 from event.errors import ConfigurationError

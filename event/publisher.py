@@ -29,7 +29,7 @@ from event.config import (
     redact_url,
     resolve_url,
 )
-from event.connection import (
+from event.connect import (
     Connection,
     Connector,
     close_quietly,

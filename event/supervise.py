@@ -20,7 +20,7 @@ from typing import Any
 
 from event import driver, topology
 from event.acks import AckTracker, tracker_for
-from event.connection import (
+from event.connect import (
     Channel,
     Connection,
     broker_reason,

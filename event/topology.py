@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from event import driver, wire
-from event.connection import Channel, broker_reason
+from event.connect import Channel, broker_reason
 from event.errors import ConfigurationError, ConnectionFailed, EventError, TopologyMismatch
 from event.management import ManagementApi
 
