@@ -116,9 +116,9 @@ async def fill_declared(url: str, pool: WorkerPool, namespace: str, jobs: int) -
 
 
 async def dead_count(url: str, namespace: str) -> int:
-    from event.amqp import connect
+    from event.amqp import open_connection
 
-    connection = await connect(url, name="pg bench check")
+    connection = await open_connection(url, name="pg bench check")
     try:
         channel = await connection.channel()
         ok = await channel.queue_declare(wire.dead_queue_name(namespace, f"{namespace}-ex"), passive=True)
@@ -128,9 +128,9 @@ async def dead_count(url: str, namespace: str) -> int:
 
 
 async def clean(url: str, plan: Any, namespace: str) -> None:
-    from event.amqp import connect
+    from event.amqp import open_connection
 
-    connection = await connect(url, name="pg bench clean-up")
+    connection = await open_connection(url, name="pg bench clean-up")
     try:
         channel = await connection.channel()
         await topology.remove(channel, plan)

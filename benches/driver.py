@@ -73,7 +73,7 @@ async def consume_ours(url: str, queues: list[str], jobs: int) -> dict[str, floa
     clock = Clock()
     from event import amqp, driver
 
-    connection = await amqp.connect(url, name="bench-driver-consume", timeout=10)
+    connection = await amqp.open_connection(url, name="bench-driver-consume", timeout=10)
     done = asyncio.get_running_loop().create_future()
     seen = 0
 
@@ -193,7 +193,7 @@ async def publish_ours(url: str, queues: list[str], jobs: int) -> dict[str, floa
     clock = Clock()
     from event import amqp, driver
 
-    connection = await amqp.connect(url, name="bench-driver-publish", timeout=10)
+    connection = await amqp.open_connection(url, name="bench-driver-publish", timeout=10)
     channel = await connection.channel(confirms=True)
     properties = driver.Properties(content_type="application/json", delivery_mode=2)
     numbers = iter(range(jobs))
@@ -286,7 +286,7 @@ async def _prepare(url: str, queues: list[str], jobs: int | None, *, delete: boo
     """Declare (or delete) the queues, empty them, and fill them with ``jobs`` messages if given."""
     from event import amqp, driver
 
-    connection = await amqp.connect(url, name="bench-driver-fill", timeout=10)
+    connection = await amqp.open_connection(url, name="bench-driver-fill", timeout=10)
     channel = await connection.channel(confirms=True)
     for queue in queues:
         if delete:

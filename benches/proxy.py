@@ -198,7 +198,7 @@ async def ours(
     (``handler="proxy"``), a plain consumer making the same-client loop's request (``"client"``), or one
     that only suspends once (``"suspend"``)."""
     queue = wire.queue_name(namespace, "bench.proxy")
-    connection = await amqp.connect(amqp_url, name="bench-proxy-filler", timeout=10)
+    connection = await amqp.open_connection(amqp_url, name="bench-proxy-filler", timeout=10)
     channel = await connection.channel(confirms=True)
     await channel.queue_declare(queue, durable=True)
     for start in range(0, jobs, 2000):
@@ -257,7 +257,7 @@ async def ours(
 
 async def cleanup(amqp_url: str, namespace: str) -> None:
     exchange = f"{namespace}-ex"
-    connection = await amqp.connect(amqp_url, name="bench-proxy-cleanup", timeout=10)
+    connection = await amqp.open_connection(amqp_url, name="bench-proxy-cleanup", timeout=10)
     channel = await connection.channel()
     await channel.queue_delete(wire.queue_name(namespace, "bench.proxy"))
     for level in wire.LEVELS:

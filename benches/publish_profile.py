@@ -41,7 +41,7 @@ async def run(url: str, jobs: int, profile: bool) -> None:
     namespace = f"profile{uuid.uuid4().hex[:8]}"
     exchange = f"{namespace}-ex"
     sink = f"{namespace}-sink"
-    admin = await amqp.connect(url, name="publish profile admin")
+    admin = await amqp.open_connection(url, name="publish profile admin")
     channel = await admin.channel(confirms=False)
     try:
         async with Publisher(url, namespace=namespace, exchange=exchange) as publisher:
@@ -55,7 +55,7 @@ async def run(url: str, jobs: int, profile: bool) -> None:
             await _in_window(2_000, WINDOW, one)
             await _measured(jobs, one, profile)
     finally:
-        plan = topology.delay_plan(namespace, exchange)
+        plan = topology.publisher_plan(namespace, exchange)
         for queue in [sink, *(q.name for q in plan.queues)]:
             await channel.queue_delete(queue)
         for declared in plan.exchanges:

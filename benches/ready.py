@@ -45,10 +45,10 @@ async def time_ready(url: str, namespace: str, consumers: int) -> float:
 
 
 async def clean(url: str, namespace: str, consumers: int) -> None:
-    from event.amqp import connect
+    from event.amqp import open_connection
 
     plan = make_pool(url, namespace, consumers).topology()
-    connection = await connect(url, name="ready bench clean-up")
+    connection = await open_connection(url, name="ready bench clean-up")
     try:
         channel = await connection.channel()
         await topology.remove(channel, plan)

@@ -517,11 +517,11 @@ async def latency_pika(url: str, queue: str, jobs: int) -> Figures:
 async def pace(url: str, exchange: str, key: str, jobs: int, rate: int) -> Figures:
     """Publish ``jobs`` messages at ``rate`` a second, evenly (a tick every millisecond), without
     confirms: the stream's pace is the experiment's, not the broker's answer."""
-    from event.amqp import connect
+    from event.amqp import open_connection
     from event.driver import Properties
 
     paced = Properties(content_type="application/json", delivery_mode=1)
-    connection = await connect(url, name="event bench pacer")
+    connection = await open_connection(url, name="event bench pacer")
     try:
         channel = await connection.channel()
         started = time.perf_counter()

@@ -22,7 +22,7 @@ import orjson
 from event import asyncapi, cron, logs, loops, topology, wire, workers_file
 from event.bench import DEFAULT_WINDOW, run_bench
 from event.config import check_count, check_seconds, redact_url, resolve_url
-from event.connection import close_quietly, connect
+from event.connect import close_quietly, connect
 from event.dead import DeadQueue
 from event.drain import drain_seconds
 from event.endpoint import serve

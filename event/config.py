@@ -87,6 +87,7 @@ def check_name(name: str, value: str) -> str:
     return value
 
 
+# The x-queue-type values a consumer or pool may ask for (Hutch's queue options map to these, spec section 2).
 QUEUE_TYPES = ("classic", "quorum")
 
 

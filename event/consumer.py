@@ -9,7 +9,7 @@ from typing import Any, TypedDict, Unpack
 
 from event import wire
 from event.batching import DEFAULT_BATCH_WAIT_S
-from event.config import DEFAULT_PREFETCH, check_count, check_name, check_seconds
+from event.config import DEFAULT_PREFETCH, QUEUE_TYPES, check_count, check_name, check_seconds
 from event.errors import ConfigurationError
 from event.message import Context
 from event.middleware import Middleware
@@ -21,9 +21,6 @@ from event.retry import DEFAULT_RETRIES, RETRY_MODES, Backoff, broker_retry_argu
 AsyncHandler = Callable[..., Awaitable[None]]
 SyncHandler = Callable[..., None]
 Handler = AsyncHandler | SyncHandler
-
-# Hutch's queue options map to these exact argument keys (spec section 2).
-KNOWN_QUEUE_TYPES = ("classic", "quorum")
 
 
 class RunnerOptions(TypedDict, total=False):
@@ -167,9 +164,9 @@ def define_consumer(
             )
         args["x-queue-type"] = queue_type
     queue_type = args.get("x-queue-type")
-    if queue_type is not None and queue_type not in KNOWN_QUEUE_TYPES:
+    if queue_type is not None and queue_type not in QUEUE_TYPES:
         raise ConfigurationError(
-            f"x-queue-type of consumer {where} must be one of {KNOWN_QUEUE_TYPES}, not {queue_type!r}"
+            f"x-queue-type of consumer {where} must be one of {QUEUE_TYPES}, not {queue_type!r}"
         )
     if retry not in RETRY_MODES:
         raise ConfigurationError(f"retry of consumer {where} must be one of {RETRY_MODES}, not {retry!r}")

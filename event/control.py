@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import orjson
 
 from event import wire
-from event.connection import Channel, Connection, close_quietly, open_channel
+from event.connect import Channel, Connection, close_quietly, open_channel
 from event.driver import Delivery
 from event.sending import Sender, properties
 
@@ -40,12 +40,12 @@ class Command:
             raise ValueError(f"a control command needs a queue name, not {self.queue!r}")
 
 
-def encode(command: Command) -> bytes:
+def encode_command(command: Command) -> bytes:
     """The body of a control message."""
     return orjson.dumps({"action": command.action, "queue": command.queue})
 
 
-def decode(raw: bytes) -> Command | None:
+def decode_command(raw: bytes) -> Command | None:
     """The command in a control message, or None for anything else (ignored: a newer sender's verbs)."""
     try:
         data = orjson.loads(raw)
@@ -59,7 +59,7 @@ def decode(raw: bytes) -> Command | None:
         return None
 
 
-async def declare(channel: Channel, exchange: str) -> None:
+async def declare_control_exchange(channel: Channel, exchange: str) -> None:
     """Declare the control exchange of ``exchange`` (durable, direct; idempotent)."""
     await channel.exchange_declare(wire.control_exchange_name(exchange), exchange_type="direct", durable=True)
 
@@ -87,7 +87,7 @@ async def listen(
             log.exception("control command %s %s failed", command.action, command.queue)
 
     def on_message(delivery: Delivery) -> None:
-        command = decode(delivery.body)
+        command = decode_command(delivery.body)
         if command is None:
             log.warning("ignored a control message that is not a command: %r", delivery.body[:200])
             return
@@ -96,7 +96,7 @@ async def listen(
         task.add_done_callback(running.discard)
 
     try:
-        await declare(channel, exchange)
+        await declare_control_exchange(channel, exchange)
         declared = await channel.queue_declare("", exclusive=True, auto_delete=True, durable=False)
         queue = declared.queue
         await channel.queue_bind(
@@ -118,7 +118,7 @@ async def send_command(sender: Sender, command: Command, *, namespace: str, exch
     await sender.send(
         wire.control_exchange_name(exchange),
         wire.control_routing_key(namespace),
-        encode(command),
+        encode_command(command),
         properties(),
         mandatory=True,
     )

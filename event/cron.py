@@ -24,7 +24,7 @@ import orjson
 from croniter import croniter
 
 from event import driver, wire
-from event.connection import Channel, Connection, close_quietly, open_channel
+from event.connect import Channel, Connection, close_quietly, open_channel
 from event.errors import ConfigurationError
 from event.sending import Sender, properties
 

@@ -17,7 +17,7 @@ from typing import Any, Self
 
 from event import driver, wire
 from event.config import DEFAULT_EXCHANGE, DEFAULT_PUBLISH_TIMEOUT_S, redact_url, resolve_url
-from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
+from event.connect import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.errors import ConfigurationError, EventError
 from event.sending import Sender, copy_properties
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from event import driver
-from event.connection import Channel, Connection, close_quietly, open_channel
+from event.connect import Channel, Connection, close_quietly, open_channel
 from event.drain import DEFAULT_INTERVAL_S, QueueDepth
 from event.errors import EventError
 

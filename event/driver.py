@@ -284,9 +284,11 @@ class Connection(Protocol):
 
 
 class Connector(Protocol):
-    """How a pool, publisher or tool opens a connection to one URL (a driver's ``connect``)."""
+    """How a pool, publisher or tool opens its connection: ``connector(url, name=...)``, ``name`` shown in
+    the broker's connection list. :func:`event.connect.connect` (a URL or a comma-separated list of
+    nodes, through :mod:`event.amqp`) is the one they use unless a test broker's ``connect`` stands in."""
 
-    def __call__(self, url: str, *, name: str, timeout: float) -> Awaitable[Connection]: ...
+    def __call__(self, url: str, *, name: str) -> Awaitable[Connection]: ...
 
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Any
 
 from event import control, depths, driver, topology, wire
 from event.config import redact_url
-from event.connection import (
+from event.connect import (
     Connection,
     Connector,
     broker_reason,
@@ -39,7 +39,7 @@ from event.pausing import PauseSwitch
 from event.retry import BROKER_RETRY_SINCE
 from event.schedule_copies import ScheduleCopies
 from event.sending import Sender
-from event.supervise import ConsumerSupervisor, backoff
+from event.supervise import ConsumerSupervisor, delay_before
 from event.topology import Plan
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ class PoolRun:
         # broker is restarting refuses for a moment. Neither is a reason to stop consuming the others.
         attempt = 0
         while not connection.is_closed:
-            await asyncio.sleep(backoff(attempt, RECONNECT_DELAYS_S))
+            await asyncio.sleep(delay_before(attempt, RECONNECT_DELAYS_S))
             attempt += 1
             try:
                 failures = await topology.declare_each(
@@ -384,7 +384,7 @@ class PoolRun:
                     "at %s (attempt %d, next in %g s): %s",
                     connected_url(connection),
                     attempt,
-                    backoff(attempt, RECONNECT_DELAYS_S),
+                    delay_before(attempt, RECONNECT_DELAYS_S),
                     failure,
                 )
 
@@ -468,7 +468,7 @@ class PoolRun:
         url = self.declared.url
         attempt = 0
         while not self._stop_requested.is_set():
-            delay = backoff(attempt, RECONNECT_DELAYS_S)
+            delay = delay_before(attempt, RECONNECT_DELAYS_S)
             attempt += 1
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):

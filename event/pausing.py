@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from event.connection import Channel
+from event.connect import Channel
 from event.control import Command
 from event.driver import OnCancel, OnDelivery
 from event.errors import ConfigurationError
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Consumer:
+class _PausableConsume:
     channel: Channel
     tag: str
     on_delivery: OnDelivery
@@ -37,7 +37,7 @@ class PauseSwitch:
     def __init__(self, queues: Callable[[], Collection[str]]) -> None:
         self._queues = queues  # the pool's consumer queue names, read when a command names one
         self._paused: set[str] = set()
-        self._live: dict[str, _Consumer] = {}
+        self._live: dict[str, _PausableConsume] = {}
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -57,13 +57,13 @@ class PauseSwitch:
         self._closed = False
         tag = f"event.{uuid.uuid4().hex}"  # not the queue's name: a tag is at most 255 bytes too
         async with self._lock:
-            consumer = _Consumer(channel, tag, on_delivery, on_cancel)
+            consumer = _PausableConsume(channel, tag, on_delivery, on_cancel)
             self._live[queue] = consumer
             if queue not in self._paused:
                 await self._consume(queue, consumer)
         return tag
 
-    async def _consume(self, queue: str, consumer: _Consumer) -> None:
+    async def _consume(self, queue: str, consumer: _PausableConsume) -> None:
         await consumer.channel.basic_consume(
             queue, consumer.on_delivery, consumer_tag=consumer.tag, on_cancel=consumer.on_cancel
         )

@@ -24,7 +24,7 @@ from event.config import (
     redact_url,
     resolve_url,
 )
-from event.connection import Connector, connect
+from event.connect import Connector, connect
 from event.consumer import (
     Consumer,
     ConsumerOptions,

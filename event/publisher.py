@@ -29,7 +29,7 @@ from event.config import (
     redact_url,
     resolve_url,
 )
-from event.connection import (
+from event.connect import (
     Connection,
     Connector,
     close_quietly,
@@ -196,7 +196,7 @@ class Publisher:
         await close_quietly(self._connection)
         self._connection = await self.connector(self.url, name=self._connection_name)
         try:
-            plan = topology.delay_plan(self.namespace, self.exchange, queue_type=self.queue_type)
+            plan = topology.publisher_plan(self.namespace, self.exchange, queue_type=self.queue_type)
             await self._declare(self._connection, plan, first)
         except BaseException:
             connection, self._connection = self._connection, None
@@ -236,7 +236,7 @@ class Publisher:
         connection = self._connection
         if queue not in self._undeclared or connection is None or connection.is_closed:
             return
-        plan = topology.delay_plan(self.namespace, self.exchange, queue_type=self.queue_type)
+        plan = topology.publisher_plan(self.namespace, self.exchange, queue_type=self.queue_type)
         wanted = [q for q in plan.queues if q.name == queue]
         await self._declare(connection, topology.Plan((), tuple(wanted)), False)
 

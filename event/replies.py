@@ -36,7 +36,7 @@ from typing import Any
 
 from event import driver
 from event.config import DEFAULT_EXCHANGE, redact_url
-from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
+from event.connect import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.errors import ConnectionFailed, PublishNacked, RemoteError, ReplyTimeout, Unroutable
 from event.sending import new_message_id, properties
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from event import driver, wire
-from event.connection import Channel, Connection, close_quietly, open_channel
+from event.connect import Channel, Connection, close_quietly, open_channel
 from event.errors import ConfigurationError
 from event.management import ManagementApi
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from event import driver, tracing, wire
 from event.config import DEFAULT_PUBLISH_TIMEOUT_S
-from event.connection import Channel, Connection, broker_reason, close_quietly, open_channel
+from event.connect import Channel, Connection, broker_reason, close_quietly, open_channel
 from event.errors import ConnectionFailed, PublishNacked, PublishTimeout, Unroutable
 from event.metrics import PublishStats
 

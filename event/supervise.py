@@ -20,7 +20,7 @@ from typing import Any
 
 from event import driver, topology
 from event.acks import AckTracker, tracker_for
-from event.connection import (
+from event.connect import (
     Channel,
     Connection,
     broker_reason,
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 COMEBACK_DELAYS_S = (0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
-def backoff(attempt: int, delays: Sequence[float]) -> float:
+def delay_before(attempt: int, delays: Sequence[float]) -> float:
     """The pause before attempt number ``attempt`` (from 0), the last delay repeating."""
     return delays[min(attempt, len(delays) - 1)]
 
@@ -146,7 +146,7 @@ class ConsumerSupervisor:
         attempt = -1 if self.consuming else 0  # -1: consuming already, wait for its end
         while True:
             if attempt >= 0:
-                await asyncio.sleep(backoff(attempt, self.delays))
+                await asyncio.sleep(delay_before(attempt, self.delays))
                 if connection.is_closed:
                     return  # the pool reconnects and starts another watch
                 try:
@@ -160,7 +160,7 @@ class ConsumerSupervisor:
                         self.queue,
                         connected_url(connection),
                         attempt + 1,
-                        backoff(attempt + 1, self.delays),
+                        delay_before(attempt + 1, self.delays),
                         exc,
                     )
                     attempt += 1

@@ -109,12 +109,12 @@ class _Queue:
     arguments: dict[str, Any]
     auto_delete: bool = False
     messages: deque[_Message] = field(default_factory=deque)
-    consumers: list[_Consumer] = field(default_factory=list)
+    consumers: list[_Subscription] = field(default_factory=list)
     turn: int = 0
 
 
 @dataclass
-class _Consumer:
+class _Subscription:
     channel: _Channel
     tag: str
     on_delivery: OnDelivery
@@ -466,7 +466,7 @@ class TestBroker:
             self._handing += 1
             asyncio.get_running_loop().call_soon(self._hand, consumer, delivery)
 
-    def _hand(self, consumer: _Consumer, delivery: Delivery) -> None:
+    def _hand(self, consumer: _Subscription, delivery: Delivery) -> None:
         self._handing -= 1
         if not consumer.channel.is_closed:  # else its unacked messages went back to the queue
             consumer.on_delivery(delivery)
@@ -880,7 +880,7 @@ class _Channel:
         if found is None:
             raise self._broken(404, f"NOT_FOUND - no queue '{queue}' in vhost '/'")
         tag = consumer_tag or f"ctag{self._number}.{len(found.consumers)}"
-        found.consumers.append(_Consumer(self, tag, on_delivery, on_cancel, no_ack))
+        found.consumers.append(_Subscription(self, tag, on_delivery, on_cancel, no_ack))
         self.broker._deliver(found)
         return tag
 

@@ -11,20 +11,17 @@ retry it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from event import driver, wire
-from event.connection import Channel, broker_reason
+from event.connect import Channel, broker_reason
 from event.errors import ConfigurationError, ConnectionFailed, EventError, TopologyMismatch
 from event.management import ManagementApi
 
 log = logging.getLogger("event.topology")
-
-# What the broker (or the client, about a closed channel or connection) raises when a declare cannot be
-# carried out now; not a statement about our configuration.
-_TRANSIENT = (driver.AMQPError, ConnectionError)
 
 
 @dataclass(frozen=True)
@@ -99,10 +96,12 @@ def _binding_dict(binding: Binding) -> dict[str, Any]:
     return shown
 
 
-def delay_plan(
+def publisher_plan(
     namespace: str, exchange: str, *, queue_type: str | None = None, delay_queues: bool = False
 ) -> Plan:
-    """What delaying needs: the exchanges and event's park queues (and, if asked, hutch-schedule's).
+    """What a publisher declares, and the base of a pool's plan: what delaying needs, the exchanges and
+    event's park queues (and, if asked, hutch-schedule's). (``wire.delay_plan`` is another idea: where one
+    delayed message is parked, and until when.)
 
     A copy enters its park queue through the headers exchange ``<exchange>.park`` (each park queue
     bound by its own name in ``event-park-in``), keeping its event's routing key, and leaves through the
@@ -182,7 +181,7 @@ def pool_plan(
     A consumer with a max priority (by queue name) gets ``x-max-priority`` on a classic queue; a quorum
     queue takes no such argument (RabbitMQ refuses it): from 4.0 every quorum queue orders by priority.
     """
-    base = delay_plan(namespace, exchange, queue_type=dead_queue_type, delay_queues=delay_queues)
+    base = publisher_plan(namespace, exchange, queue_type=dead_queue_type, delay_queues=delay_queues)
     dead_name = wire.dead_queue_name(namespace, exchange)
     limits = max_deliveries or {}
     priorities = max_priorities or {}
@@ -287,33 +286,50 @@ def _not_required_refused(queue: Queue, exc: EventError) -> None:
 
 async def bind_exchange(channel: Channel, exchange: Exchange) -> None:
     """The bindings that lead into ``exchange`` from other exchanges."""
-    for binding in exchange.bindings:
-        await _bind(
-            channel.exchange_bind(
-                destination=exchange.name,
-                source=binding.source,
-                routing_key=binding.key,
-                arguments=dict(binding.arguments) or None,
-            ),
-            f"exchange {exchange.name!r}",
-            binding,
-        )
+    await _bind(channel.exchange_bind, exchange.name, f"exchange {exchange.name!r}", exchange.bindings)
 
 
-async def _bind(call: Awaitable[Any], what: str, binding: Binding) -> None:
+@contextmanager
+def _refusals(action: str, mismatch: Callable[[str], str] | None = None) -> Iterator[None]:
+    """The driver's refusal of ``action`` (``"declare exchange 'x'"``) raised as event's, one rule for every
+    declare and bind: PRECONDITION_FAILED is a :class:`TopologyMismatch` worded by ``mismatch`` (given the
+    broker's words) when there is one, ACCESS_REFUSED a :class:`ConfigurationError`, anything else that
+    may pass a :class:`ConnectionFailed`."""
     try:
-        await call
-    except driver.AccessRefused as exc:
-        raise ConfigurationError(
-            f"the broker refused to bind {what} to {_shown(binding)}: {broker_reason(exc)}"
-        ) from exc
-    except _TRANSIENT as exc:
-        raise ConnectionFailed(f"could not bind {what} to {_shown(binding)}: {broker_reason(exc)}") from exc
+        yield
+    except (driver.AMQPError, ConnectionError) as exc:  # the broker's refusal, or the channel gone
+        reason = broker_reason(exc)
+        if mismatch is not None and isinstance(exc, driver.PreconditionFailed):
+            raise TopologyMismatch(mismatch(reason)) from exc
+        if isinstance(exc, driver.AccessRefused):
+            raise ConfigurationError(f"the broker refused to {action}: {reason}") from exc
+        # Not a statement about our configuration: it may pass, so callers retry it.
+        raise ConnectionFailed(f"could not {action}: {reason}") from exc
+
+
+async def _bind(
+    bind: Callable[[str, str, str, driver.Arguments | None], Awaitable[None]],
+    name: str,
+    what: str,
+    bindings: Iterable[Binding],
+) -> None:
+    """Each of ``bindings`` into ``name`` (``what``, for the errors) by ``bind``: the channel's
+    ``exchange_bind`` or ``queue_bind``, which both take the destination, source, key and arguments."""
+    for binding in bindings:
+        with _refusals(f"bind {what} to {_shown(binding)}"):
+            await bind(name, binding.source, binding.key, dict(binding.arguments) or None)
 
 
 async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
     """One exchange as Hutch declares its own: durable, not auto-delete, arguments only where needed."""
-    try:
+    with _refusals(
+        f"declare exchange {exchange.name!r}",
+        lambda reason: (
+            f"exchange {exchange.name!r} already exists with other properties than ours "
+            f"(type {exchange.kind}, durable, no arguments); the broker says: {reason}. "
+            f"Use another exchange name or delete the old exchange."
+        ),
+    ):
         await channel.exchange_declare(
             exchange=exchange.name,
             exchange_type=exchange.kind,
@@ -321,23 +337,19 @@ async def declare_exchange(channel: Channel, exchange: Exchange) -> None:
             auto_delete=False,
             arguments=dict(exchange.arguments) or None,
         )
-    except driver.PreconditionFailed as exc:
-        raise TopologyMismatch(
-            f"exchange {exchange.name!r} already exists with other properties than ours "
-            f"(type {exchange.kind}, durable, no arguments); the broker says: {broker_reason(exc)}. "
-            f"Use another exchange name or delete the old exchange."
-        ) from exc
-    except driver.AccessRefused as exc:
-        raise ConfigurationError(
-            f"the broker refused to declare exchange {exchange.name!r}: {broker_reason(exc)}"
-        ) from exc
-    except _TRANSIENT as exc:
-        raise ConnectionFailed(f"could not declare exchange {exchange.name!r}: {broker_reason(exc)}") from exc
 
 
 async def declare_queue(channel: Channel, queue: Queue) -> None:
     """A durable, non-exclusive, non-auto-delete queue with exactly its arguments, and its bindings."""
-    try:
+    with _refusals(
+        f"declare {queue.role} {queue.name!r}",
+        lambda reason: (
+            f"{queue.role} {queue.name!r} already exists with other arguments than ours "
+            f"({queue.arguments!r}); the broker says: {reason}. Change the options to match"
+            f"{_PARK_HINT if queue.role == 'park queue' else ''}, or delete the queue "
+            f"(`rabbitmqctl delete_queue {queue.name}`) once it is drained."
+        ),
+    ):
         await channel.queue_declare(
             queue=queue.name,
             durable=True,
@@ -345,32 +357,7 @@ async def declare_queue(channel: Channel, queue: Queue) -> None:
             auto_delete=False,
             arguments=dict(queue.arguments),
         )
-    except driver.PreconditionFailed as exc:
-        raise TopologyMismatch(
-            f"{queue.role} {queue.name!r} already exists with other arguments than ours "
-            f"({queue.arguments!r}); the broker says: {broker_reason(exc)}. Change the options to match"
-            f"{_PARK_HINT if queue.role == 'park queue' else ''}, or delete the queue "
-            f"(`rabbitmqctl delete_queue {queue.name}`) once it is drained."
-        ) from exc
-    except driver.AccessRefused as exc:
-        raise ConfigurationError(
-            f"the broker refused to declare {queue.role} {queue.name!r}: {broker_reason(exc)}"
-        ) from exc
-    except _TRANSIENT as exc:
-        raise ConnectionFailed(
-            f"could not declare {queue.role} {queue.name!r}: {broker_reason(exc)}"
-        ) from exc
-    for binding in queue.bindings:
-        await _bind(
-            channel.queue_bind(
-                queue=queue.name,
-                exchange=binding.source,
-                routing_key=binding.key,
-                arguments=dict(binding.arguments) or None,
-            ),
-            f"{queue.role} {queue.name!r}",
-            binding,
-        )
+    await _bind(channel.queue_bind, queue.name, f"{queue.role} {queue.name!r}", queue.bindings)
 
 
 # Arguments a broker reports that nobody declared: RabbitMQ 4.x lists the queue type it chose. At these values

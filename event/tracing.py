@@ -62,7 +62,7 @@ ENABLED: bool = _installed()
 """Whether ``opentelemetry-api`` is installed: decided once, at import, without importing it."""
 
 SYSTEM = "rabbitmq"
-DEFAULT_EXCHANGE = "amq.default"  # the destination name of the default exchange with no routing key
+_DEFAULT_DESTINATION = "amq.default"  # the destination name of the default exchange with no routing key
 
 Send = TypeVar("Send", bound=Callable[..., Awaitable[None]])
 Handle = TypeVar("Handle", bound=Callable[..., Coroutine[Any, Any, None]])
@@ -93,7 +93,7 @@ def producer_destination(exchange: str, routing_key: str) -> str:
     is empty, ``amq.default`` if both are."""
     if exchange and routing_key:
         return f"{exchange}:{routing_key}"
-    return exchange or routing_key or DEFAULT_EXCHANGE
+    return exchange or routing_key or _DEFAULT_DESTINATION
 
 
 def consumer_destination(exchange: str, routing_key: str, queue: str) -> str:
@@ -103,7 +103,7 @@ def consumer_destination(exchange: str, routing_key: str, queue: str) -> str:
         return producer_destination(exchange, routing_key)
     if exchange and routing_key and queue:  # a delivery's three parts are most often all there
         return f"{exchange}:{routing_key}:{queue}"
-    return ":".join(part for part in (exchange, routing_key, queue) if part) or DEFAULT_EXCHANGE
+    return ":".join(part for part in (exchange, routing_key, queue) if part) or _DEFAULT_DESTINATION
 
 
 class _Otel:

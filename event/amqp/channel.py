@@ -98,7 +98,7 @@ class _Rpc:
         self.convert = convert
 
 
-class _Consumer:
+class _ConsumerCallbacks:
     __slots__ = ("acks", "on_cancel", "on_delivery")
 
     def __init__(self, on_delivery: driver.OnDelivery, on_cancel: driver.OnCancel | None, acks: bool) -> None:
@@ -126,7 +126,7 @@ class AMQPChannel:
         self._closing.add_done_callback(retrieve)
         self._ended: Callable[[], BaseException] | None = None  # makes the error it closed with
         self._rpcs: deque[_Rpc] = deque()  # the head is in flight, the rest wait their turn
-        self._consumers: dict[str, _Consumer] = {}
+        self._consumers: dict[str, _ConsumerCallbacks] = {}
         # Flow control: the broker's Channel.Flow; publishes wait while it is off.
         self._flow = True
         self._flow_on = asyncio.Event()
@@ -297,7 +297,7 @@ class AMQPChannel:
         arguments: driver.Arguments | None = None,
         on_cancel: driver.OnCancel | None = None,
     ) -> str:
-        consumer = _Consumer(on_delivery, on_cancel, not no_ack)
+        consumer = _ConsumerCallbacks(on_delivery, on_cancel, not no_ack)
 
         def register(ok: spec.Basic.ConsumeOk) -> str:
             # In the read path, before any delivery that follows the ConsumeOk in the same read.

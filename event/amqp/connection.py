@@ -542,7 +542,7 @@ class AMQPConnection(asyncio.Protocol):
                 transport.close()
 
 
-async def connect(url: str, *, name: str, timeout: float = 10.0) -> driver.Connection:
+async def open_connection(url: str, *, name: str, timeout: float = 10.0) -> driver.Connection:
     """Open a connection to the node at ``url`` (one node; ``amqp://`` or ``amqps://``), named ``name``
     in the broker's connection list, within ``timeout`` seconds.
 

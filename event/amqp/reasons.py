@@ -1,7 +1,7 @@
 """The words of a failed connect: what went wrong and how to fix it, for every way a connect fails.
 
-One place for them: :func:`event.amqp.connect` raises :class:`event.errors.ConnectionFailed` with these,
-and whoever connects otherwise (or tells a user how to get a broker) imports them from here. ``shown``
+One place for them: :func:`event.amqp.open_connection` raises :class:`event.errors.ConnectionFailed` with
+these, and whoever connects otherwise (or tells a user how to get a broker) imports them from here. ``shown``
 is always the URL with its password hidden."""
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from event.gateway.security import SESSION_COOKIE, Guard, Secrets
 log = logging.getLogger("event.gateway")
 
 MAX_BODY_BYTES = 1024 * 1024
-MAX_DELAY_S = 366 * 24 * 3600  # beyond a year a delay is a mistake, and far beyond one it overflows
+MAX_REQUEST_DELAY_S = 366 * 24 * 3600  # beyond a year a delay is a mistake, and far beyond one it overflows
 MAX_DEAD_OFFSET = 100_000  # the dead queue's cap
 MAX_DEAD_LIMIT = 500
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -130,16 +130,16 @@ def _delay(request: Request) -> tuple[float | None, datetime | None]:
             seconds = float(in_text)
         except ValueError:
             raise BadRequest(f"in={in_text!r} must be a number of seconds") from None
-        if not math.isfinite(seconds) or not 0 <= seconds <= MAX_DELAY_S:
-            raise BadRequest(f"in={in_text!r} must be between 0 and {MAX_DELAY_S} seconds")
+        if not math.isfinite(seconds) or not 0 <= seconds <= MAX_REQUEST_DELAY_S:
+            raise BadRequest(f"in={in_text!r} must be between 0 and {MAX_REQUEST_DELAY_S} seconds")
         return seconds, None
     if at_text is not None:
         try:
             when = parse_at(at_text)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        if when.timestamp() - datetime.now(UTC).timestamp() > MAX_DELAY_S:
-            raise BadRequest(f"at={at_text!r} is more than {MAX_DELAY_S} seconds away")
+        if when.timestamp() - datetime.now(UTC).timestamp() > MAX_REQUEST_DELAY_S:
+            raise BadRequest(f"at={at_text!r} is more than {MAX_REQUEST_DELAY_S} seconds away")
         return None, when
     return None, None
 
@@ -335,7 +335,7 @@ class Gateway:
         queue, lease = request.path_params["queue"], request.path_params["lease"]
         error = request.query_params.get("error") or "failed in an HTTP worker"
         retry_after = (
-            _number(request, "retry_after", 0.0, 0.0, MAX_DELAY_S)
+            _number(request, "retry_after", 0.0, 0.0, MAX_REQUEST_DELAY_S)
             if request.query_params.get("retry_after") is not None
             else None
         )

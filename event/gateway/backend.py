@@ -21,7 +21,7 @@ import orjson
 
 from event import control, driver, wire
 from event.config import DEFAULT_EXCHANGE, redact_url, resolve_url
-from event.connection import Channel, Connection, Connector, close_quietly, connect, open_channel
+from event.connect import Channel, Connection, Connector, close_quietly, connect, open_channel
 from event.dead import DeadMessage, DeadQueue, RequeueReport
 from event.errors import ConfigurationError, ConnectionFailed, EventError, Unroutable
 from event.gateway.history import History
@@ -562,7 +562,7 @@ class Backend:
                 return
             channel = await open_channel(connection, confirms=False)
             try:
-                await control.declare(channel, self.config.exchange)
+                await control.declare_control_exchange(channel, self.config.exchange)
             finally:
                 await close_quietly(channel)
             self._control_declared = connection

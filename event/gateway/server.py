@@ -34,7 +34,7 @@ async def serve(config: GatewayConfig, host: str, port: int, *, token: str | Non
     A non-loopback ``host`` without a ``token`` raises :class:`event.errors.ConfigurationError`.
     """
     check_bind(host, token)
-    listening = listen(host, port)
+    listening = bound_socket(host, port)
     backend = Backend(config)
     # Say at once what is wrong (broker down, a wrong password, no management API), each with its fix;
     # the gateway serves all the same and answers 503 naming the problem until it is fixed.
@@ -53,7 +53,7 @@ async def serve(config: GatewayConfig, host: str, port: int, *, token: str | Non
     await server(app, host, port).serve(sockets=[listening])
 
 
-def listen(host: str, port: int) -> socket.socket:
+def bound_socket(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port``, or a configuration error naming it (before uvicorn logs its own)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listening = socket.socket(family, socket.SOCK_STREAM)

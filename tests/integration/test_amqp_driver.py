@@ -29,7 +29,7 @@ def prefix() -> str:
 
 @pytest.fixture
 async def connection(amqp_url: str, prefix: str, management: Management) -> AsyncIterator[driver.Connection]:
-    opened = await amqp.connect(amqp_url, name=prefix, timeout=10)
+    opened = await amqp.open_connection(amqp_url, name=prefix, timeout=10)
     yield opened
     await opened.close()
     for name in management.queue_names():
@@ -283,15 +283,15 @@ async def test_a_connection_closed_from_outside_fails_pending_publishes(
 
 async def test_connect_errors_say_what_to_fix(amqp_url: str, prefix: str) -> None:
     with pytest.raises(ConnectionFailed, match=r"refused the login .*check the user and password") as login:
-        await amqp.connect(amqp_url.replace("guest:guest", "guest:wrong"), name=prefix, timeout=10)
+        await amqp.open_connection(amqp_url.replace("guest:guest", "guest:wrong"), name=prefix, timeout=10)
     assert "wrong" not in str(login.value) and "***" in str(login.value)
     vhost = f"{prefix}-no-such-vhost"
     with pytest.raises(ConnectionFailed, match=rf"refused vhost '{vhost}'.*rabbitmqctl add_vhost {vhost}"):
-        await amqp.connect(amqp_url.rstrip("/") + "/" + vhost, name=prefix, timeout=10)
+        await amqp.open_connection(amqp_url.rstrip("/") + "/" + vhost, name=prefix, timeout=10)
     with pytest.raises(
         ConnectionFailed, match=r"cannot reach RabbitMQ at amqp://guest:\*\*\*@127.0.0.1:1/.*"
     ):
-        await amqp.connect("amqp://guest:secret@127.0.0.1:1/", name=prefix, timeout=10)
+        await amqp.open_connection("amqp://guest:secret@127.0.0.1:1/", name=prefix, timeout=10)
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # accepts, never answers
@@ -300,7 +300,7 @@ async def test_connect_errors_say_what_to_fix(amqp_url: str, prefix: str) -> Non
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(ConnectionFailed, match=r"did not answer within 0.5 s"):
-            await amqp.connect(f"amqp://guest:guest@127.0.0.1:{port}/", name=prefix, timeout=0.5)
+            await amqp.open_connection(f"amqp://guest:guest@127.0.0.1:{port}/", name=prefix, timeout=0.5)
     finally:
         server.close()
         await server.wait_closed()
@@ -344,7 +344,7 @@ async def test_amqps_with_a_client_certificate_and_clear_tls_errors(
         certfile=certificates["client_cert"],
         keyfile=certificates["client_key"],
     )
-    connection = await amqp.connect(good, name=prefix, timeout=10)
+    connection = await amqp.open_connection(good, name=prefix, timeout=10)
     channel = await connection.channel(confirms=True)
     queue = (await channel.queue_declare("", exclusive=True)).queue
     await channel.basic_publish(b"over tls", routing_key=queue)
@@ -354,13 +354,15 @@ async def test_amqps_with_a_client_certificate_and_clear_tls_errors(
     assert tls.clients == ["event-worker"]
 
     with pytest.raises(ConnectionFailed, match=r"TLS handshake .* CERTIFICATE_VERIFY_FAILED") as untrusted:
-        await amqp.connect(url(tls.port), name=prefix, timeout=10)
+        await amqp.open_connection(url(tls.port), name=prefix, timeout=10)
     assert f"localhost:{tls.port}" in str(untrusted.value) and f":{parts.password}@" not in str(
         untrusted.value
     )
     # Not verifying the server: the handshake gets as far as the missing client certificate.
     with pytest.raises(ConnectionFailed, match=f"localhost:{tls.port}"):
-        await amqp.connect(url(tls.port, no_verify_ssl="1"), name=prefix, timeout=10)
+        await amqp.open_connection(url(tls.port, no_verify_ssl="1"), name=prefix, timeout=10)
     with pytest.raises(ConnectionFailed, match=r"cannot load the TLS files"):
-        await amqp.connect(url(tls.port, cafile=str(tmp_path / "missing.pem")), name=prefix, timeout=10)
+        await amqp.open_connection(
+            url(tls.port, cafile=str(tmp_path / "missing.pem")), name=prefix, timeout=10
+        )
     assert tls.clients == ["event-worker"]

@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 from support import Isolation
 
-from event.connection import close_quietly, connect
+from event.connect import close_quietly, connect
 from event.cron import CronRunner, Schedule, define_schedule
 from event.sending import Sender
 

@@ -13,7 +13,7 @@ import pytest
 from support import Isolation, Management, Probe, eventually
 
 from event import Message, Publisher, WorkerPool, wire
-from event.connection import connect
+from event.connect import connect
 from event.errors import ConfigurationError
 from event.management import ManagementApi
 from event.schedule_unbind import unbind_schedule

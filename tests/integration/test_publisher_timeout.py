@@ -68,7 +68,7 @@ async def test_publishes_with_different_timeouts_on_one_channel_each_fail_at_the
     parts = urllib.parse.urlsplit(amqp_url)
     relay = Relay((parts.hostname or "127.0.0.1", parts.port or 5672))
     await relay.start()
-    connection = await amqp.connect(relayed(amqp_url, relay.port), name=f"timeouts-{iso.namespace}")
+    connection = await amqp.open_connection(relayed(amqp_url, relay.port), name=f"timeouts-{iso.namespace}")
     try:
         channel = await connection.channel(confirms=True)
         relay.passing.clear()

@@ -15,7 +15,7 @@ from support import Isolation, Management, eventually
 
 from event import Message, Publisher, WorkerPool, wire
 from event.config import redact_url
-from event.connection import connect, rotated
+from event.connect import connect, rotated
 
 
 async def test_pool_reconnects_after_the_broker_closes_its_connection(

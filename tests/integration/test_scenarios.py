@@ -23,7 +23,7 @@ import pytest
 from support import DEFAULT_URL, eventually
 
 from event import Message, Publisher, WorkerPool
-from event.connection import connect
+from event.connect import connect
 from event.dead import DeadQueue
 from event.driver import Channel, Connection, Delivery, PreconditionFailed, Properties
 from event.testing import TestBroker

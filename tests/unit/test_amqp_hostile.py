@@ -247,7 +247,7 @@ async def test_a_frame_max_below_4096_at_tune_is_refused(frame_max: int) -> None
 async def test_a_frame_max_below_4096_fails_the_connect_with_words_that_say_so() -> None:
     async with Peer(frame_max=8) as peer:
         with pytest.raises(ConnectionFailed, match="frame_max 8 is below the protocol's minimum of 4096"):
-            await amqp.connect(peer.url, name="t", timeout=5)
+            await amqp.open_connection(peer.url, name="t", timeout=5)
 
 
 async def test_frame_max_0_from_the_broker_means_our_cap() -> None:
@@ -629,7 +629,7 @@ class Peer:
         await self._server.wait_closed()
 
     async def connect(self) -> Any:
-        return await amqp.connect(self.url, name="hostile", timeout=5)
+        return await amqp.open_connection(self.url, name="hostile", timeout=5)
 
     def write(self, data: bytes) -> None:
         assert self.writer is not None

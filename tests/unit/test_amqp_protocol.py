@@ -97,7 +97,7 @@ async def peer() -> AsyncIterator[ScriptedPeer]:
 
 
 async def connect(url: str) -> Any:
-    return await amqp.connect(url, name="scripted", timeout=5)
+    return await amqp.open_connection(url, name="scripted", timeout=5)
 
 
 async def test_publishes_wait_while_the_broker_blocks_the_connection(peer: ScriptedPeer) -> None:
@@ -491,7 +491,9 @@ async def test_a_cancelled_connect_leaves_no_socket_open() -> None:
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        connecting = asyncio.create_task(amqp.connect(f"amqp://g:g@127.0.0.1:{port}/", name="t", timeout=30))
+        connecting = asyncio.create_task(
+            amqp.open_connection(f"amqp://g:g@127.0.0.1:{port}/", name="t", timeout=30)
+        )
         await asyncio.sleep(0.2)
         connecting.cancel()
         with pytest.raises(asyncio.CancelledError):

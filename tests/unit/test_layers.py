@@ -22,7 +22,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "rules": (
         "wire", "retry", "payloads", "protobuf", "tracing", "ratelimit", "consumer",
     ),
-    "plumbing": ("sending", "topology", "connection", "management"),
+    "plumbing": ("sending", "topology", "connect", "management"),
     "engine": (
         "dispatch", "supervise", "pausing", "control", "cron", "dead", "publisher", "contracts", "services",
         "replies", "schedule_copies", "schedule_unbind", "processes", "depths", "idempotency", "runners",

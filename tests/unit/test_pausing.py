@@ -90,10 +90,10 @@ async def test_a_command_on_the_control_exchange_reaches_the_pool() -> None:
 @given(st.sampled_from(control.ACTIONS), st.text(min_size=1))
 def test_a_command_survives_encoding(action: str, queue: str) -> None:
     command = control.Command(action, queue)
-    assert control.decode(control.encode(command)) == command
+    assert control.decode_command(control.encode_command(command)) == command
 
 
 @given(st.binary())
 def test_anything_else_on_the_control_queue_decodes_to_none_not_an_error(raw: bytes) -> None:
-    decoded = control.decode(raw)
+    decoded = control.decode_command(raw)
     assert decoded is None or decoded.action in control.ACTIONS

@@ -1,26 +1,19 @@
 """Opening AMQP connections and channels, with errors that say what is wrong and how to fix it.
 
 A connection is one of the driver seam's (:mod:`event.driver`): each node of a URL list is opened with
-:func:`event.amqp.connect`, our own client, unless a test broker's connector stands in for this module.
+:func:`event.amqp.open_connection`, our own client, unless a test broker's connector stands in for this
+module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable
-from typing import Protocol
 
 from event import amqp, driver
 from event.config import split_urls
-from event.driver import Channel, Connection
+from event.driver import Channel, Connection, Connector
 from event.errors import ConnectionFailed
-
-
-class Connector(Protocol):
-    """How a pool, publisher or tool opens its connection (``connect`` below, or a test broker's)."""
-
-    def __call__(self, url: str, *, name: str) -> Awaitable[Connection]: ...
 
 
 async def connect(url: str, *, name: str, timeout: float = 10.0, start: int | None = None) -> Connection:
@@ -78,7 +71,7 @@ def broker_reason(exc: BaseException | None) -> str:
 
 async def _connect_one(url: str, *, name: str, timeout: float) -> Connection:
     # The driver's ConnectionFailed already says what went wrong and how to fix it (event.amqp.reasons).
-    return await amqp.connect(url, name=name, timeout=timeout)
+    return await amqp.open_connection(url, name=name, timeout=timeout)
 
 
 async def open_channel(connection: Connection, *, confirms: bool, prefetch: int | None = None) -> Channel:
