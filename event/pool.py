@@ -637,7 +637,11 @@ class WorkerPool:
 
     async def _listen_for_commands(self, connection: Connection) -> None:
         await control.listen(
-            connection, namespace=self.namespace, exchange=self.exchange, on_command=self._pauses.apply
+            connection,
+            namespace=self.namespace,
+            exchange=self.exchange,
+            on_command=self._pauses.apply,
+            state=lambda: control.report(self.stats),  # asked for by event serve's workers view
         )
 
     # --- internals ---------------------------------------------------------------------------------------
