@@ -335,6 +335,7 @@ class PoolRun:
             namespace=self.declared.namespace,
             exchange=self.declared.exchange,
             on_command=self._pauses.apply,
+            state=lambda: control.report(self.stats),  # asked for by event serve's workers view
         )
 
     # --- the shared queues -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ for one namespace and exchange, and keeps the long-lived connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -38,6 +39,8 @@ CONFIRM_TIMEOUT_S = 10.0
 BODY_SHOWN_BYTES = 256 * 1024  # of a dead message opened; the list shows event.dead's short preview
 # A pause takes a moment to reach the workers: until then the queue may still show its consumers.
 PAUSE_SETTLE_S = 10.0
+# How long the workers have to answer a report request (all of them answered: sooner).
+REPORT_WAIT_S = 1.0
 
 log = logging.getLogger("event.gateway")
 
@@ -203,7 +206,7 @@ class Backend:
         # queue -> when it was paused through this gateway (loop time); resumed or forgotten: absent
         self.requested: dict[str, float] = {}
         self.morgue = Morgue(self._dead, self._dead_fingerprint)
-        self.history = History(self.queues)
+        self.history = History(self.queues, self.reports)
         self.pulled = (
             PullQueues(
                 config.url, namespace=config.namespace, exchange=config.exchange, queues=dict(config.pull)
@@ -335,16 +338,66 @@ class Backend:
         rows.sort(key=_display_order)
         return rows
 
+    async def reports(self) -> list[dict[str, Any]]:
+        """The state each running worker of the namespace reports (see :func:`event.control.report`):
+        host, pid, version, and per consumer queue its counted outcomes, in flight and paused. Workers
+        that do not answer within ``REPORT_WAIT_S`` (older versions, a stalled process) are left out."""
+        try:
+            expected: int | None = len(await self._control_queues())
+        except ConnectionFailed:  # the management API is away: wait out the time instead
+            expected = None
+        if expected == 0:
+            return []
+        replies: list[dict[str, Any]] = []
+        enough = asyncio.Event()
+
+        def on_reply(delivery: driver.Delivery) -> None:
+            try:
+                reply = orjson.loads(delivery.body)
+            except orjson.JSONDecodeError:
+                return
+            if isinstance(reply, dict) and isinstance(reply.get("consumers"), dict):
+                replies.append(reply)
+                if expected is not None and len(replies) >= expected:
+                    enough.set()
+
+        await self._declare_control()
+        channel = await open_channel(await self._side_connection(), confirms=False)
+        try:
+            declared = await channel.queue_declare("", exclusive=True, auto_delete=True, durable=False)
+            await channel.basic_consume(declared.queue, on_reply, no_ack=True)
+            try:
+                await control.request_report(
+                    self._command_sender,
+                    declared.queue,
+                    namespace=self.config.namespace,
+                    exchange=self.config.exchange,
+                )
+            except Unroutable:  # no worker listens
+                return []
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(enough.wait(), REPORT_WAIT_S)
+        finally:
+            await close_quietly(channel)  # its queue goes with it (exclusive, auto-delete)
+        return list(replies)
+
     async def workers(self) -> list[dict[str, Any]]:
         """The namespace's running workers (one per control queue): their connection, the namespace's
         queues each consumes, and the messages each holds unacknowledged (in flight), from the
-        management API."""
+        management API; with what each worker reports of itself (host name, pid, event's version, and
+        per consumer queue its handlers running and whether it is paused), null for a worker that did
+        not answer."""
         api = self.management
         vhost = api.quoted_vhost
         try:
             control_queues = await self._control_queues()
             if not control_queues:
                 return []
+            try:
+                reports = {r.get("control_queue"): r for r in await self.reports()}
+            except (EventError, driver.AMQPError, ConnectionError) as exc:  # the broker is away
+                log.debug("no worker reports: %s", exc)
+                reports = {}
             consumers = await api.get(f"/consumers/{vhost}") or []
             found = []
             for name in sorted(control_queues):
@@ -372,6 +425,8 @@ class Backend:
                     }
                 )
                 connected_at = connection.get("connected_at")
+                report = reports.get(name) or {}
+                reported = report.get("consumers") or {}
                 found.append(
                     {
                         "connection": connection_name,
@@ -384,6 +439,20 @@ class Backend:
                         else None,
                         "queues": consumed,
                         "in_flight": sum(int(c.get("messages_unacknowledged") or 0) for c in channels),
+                        "hostname": report.get("host"),
+                        "pid": report.get("pid"),
+                        "version": report.get("version"),
+                        "consumers": [
+                            {
+                                "queue": queue,
+                                "in_flight": int(state.get("in_flight") or 0),
+                                "paused": bool(state.get("paused")),
+                            }
+                            for queue, state in sorted(reported.items())
+                            if isinstance(state, dict)
+                        ]
+                        if report
+                        else None,
                     }
                 )
         except ConnectionFailed as exc:

@@ -266,7 +266,9 @@ def document() -> dict[str, Any]:
             "/api/workers": {
                 "get": {
                     "summary": "The namespace's running workers: connection, host, the queues each "
-                    "consumes, messages in flight (from the management API)",
+                    "consumes, messages in flight (from the management API); host name, pid, event's "
+                    "version and per consumer queue the handlers in flight and whether it is paused, as "
+                    "each worker reports them (null: the worker did not answer within 1 s)",
                     "operationId": "workers",
                     "responses": {
                         "200": _json(
@@ -291,6 +293,21 @@ def document() -> dict[str, Any]:
                                                 },
                                                 "queues": {"type": "array", "items": {"type": "string"}},
                                                 "in_flight": {"type": "integer"},
+                                                "hostname": {"type": ["string", "null"]},
+                                                "pid": {"type": ["integer", "null"]},
+                                                "version": {"type": ["string", "null"]},
+                                                "consumers": {
+                                                    "type": ["array", "null"],
+                                                    "items": {
+                                                        "type": "object",
+                                                        "required": ["queue", "in_flight", "paused"],
+                                                        "properties": {
+                                                            "queue": {"type": "string"},
+                                                            "in_flight": {"type": "integer"},
+                                                            "paused": {"type": "boolean"},
+                                                        },
+                                                    },
+                                                },
                                             },
                                         },
                                     }
@@ -401,7 +418,9 @@ def document() -> dict[str, Any]:
             "/api/history": {
                 "get": {
                     "summary": "The last hour of the consumer and dead queues: ready, unacked, in/s, out/s "
-                    "every 10 s, sampled by this gateway since it started",
+                    "every 10 s, and per consumer queue the messages processed, failed, retried and dead "
+                    "in each interval (as the workers report them), sampled by this gateway since it "
+                    "started",
                     "operationId": "history",
                     "responses": {
                         "200": _json(
@@ -423,7 +442,9 @@ def document() -> dict[str, Any]:
                                     },
                                 },
                             },
-                            "series per queue, oldest first (null: the queue was not there)",
+                            "series per queue, oldest first: ready, unacked, in, out, and for consumer "
+                            "queues processed, failed, retried, dead (null: the queue was not there, or "
+                            "no worker reported it)",
                         ),
                         **_errors(),
                     },

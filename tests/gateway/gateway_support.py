@@ -80,9 +80,31 @@ async def gateway(url: str, iso: Isolation, management: Management, *extra: str)
     running = Running(f"http://127.0.0.1:{port}", process)
     try:
         await _wait_http(running.base + "/healthz", process)
+    except BaseException:
+        running.output.append(await _stop(process))
+        raise
+    # Read its output as it comes: a gateway logs a line per request, and a pipe nobody reads fills up
+    # (64 KiB) and stops the gateway in its next log call.
+    chunks: list[bytes] = []
+    reading = asyncio.get_running_loop().create_task(_collect(process, chunks))
+    try:
         yield running
     finally:
-        running.output.append(await _stop(process))
+        if process.returncode is None:
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        await reading
+        running.output.append(b"".join(chunks).decode())
+
+
+async def _collect(process: asyncio.subprocess.Process, chunks: list[bytes]) -> None:
+    assert process.stdout is not None
+    while chunk := await process.stdout.read(65536):
+        chunks.append(chunk)
 
 
 @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import warnings
@@ -27,6 +28,7 @@ from event import Dead, Message, Publisher, WorkerPool
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="Playwright's Python package is missing")
 gateway = pytest.importorskip("event.gateway", reason="the serve extra (starlette, uvicorn) is missing")
+from event.control import VERSION  # noqa: E402
 from event.gateway.server import server  # noqa: E402 - after the skips above
 
 CHROMIUM = os.environ.get("EVENT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -126,7 +128,9 @@ async def test_the_dashboard_signs_in_with_a_token_shows_roles_and_works_the_dea
     )
     port = free_port()
     host = outside_address()
-    app = gateway.create_app(config, token=TOKEN, loopback_only=False)
+    backend = gateway.Backend(config)
+    backend.history.interval_s = 2.0  # the outcome charts need two samples: sooner than every 10 s
+    app = gateway.create_app(config, token=TOKEN, loopback_only=False, backend=backend)
     http = server(app, host, port)
     async with pool.running(), Publisher(**pool_kwargs) as publisher:
         for order in range(3):
@@ -204,18 +208,29 @@ async def _drive(
     await expect(page.locator('#queues tr[data-role="consumer"] button')).to_have_count(3)
     await expect(page.locator("#queues tbody button")).to_have_count(3)
 
-    # The workers view: the pool of this test, consuming its three queues.
+    # The workers view: the pool of this test (this process: its pid and event's version, as the pool
+    # reports them), consuming its three queues, none paused and nothing running.
     worker = page.locator("#workers tbody tr[data-connection]")
     await expect(worker).to_have_count(1, timeout=10_000)
+    await expect(worker.locator("td.pid")).to_have_text(str(os.getpid()), timeout=10_000)
+    await expect(worker.locator("td.version")).to_have_text(VERSION or "?")
     await expect(worker.locator("td.queues")).to_have_text(
-        f"{iso.namespace}:mails, {iso.namespace}:orders, {iso.namespace}:refunds"
+        ", ".join(f"{iso.namespace}:{q} (consuming, 0 running)" for q in ("mails", "orders", "refunds"))
     )
 
-    # The last hour as charts: one per consumer queue and the dead queue, three lines each.
+    # The last hour as charts: one per consumer queue and the dead queue, three lines each; a consumer
+    # queue has a second chart, of the outcomes its workers report, four lines, each named.
     chart = page.locator(f'#history figure[data-queue="{iso.namespace}:orders"]')
-    await expect(chart.locator("polyline")).to_have_count(3, timeout=15_000)
-    assert "ready now 0" in (await chart.locator("svg").get_attribute("aria-label") or "")
-    await expect(page.locator(f'#history figure[data-queue="{dead_queue}"]')).to_have_count(1)
+    await expect(chart.locator("svg:not(.outcomes) polyline")).to_have_count(3, timeout=15_000)
+    assert "ready now 0" in (await chart.locator("svg:not(.outcomes)").get_attribute("aria-label") or "")
+    outcomes = chart.locator("svg.outcomes")
+    await expect(outcomes.locator("polyline")).to_have_count(4, timeout=25_000)
+    label = await outcomes.get_attribute("aria-label") or ""
+    assert all(f"{word} " in label for word in ("processed", "failed", "retried", "dead")), label
+    await expect(chart.locator(".legend .key.line-dead")).to_have_text(re.compile(r"^dead \d+$"))
+    dead_chart = page.locator(f'#history figure[data-queue="{dead_queue}"]')
+    await expect(dead_chart).to_have_count(1)
+    await expect(dead_chart.locator("svg.outcomes")).to_have_count(0)  # no consumer: nothing reported
 
     # The dead queue, newest first: order-0 died last (after its retry).
     rows = page.locator("#dead tbody tr[data-key]")

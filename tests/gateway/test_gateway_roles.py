@@ -12,6 +12,7 @@ from gateway_support import gateway, worker
 from support import Isolation, Management, eventually
 
 from event import wire
+from event.control import VERSION
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,7 +28,7 @@ async def test_every_queue_in_its_role_park_levels_in_numeric_order_and_pause_on
     amqp_url: str, iso: Isolation, management: Management, tmp_path: Path
 ) -> None:
     async with (
-        worker(amqp_url, iso, tmp_path / "journal"),
+        worker(amqp_url, iso, tmp_path / "journal") as running,
         gateway(amqp_url, iso, management) as gw,
         httpx.AsyncClient(base_url=gw.base, timeout=30) as client,
     ):
@@ -58,6 +59,9 @@ async def test_every_queue_in_its_role_park_levels_in_numeric_order_and_pause_on
         [one] = (await client.get("/api/workers")).json()["workers"]
         assert one["name"] == "event worker" and one["host"] == "127.0.0.1"
         assert one["queues"] == consumers and one["in_flight"] == 0
+        # What the worker process reports of itself: its pid, event's version, each consumer's state.
+        assert one["pid"] == running.process.pid and one["version"] == VERSION and one["hostname"]
+        assert one["consumers"] == [{"queue": q, "in_flight": 0, "paused": False} for q in consumers]
 
         response = await client.post(f"/api/consumers/{park[0]['name']}/pause")
         assert response.status_code == 404 and "not a consumer queue" in response.json()["error"]

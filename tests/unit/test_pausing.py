@@ -96,4 +96,12 @@ def test_a_command_survives_encoding(action: str, queue: str) -> None:
 @given(st.binary())
 def test_anything_else_on_the_control_queue_decodes_to_none_not_an_error(raw: bytes) -> None:
     decoded = control.decode_command(raw)
-    assert decoded is None or decoded.action in control.ACTIONS
+    assert decoded is None or isinstance(decoded, control.ReportRequest) or decoded.action in control.ACTIONS
+
+
+@given(st.text(min_size=1))
+def test_a_report_request_survives_encoding_and_an_empty_reply_queue_is_refused(reply_to: str) -> None:
+    request = control.ReportRequest(reply_to)
+    assert control.decode_command(control.encode_command(request)) == request
+    assert control.decode_command(b'{"action": "report", "reply_to": ""}') is None
+    assert control.decode_command(b'{"action": "report"}') is None

@@ -377,11 +377,17 @@ document.getElementById("dead-filter").addEventListener("reset", () => {
 });
 
 // History: one small chart per consumer queue and the dead queue, drawn as SVG polylines (a chart
-// library would be more code than this, and nothing to load from elsewhere).
+// library would be more code than this, and nothing to load from elsewhere). A consumer queue has a
+// second chart: the messages its workers processed, failed, retried and sent to the dead queue in each
+// interval, as they report them.
 const SVG = "http://www.w3.org/2000/svg";
 const CHART_W = 300;
 const CHART_H = 60;
 const LINES = [["ready", "line-ready", "ready"], ["in", "line-in", "in/s"], ["out", "line-out", "out/s"]];
+const OUTCOME_LINES = [
+  ["processed", "line-processed", "processed"], ["failed", "line-failed", "failed"],
+  ["retried", "line-retried", "retried"], ["dead", "line-dead", "dead"],
+];
 
 function polyline(values, top, className) {
   const line = document.createElementNS(SVG, "polyline");
@@ -397,34 +403,48 @@ function polyline(values, top, className) {
   return line;
 }
 
-function chart(name, series, minutes) {
-  const figure = document.createElement("figure");
-  figure.className = "chart";
-  figure.dataset.queue = name;
-  const caption = document.createElement("figcaption");
-  caption.textContent = name;
+// One SVG of ``lines`` from ``series`` and its legend; ``describe`` words each line's peak.
+function plot(series, lines, describe) {
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${CHART_W} ${CHART_H}`);
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
   const peaks = [];
-  for (const [key, className, label] of LINES) {
+  for (const [key, className, label] of lines) {
     const values = series[key] || [];
     const top = Math.max(0, ...values.filter((v) => v !== null));
     svg.appendChild(polyline(values, top, className));
-    peaks.push(`${label} up to ${key === "ready" ? top : top.toFixed(1)}`);
+    peaks.push(describe(key, label, top, values));
   }
-  const last = (series.ready || []).filter((v) => v !== null).slice(-1)[0];
-  svg.setAttribute("aria-label", `${name} over the last ${minutes} min: ${peaks.join(", ")}; ready now ${last ?? "unknown"}`);
   const legend = document.createElement("p");
   legend.className = "legend";
-  for (const [i, [, className]] of LINES.entries()) {
+  for (const [i, [, className]] of lines.entries()) {
     const key = document.createElement("span");
     key.className = `key ${className}`;
     key.textContent = peaks[i];
     legend.appendChild(key);
   }
+  return [svg, legend, peaks];
+}
+
+function chart(name, series, minutes, interval) {
+  const figure = document.createElement("figure");
+  figure.className = "chart";
+  figure.dataset.queue = name;
+  const caption = document.createElement("figcaption");
+  caption.textContent = name;
+  const [svg, legend, peaks] = plot(series, LINES, (key, label, top) => `${label} up to ${key === "ready" ? top : top.toFixed(1)}`);
+  const last = (series.ready || []).filter((v) => v !== null).slice(-1)[0];
+  svg.setAttribute("aria-label", `${name} over the last ${minutes} min: ${peaks.join(", ")}; ready now ${last ?? "unknown"}`);
   figure.append(caption, svg, legend);
+  if (series.processed) {
+    const [outcomes, outcomeLegend, totals] = plot(series, OUTCOME_LINES, (key, label, top, values) =>
+      `${label} ${values.reduce((sum, v) => sum + (v || 0), 0)}`);
+    outcomes.classList.add("outcomes");
+    outcomes.setAttribute("aria-label",
+      `${name}, messages per ${interval} s over the last ${minutes} min, as its workers report them: ${totals.join(", ")}`);
+    figure.append(outcomes, outcomeLegend);
+  }
   return figure;
 }
 
@@ -433,7 +453,7 @@ async function refreshWorkers() {
   try {
     data = await api("GET", "api/workers");
   } catch (e) {
-    problem(document.querySelector("#workers tbody"), 5, e.message);
+    problem(document.querySelector("#workers tbody"), 7, e.message);
     return;
   }
   const tbody = document.querySelector("#workers tbody");
@@ -442,13 +462,19 @@ async function refreshWorkers() {
     const tr = document.createElement("tr");
     tr.dataset.connection = w.connection;
     cell(tr, `${w.name || "worker"} (${w.platform || "?"})`);
-    cell(tr, w.host ? `${w.host}:${w.port}` : "", "code");
+    cell(tr, w.host ? `${w.hostname ? w.hostname + " " : ""}${w.host}:${w.port}` : "", "code");
+    cell(tr, w.pid ?? "?", "n pid");
+    cell(tr, w.version ?? "?", "version");
     cell(tr, w.connected_at ? new Date(w.connected_at).toLocaleString() : "", "when");
-    cell(tr, w.queues.join(", ") || "nothing (every queue paused?)", "code queues");
+    // Per consumer, as the worker reports it; a worker that did not answer: what the broker shows.
+    const consumes = w.consumers
+      ? w.consumers.map((c) => `${c.queue} (${c.paused ? "paused" : "consuming"}, ${c.in_flight} running)`).join(", ")
+      : w.queues.join(", ");
+    cell(tr, consumes || "nothing (every queue paused?)", "code queues");
     cell(tr, w.in_flight, "n in-flight");
     tbody.appendChild(tr);
   }
-  if (!data.workers.length) emptyRow(tbody, 5, "no worker of this namespace is running");
+  if (!data.workers.length) emptyRow(tbody, 7, "no worker of this namespace is running");
   labelCells(document.getElementById("workers"));
 }
 
@@ -462,7 +488,7 @@ async function refreshHistory() {
   const box = document.getElementById("history");
   box.replaceChildren();
   const minutes = Math.max(1, Math.round((data.times.length * data.interval_s) / 60));
-  for (const [name, series] of Object.entries(data.series)) box.appendChild(chart(name, series, minutes));
+  for (const [name, series] of Object.entries(data.series)) box.appendChild(chart(name, series, minutes, data.interval_s));
   if (!Object.keys(data.series).length) {
     const p = document.createElement("p");
     p.className = "note";
