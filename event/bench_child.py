@@ -51,6 +51,24 @@ def message_properties() -> dict[str, Any]:
     }
 
 
+_PADDED = b'{"n":0,"pad":""}'  # the body of payload(0, size) without its padding
+
+
+@functools.cache
+def _pad(body_size: int) -> str:
+    return "x" * max(0, body_size - len(_PADDED))
+
+
+def payload(n: int, body_size: int = 0) -> dict[str, Any]:
+    """Message ``n`` of a run: the seed's ``{"n": n}``, or with ``body_size`` a ``"pad"`` string that
+    makes its JSON ``body_size`` bytes long (a byte more per digit of ``n`` past the first). Every
+    contestant publishes, and the parent fills the queues with, this same JSON; every consumer decodes it.
+    The pad is one string per size, made once, so a publish costs its encoding and not the building."""
+    if not body_size:
+        return {"n": n}
+    return {"n": n, "pad": _pad(body_size)}
+
+
 def rss_mb() -> float:
     """This process's resident memory now, in MB."""
     with open("/proc/self/status") as status:
@@ -261,14 +279,18 @@ async def _in_window(jobs: int, window: int, publish: Callable[[int], Awaitable[
 
 
 async def publish_event(
-    url: str, namespace: str, exchange: str, keys: list[str], jobs: int, window: int
+    url: str, namespace: str, exchange: str, keys: list[str], jobs: int, window: int, body_size: int = 0
 ) -> Span:
     """Our Publisher, ``window`` publishes in flight, each returning once the broker confirmed it."""
     async with Publisher(url, namespace=namespace, exchange=exchange) as publisher:
-        return await _in_window(jobs, window, lambda n: publisher.publish(keys[n % len(keys)], {"n": n}))
+        return await _in_window(
+            jobs, window, lambda n: publisher.publish(keys[n % len(keys)], payload(n, body_size))
+        )
 
 
-async def publish_aio_pika(url: str, exchange: str, keys: list[str], jobs: int, window: int) -> Span:
+async def publish_aio_pika(
+    url: str, exchange: str, keys: list[str], jobs: int, window: int, body_size: int = 0
+) -> Span:
     """aio-pika with publisher confirms, ``window`` publishes in flight."""
     import aio_pika
 
@@ -281,7 +303,7 @@ async def publish_aio_pika(url: str, exchange: str, keys: list[str], jobs: int, 
             props = message_properties()
             await target.publish(
                 aio_pika.Message(
-                    orjson.dumps({"n": n}),
+                    orjson.dumps(payload(n, body_size)),
                     content_type=props["content_type"],
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     message_id=props["message_id"],
@@ -295,7 +317,9 @@ async def publish_aio_pika(url: str, exchange: str, keys: list[str], jobs: int, 
         await connection.close()
 
 
-async def publish_pika(url: str, exchange: str, route: Callable[[int], str], jobs: int, window: int) -> Span:
+async def publish_pika(
+    url: str, exchange: str, route: Callable[[int], str], jobs: int, window: int, body_size: int = 0
+) -> Span:
     """pika's AsyncioConnection with confirm_delivery, ``window`` publishes in flight: each confirm
     (``multiple`` ones count every tag they cover) lets the next messages go. ``route(n)`` is the
     routing key of message ``n``. A nack raises: nothing unconfirmed counts as sent."""
@@ -323,7 +347,7 @@ async def publish_pika(url: str, exchange: str, route: Callable[[int], str], job
             channel.basic_publish(
                 exchange,
                 route(sent),
-                orjson.dumps({"n": sent}),
+                orjson.dumps(payload(sent, body_size)),
                 pika.BasicProperties(**props),
             )
             sent += 1
@@ -562,6 +586,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keys", default="", help="routing keys, comma-separated")
     parser.add_argument("--queues", default="", help="queues, comma-separated (the anchors' consume)")
     parser.add_argument("--rate", type=int, default=0, help="pace: messages a second")
+    parser.add_argument("--body-size", type=int, default=0, help="publish: bytes of JSON a body (0: {n})")
     return parser
 
 
@@ -573,12 +598,14 @@ async def _measure(args: argparse.Namespace, url: str) -> Figures:
         ("consume", "pika"): lambda: consume_pika(url, queues, args.jobs),
         ("consume", "aio-pika"): lambda: consume_aio_pika(url, queues, args.jobs),
         ("publish", "event"): lambda: publish_event(
-            url, args.namespace, args.exchange, keys, args.jobs, args.window
+            url, args.namespace, args.exchange, keys, args.jobs, args.window, args.body_size
         ),
         ("publish", "pika"): lambda: publish_pika(
-            url, args.exchange, lambda n: keys[n % len(keys)], args.jobs, args.window
+            url, args.exchange, lambda n: keys[n % len(keys)], args.jobs, args.window, args.body_size
         ),
-        ("publish", "aio-pika"): lambda: publish_aio_pika(url, args.exchange, keys, args.jobs, args.window),
+        ("publish", "aio-pika"): lambda: publish_aio_pika(
+            url, args.exchange, keys, args.jobs, args.window, args.body_size
+        ),
     }
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     if args.phase == "latency":

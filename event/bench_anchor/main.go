@@ -161,7 +161,18 @@ func messageID() string {
 	return hex.EncodeToString(b)
 }
 
-func publish(conn *amqp.Connection, exchange string, keys []string, jobs int64, window int64) *span {
+// The body of message n: {"n": n}, or with bodySize the JSON padded to that many bytes with a "pad"
+// string, as event/bench_child.py's payload() makes it (the same bytes: Go sorts the keys, "n" first).
+func message(n int64, pad *string) []byte {
+	if pad == nil {
+		body, _ := json.Marshal(map[string]int64{"n": n})
+		return body
+	}
+	body, _ := json.Marshal(map[string]any{"n": n, "pad": *pad})
+	return body
+}
+
+func publish(conn *amqp.Connection, exchange string, keys []string, jobs int64, window int64, pad *string) *span {
 	ch, err := conn.Channel()
 	if err != nil {
 		fail("channel: %v", err)
@@ -175,7 +186,7 @@ func publish(conn *amqp.Connection, exchange string, keys []string, jobs int64, 
 	var sent, confirmed int64
 	for confirmed < jobs {
 		if sent < jobs && sent-confirmed < window {
-			body, _ := json.Marshal(map[string]int64{"n": sent})
+			body := message(sent, pad)
 			err := ch.Publish(exchange, keys[sent%int64(len(keys))], false, false, amqp.Publishing{
 				ContentType:  "application/json",
 				DeliveryMode: amqp.Persistent,
@@ -207,7 +218,16 @@ func main() {
 	exchange := flag.String("exchange", "", "publish: the exchange")
 	keys := flag.String("keys", "", "publish: comma-separated routing keys")
 	window := flag.Int64("window", 500, "publish: confirms in flight")
+	bodySize := flag.Int("body-size", 0, "publish: bytes of JSON a body (0: {\"n\": n})")
 	flag.Parse()
+	var pad *string
+	if *bodySize > 0 {
+		padding := ""
+		if short := len(`{"n":0,"pad":""}`); *bodySize > short {
+			padding = strings.Repeat("x", *bodySize-short)
+		}
+		pad = &padding
+	}
 	if flag.NArg() != 1 || *jobs <= 0 {
 		fail("usage: anchor consume|publish --jobs N ...")
 	}
@@ -232,7 +252,7 @@ func main() {
 	case "consume":
 		s = consume(conn, strings.Split(*queues, ","), *jobs)
 	case "publish":
-		s = publish(conn, *exchange, strings.Split(*keys, ","), *jobs, *window)
+		s = publish(conn, *exchange, strings.Split(*keys, ","), *jobs, *window, pad)
 	default:
 		fail("unknown phase %q", flag.Arg(0))
 	}
