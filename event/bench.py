@@ -14,8 +14,9 @@ it alone just before it starts:
 
 The machine may be shared, so each phase runs in turns (``rounds``, :data:`ROUNDS` by default), each a
 share of the jobs, the systems in a rotating order, so that a slow spell falls on all of them rather
-than on one; a system's rate is its jobs over its summed time. Read the ratios, which one run keeps comparable, rather than the rates.
-Memory is read in a fresh worker holding up to 10,000 messages prefetched, each in a waiting handler.
+than on one; a system's rate is its jobs over its summed time. Read the ratios, which one run keeps
+comparable, rather than the rates. Memory is read in a fresh worker holding up to 10,000 messages
+prefetched, each in a waiting handler.
 
 After each child the parent checks the broker: every consumed queue empty (everything acked), every
 published message in the sink (nothing unconfirmed counted as sent).
@@ -433,7 +434,10 @@ class _Bench:
         assert self.anchor is not None
         argv = [str(self.anchor)]
         for name, value in options.items():
-            argv += [f"--{name.replace('_', '-')}", ",".join(value) if isinstance(value, list) else str(value)]
+            argv += [
+                f"--{name.replace('_', '-')}",
+                ",".join(value) if isinstance(value, list) else str(value),
+            ]
         return [*argv, phase]
 
     def _publish(self, system: str, count: int) -> dict[str, Any]:

@@ -10,7 +10,11 @@ What is timed:
 
 - consume: from the first message handled to the connection closed with every message acked (the
   connection set-up and the pool's declarations are left out, for every system alike);
-- publish: from the first publish to the last confirm, ``window`` publishes kept in flight.
+- publish: from the first publish to the last confirm, ``window`` publishes kept in flight. Before
+  it, each publisher sends one message of the run's size to :data:`WARM_UP_KEY`, bound to nothing
+  (the broker confirms and drops it), and waits for its confirm: what a first publish costs once per
+  process is left out, as the connection set-up is (event imports opentelemetry, when it is
+  installed, at its first publish: some 45 ms, most of a burst of ten MiB messages).
 
 The event side uses only the public API (WorkerPool, Publisher); the anchors are a bare pika
 ``AsyncioConnection`` and plain aio-pika, as issue 16 describes them.
@@ -36,6 +40,7 @@ from event import Message, Publisher, WorkerPool, loops
 PREFETCH = 200  # the seed benchmark's, for every system
 ACK_EVERY = 50  # the pika anchor acks `multiple` every 50th message of a channel
 SYSTEMS = ("event", "pika", "aio-pika")
+WARM_UP_KEY = "bench.warm-up"  # a routing key no queue is bound to: the warm-up publish is dropped
 
 Figures = dict[str, Any]
 
@@ -283,6 +288,7 @@ async def publish_event(
 ) -> Span:
     """Our Publisher, ``window`` publishes in flight, each returning once the broker confirmed it."""
     async with Publisher(url, namespace=namespace, exchange=exchange) as publisher:
+        await publisher.publish(WARM_UP_KEY, payload(0, body_size))
         return await _in_window(
             jobs, window, lambda n: publisher.publish(keys[n % len(keys)], payload(n, body_size))
         )
@@ -299,7 +305,7 @@ async def publish_aio_pika(
         channel = await connection.channel(publisher_confirms=True)
         target = await channel.get_exchange(exchange, ensure=False)
 
-        async def publish(n: int) -> None:
+        async def send(n: int, key: str) -> None:
             props = message_properties()
             await target.publish(
                 aio_pika.Message(
@@ -309,10 +315,11 @@ async def publish_aio_pika(
                     message_id=props["message_id"],
                     timestamp=props["timestamp"],
                 ),
-                routing_key=keys[n % len(keys)],
+                routing_key=key,
             )
 
-        return await _in_window(jobs, window, publish)
+        await send(0, WARM_UP_KEY)
+        return await _in_window(jobs, window, lambda n: send(n, keys[n % len(keys)]))
     finally:
         await connection.close()
 
@@ -334,8 +341,9 @@ async def publish_pika(
     closed: asyncio.Future[None] = loop.create_future()
     sent = 0
     confirmed = 0
-    floor = 0  # every tag up to here is confirmed
-    acked = bytearray(jobs + 1)  # by delivery tag, for single acks arriving ahead of the floor
+    floor = 0  # every message up to here is confirmed
+    acked = bytearray(jobs + 1)  # by message (its delivery tag less the warm-up's), for single acks
+    warm = False  # the warm-up publish (delivery tag 1) is confirmed
     span = Span()
     channel: Channel | None = None
 
@@ -353,14 +361,19 @@ async def publish_pika(
             sent += 1
 
     def on_confirm(frame: Method[Any]) -> None:
-        nonlocal confirmed, floor
+        nonlocal confirmed, floor, warm
         method = frame.method
         if not isinstance(method, Basic.Ack):
             if not finished.done():
                 finished.set_exception(RuntimeError(f"the broker answered {method} to a publish"))
             return
-        tag = method.delivery_tag
-        assert tag is not None
+        assert method.delivery_tag is not None
+        if not warm:  # the warm-up's confirm (nothing else is out yet): the measured publishes start
+            warm = True
+            span.start()
+            send_more()
+            return
+        tag = method.delivery_tag - 1
         first = floor + 1 if method.multiple else tag
         for each in range(first, tag + 1):
             if not acked[each]:
@@ -375,8 +388,13 @@ async def publish_pika(
             send_more()
 
     def on_selected(_: Method[Any]) -> None:
-        span.start()
-        send_more()
+        assert channel is not None
+        channel.basic_publish(
+            exchange,
+            WARM_UP_KEY,
+            orjson.dumps(payload(0, body_size)),
+            pika.BasicProperties(**message_properties()),
+        )
 
     def on_channel(opened: Channel) -> None:
         nonlocal channel

@@ -726,7 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     bench.add_argument(
         "--body-size", type=int, default=0,
-        help="bytes of JSON a message, e.g. 1048576 (default: the seed's {\"n\": n}); leaves out the memory phase",
+        help="bytes of JSON a message, e.g. 1048576 (default: the seed's {\"n\": n}); "
+        "leaves out the memory phase",
     )  # fmt: skip
     bench.add_argument(
         "--rounds", type=int, default=ROUNDS,
