@@ -87,9 +87,9 @@ async def test_a_bytearray_body_changed_after_its_publish_is_delivered_as_it_was
         buffer = bytearray(b"a" * (3 * FRAME_PAYLOAD))
         await channel.basic_publish(buffer, routing_key=queue)  # type: ignore[arg-type]
         buffer[:] = b"b" * 10  # the caller reuses its buffer (resizing it) before the flush
-        # An RPC on the same channel is answered after the broker has routed the publish before it.
-        assert (await channel.queue_declare(queue, passive=True)).message_count == 1
-        got = await channel.basic_get(queue, no_ack=True)
-        assert got is not None and got.body == b"a" * (3 * FRAME_PAYLOAD)
+        delivered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        await channel.basic_consume(queue, lambda delivery: delivered.set_result(delivery.body), no_ack=True)
+        async with asyncio.timeout(10):
+            assert await delivered == b"a" * (3 * FRAME_PAYLOAD)
     finally:
         await connection.close()
