@@ -12,13 +12,20 @@ it alone just before it starts:
 - publish with confirms, ``window`` publishes in flight: our Publisher, pika's ``AsyncioConnection``
   with ``confirm_delivery``, and aio-pika with publisher confirms.
 
-The machine may be shared, so each phase runs in ``ROUNDS`` turns of a third of the jobs, the systems
-in a rotating order, so that a slow spell falls on all of them rather than on one; a system's rate is
-its jobs over its summed time. Read the ratios, which one run keeps comparable, rather than the rates.
-Memory is read in a fresh worker holding up to 10,000 messages prefetched, each in a waiting handler.
+The machine may be shared, so each phase runs in turns (``rounds``, :data:`ROUNDS` by default), each a
+share of the jobs, the systems in a rotating order, so that a slow spell falls on all of them rather
+than on one; a system's rate is its jobs over its summed time. Read the ratios, which one run keeps
+comparable, rather than the rates. Memory is read in a fresh worker holding up to 10,000 messages
+prefetched, each in a waiting handler.
 
 After each child the parent checks the broker: every consumed queue empty (everything acked), every
 published message in the sink (nothing unconfirmed counted as sent).
+
+Large messages (``body_size``, ``event bench --body-size 1048576``): every message, those the parent
+fills the queues with and those each contestant publishes, is the same JSON padded to that many bytes
+(:func:`event.bench_child.payload`), encoded by each publisher and decoded by each consumer; the memory
+phase is then left out (10,000 held messages of a MiB would not fit). A burst of ten is ``--jobs 60
+--rounds 6``: six turns of ten messages for each contestant.
 
 The anchors need pika and aio-pika: ``pip install 'rabbit-event[bench]'``.
 
@@ -52,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from event import wire
-from event.bench_child import SYSTEMS, child_argv, event_pool, message_properties
+from event.bench_child import SYSTEMS, child_argv, event_pool, message_properties, payload
 from event.config import check_count
 from event.errors import ConfigurationError
 from event.loops import resolve_loop
@@ -82,6 +89,9 @@ class BenchResult:
     routing_keys: int
     window: int
     loop: str
+    # Bytes of JSON a message (0: the seed's ``{"n": n}``), and the turns each phase ran in.
+    body_size: int
+    rounds: int
     consume_event_per_s: float
     consume_pika_per_s: float
     consume_aio_pika_per_s: float
@@ -101,7 +111,7 @@ class BenchResult:
     publish_pika_cpu_us: float
     publish_aio_pika_cpu_us: float
     peak_rss_mb: float  # the event consumer's own peak
-    hold_rss_mb: float
+    hold_rss_mb: float | None  # None: not measured (with a body size, HOLD messages would not fit)
     held: int
     # The compiled anchor (amqp091-go), when Go is installed; ``go`` says how it ran, or why it did not.
     go: str = "not run"
@@ -169,20 +179,28 @@ def run_bench(
     go_maxprocs: int = 1,
     latency: bool = False,
     latency_seconds: float = 5.0,
+    body_size: int = 0,
+    rounds: int = ROUNDS,
 ) -> BenchResult:
-    """Run every phase against the broker at ``url`` (blocking: it waits on child processes)."""
+    """Run every phase against the broker at ``url`` (blocking: it waits on child processes).
+
+    ``body_size``: bytes of JSON a message (see :func:`event.bench_child.payload`), for the consume and
+    publish phases; with it the memory phase is left out. ``rounds``: the turns each phase runs in, the
+    jobs shared among them (``jobs=60, rounds=6``: each contestant takes six bursts of ten)."""
     check_count("jobs", jobs, minimum=1)
     check_count("routing_keys", routing_keys, minimum=1)
     check_count("window", window, minimum=1)
+    check_count("body_size", body_size)
+    check_count("rounds", rounds, minimum=1)
     require_anchors()
     loop = resolve_loop(loop)
     check_count("go_maxprocs", go_maxprocs, minimum=1)
     anchor, go = go_anchor()
-    bench = _Bench(url, jobs, routing_keys, window, loop, progress, anchor, go_maxprocs)
+    bench = _Bench(url, jobs, routing_keys, window, loop, progress, anchor, go_maxprocs, body_size, rounds)
     with bench.broker():
         consume, publish = bench.rounds()
-        held = min(jobs, HOLD)
-        hold_rss = bench.hold(held)
+        held = 0 if body_size else min(jobs, HOLD)
+        hold_rss = bench.hold(held) if held else None
         rows = bench.latency(jobs / consume.wall["event"], latency_seconds) if latency else None
     cpu_us: dict[str, Any] = {
         f"{phase}_{system.replace('-', '_')}_cpu_us": spent.cpu[system] / jobs * 1e6
@@ -204,6 +222,8 @@ def run_bench(
         routing_keys=routing_keys,
         window=window,
         loop=loop,
+        body_size=body_size,
+        rounds=rounds,
         consume_event_per_s=jobs / consume.wall["event"],
         consume_pika_per_s=jobs / consume.wall["pika"],
         consume_aio_pika_per_s=jobs / consume.wall["aio-pika"],
@@ -248,8 +268,12 @@ class _Bench:
         progress: Progress,
         anchor: Path | None,
         go_maxprocs: int,
+        body_size: int = 0,
+        rounds: int = ROUNDS,
     ) -> None:
         self.url = url
+        self.body_size = body_size
+        self.turns = rounds
         self.anchor = anchor
         self.go_maxprocs = go_maxprocs
         self.systems = (*SYSTEMS, "go") if anchor is not None else SYSTEMS
@@ -334,7 +358,7 @@ class _Bench:
             self.channel.basic_publish(
                 "",
                 queues[n % len(queues)],
-                orjson.dumps({"n": n}),
+                orjson.dumps(payload(n, self.body_size)),
                 pika.BasicProperties(**message_properties()),
             )
         deadline = time.monotonic() + 60
@@ -359,10 +383,11 @@ class _Bench:
         return figures
 
     def rounds(self) -> tuple[_Spent, _Spent]:
-        """The time each system took to consume, then to publish, all the jobs in ``ROUNDS`` turns."""
+        """The time each system took to consume, then to publish, all the jobs in ``turns`` turns."""
         systems = self.systems
         consume, publish = _Spent(systems), _Spent(systems)
-        shares = [self.jobs // ROUNDS + (1 if r < self.jobs % ROUNDS else 0) for r in range(ROUNDS)]
+        turns = self.turns
+        shares = [self.jobs // turns + (1 if r < self.jobs % turns else 0) for r in range(turns)]
         steps = 2 * len(systems) * sum(1 for share in shares if share)
         step = 0
         for phase, spent in (("consume", consume), ("publish", publish)):
@@ -409,18 +434,23 @@ class _Bench:
         assert self.anchor is not None
         argv = [str(self.anchor)]
         for name, value in options.items():
-            argv += [f"--{name}", ",".join(value) if isinstance(value, list) else str(value)]
+            argv += [
+                f"--{name.replace('_', '-')}",
+                ",".join(value) if isinstance(value, list) else str(value),
+            ]
         return [*argv, phase]
 
     def _publish(self, system: str, count: int) -> dict[str, Any]:
         if system == "go":
             argv = self._go_argv(
-                "publish", jobs=count, window=self.window, exchange=self.exchange, keys=self.publish_keys
-            )
+                "publish", jobs=count, window=self.window, exchange=self.exchange, keys=self.publish_keys,
+                body_size=self.body_size,
+            )  # fmt: skip
         else:
             argv = child_argv(
                 "publish", system, self.loop, jobs=count, window=self.window,
                 namespace=self.namespace, exchange=self.exchange, keys=self.publish_keys,
+                body_size=self.body_size,
             )  # fmt: skip
         figures = self._child(argv, f"publish ({system})")
         arrived = self._depth(self.sink)

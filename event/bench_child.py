@@ -10,7 +10,11 @@ What is timed:
 
 - consume: from the first message handled to the connection closed with every message acked (the
   connection set-up and the pool's declarations are left out, for every system alike);
-- publish: from the first publish to the last confirm, ``window`` publishes kept in flight.
+- publish: from the first publish to the last confirm, ``window`` publishes kept in flight. Before
+  it, each publisher sends one message of the run's size to :data:`WARM_UP_KEY`, bound to nothing
+  (the broker confirms and drops it), and waits for its confirm: what a first publish costs once per
+  process is left out, as the connection set-up is (event imports opentelemetry, when it is
+  installed, at its first publish: some 45 ms, most of a burst of ten MiB messages).
 
 The event side uses only the public API (WorkerPool, Publisher); the anchors are a bare pika
 ``AsyncioConnection`` and plain aio-pika, as issue 16 describes them.
@@ -36,6 +40,7 @@ from event import Message, Publisher, WorkerPool, loops
 PREFETCH = 200  # the seed benchmark's, for every system
 ACK_EVERY = 50  # the pika anchor acks `multiple` every 50th message of a channel
 SYSTEMS = ("event", "pika", "aio-pika")
+WARM_UP_KEY = "bench.warm-up"  # a routing key no queue is bound to: the warm-up publish is dropped
 
 Figures = dict[str, Any]
 
@@ -49,6 +54,24 @@ def message_properties() -> dict[str, Any]:
         "message_id": str(uuid.uuid4()),
         "timestamp": int(time.time()),
     }
+
+
+_PADDED = b'{"n":0,"pad":""}'  # the body of payload(0, size) without its padding
+
+
+@functools.cache
+def _pad(body_size: int) -> str:
+    return "x" * max(0, body_size - len(_PADDED))
+
+
+def payload(n: int, body_size: int = 0) -> dict[str, Any]:
+    """Message ``n`` of a run: the seed's ``{"n": n}``, or with ``body_size`` a ``"pad"`` string that
+    makes its JSON ``body_size`` bytes long (a byte more per digit of ``n`` past the first). Every
+    contestant publishes, and the parent fills the queues with, this same JSON; every consumer decodes it.
+    The pad is one string per size, made once, so a publish costs its encoding and not the building."""
+    if not body_size:
+        return {"n": n}
+    return {"n": n, "pad": _pad(body_size)}
 
 
 def rss_mb() -> float:
@@ -261,14 +284,19 @@ async def _in_window(jobs: int, window: int, publish: Callable[[int], Awaitable[
 
 
 async def publish_event(
-    url: str, namespace: str, exchange: str, keys: list[str], jobs: int, window: int
+    url: str, namespace: str, exchange: str, keys: list[str], jobs: int, window: int, body_size: int = 0
 ) -> Span:
     """Our Publisher, ``window`` publishes in flight, each returning once the broker confirmed it."""
     async with Publisher(url, namespace=namespace, exchange=exchange) as publisher:
-        return await _in_window(jobs, window, lambda n: publisher.publish(keys[n % len(keys)], {"n": n}))
+        await publisher.publish(WARM_UP_KEY, payload(0, body_size))
+        return await _in_window(
+            jobs, window, lambda n: publisher.publish(keys[n % len(keys)], payload(n, body_size))
+        )
 
 
-async def publish_aio_pika(url: str, exchange: str, keys: list[str], jobs: int, window: int) -> Span:
+async def publish_aio_pika(
+    url: str, exchange: str, keys: list[str], jobs: int, window: int, body_size: int = 0
+) -> Span:
     """aio-pika with publisher confirms, ``window`` publishes in flight."""
     import aio_pika
 
@@ -277,25 +305,28 @@ async def publish_aio_pika(url: str, exchange: str, keys: list[str], jobs: int, 
         channel = await connection.channel(publisher_confirms=True)
         target = await channel.get_exchange(exchange, ensure=False)
 
-        async def publish(n: int) -> None:
+        async def send(n: int, key: str) -> None:
             props = message_properties()
             await target.publish(
                 aio_pika.Message(
-                    orjson.dumps({"n": n}),
+                    orjson.dumps(payload(n, body_size)),
                     content_type=props["content_type"],
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     message_id=props["message_id"],
                     timestamp=props["timestamp"],
                 ),
-                routing_key=keys[n % len(keys)],
+                routing_key=key,
             )
 
-        return await _in_window(jobs, window, publish)
+        await send(0, WARM_UP_KEY)
+        return await _in_window(jobs, window, lambda n: send(n, keys[n % len(keys)]))
     finally:
         await connection.close()
 
 
-async def publish_pika(url: str, exchange: str, route: Callable[[int], str], jobs: int, window: int) -> Span:
+async def publish_pika(
+    url: str, exchange: str, route: Callable[[int], str], jobs: int, window: int, body_size: int = 0
+) -> Span:
     """pika's AsyncioConnection with confirm_delivery, ``window`` publishes in flight: each confirm
     (``multiple`` ones count every tag they cover) lets the next messages go. ``route(n)`` is the
     routing key of message ``n``. A nack raises: nothing unconfirmed counts as sent."""
@@ -310,8 +341,9 @@ async def publish_pika(url: str, exchange: str, route: Callable[[int], str], job
     closed: asyncio.Future[None] = loop.create_future()
     sent = 0
     confirmed = 0
-    floor = 0  # every tag up to here is confirmed
-    acked = bytearray(jobs + 1)  # by delivery tag, for single acks arriving ahead of the floor
+    floor = 0  # every message up to here is confirmed
+    acked = bytearray(jobs + 1)  # by message (its delivery tag less the warm-up's), for single acks
+    warm = False  # the warm-up publish (delivery tag 1) is confirmed
     span = Span()
     channel: Channel | None = None
 
@@ -323,20 +355,25 @@ async def publish_pika(url: str, exchange: str, route: Callable[[int], str], job
             channel.basic_publish(
                 exchange,
                 route(sent),
-                orjson.dumps({"n": sent}),
+                orjson.dumps(payload(sent, body_size)),
                 pika.BasicProperties(**props),
             )
             sent += 1
 
     def on_confirm(frame: Method[Any]) -> None:
-        nonlocal confirmed, floor
+        nonlocal confirmed, floor, warm
         method = frame.method
         if not isinstance(method, Basic.Ack):
             if not finished.done():
                 finished.set_exception(RuntimeError(f"the broker answered {method} to a publish"))
             return
-        tag = method.delivery_tag
-        assert tag is not None
+        assert method.delivery_tag is not None
+        if not warm:  # the warm-up's confirm (nothing else is out yet): the measured publishes start
+            warm = True
+            span.start()
+            send_more()
+            return
+        tag = method.delivery_tag - 1
         first = floor + 1 if method.multiple else tag
         for each in range(first, tag + 1):
             if not acked[each]:
@@ -351,8 +388,13 @@ async def publish_pika(url: str, exchange: str, route: Callable[[int], str], job
             send_more()
 
     def on_selected(_: Method[Any]) -> None:
-        span.start()
-        send_more()
+        assert channel is not None
+        channel.basic_publish(
+            exchange,
+            WARM_UP_KEY,
+            orjson.dumps(payload(0, body_size)),
+            pika.BasicProperties(**message_properties()),
+        )
 
     def on_channel(opened: Channel) -> None:
         nonlocal channel
@@ -562,6 +604,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keys", default="", help="routing keys, comma-separated")
     parser.add_argument("--queues", default="", help="queues, comma-separated (the anchors' consume)")
     parser.add_argument("--rate", type=int, default=0, help="pace: messages a second")
+    parser.add_argument("--body-size", type=int, default=0, help="publish: bytes of JSON a body (0: {n})")
     return parser
 
 
@@ -573,12 +616,14 @@ async def _measure(args: argparse.Namespace, url: str) -> Figures:
         ("consume", "pika"): lambda: consume_pika(url, queues, args.jobs),
         ("consume", "aio-pika"): lambda: consume_aio_pika(url, queues, args.jobs),
         ("publish", "event"): lambda: publish_event(
-            url, args.namespace, args.exchange, keys, args.jobs, args.window
+            url, args.namespace, args.exchange, keys, args.jobs, args.window, args.body_size
         ),
         ("publish", "pika"): lambda: publish_pika(
-            url, args.exchange, lambda n: keys[n % len(keys)], args.jobs, args.window
+            url, args.exchange, lambda n: keys[n % len(keys)], args.jobs, args.window, args.body_size
         ),
-        ("publish", "aio-pika"): lambda: publish_aio_pika(url, args.exchange, keys, args.jobs, args.window),
+        ("publish", "aio-pika"): lambda: publish_aio_pika(
+            url, args.exchange, keys, args.jobs, args.window, args.body_size
+        ),
     }
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     if args.phase == "latency":

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from event import asyncapi, cron, logs, loops, topology, wire, workers_file
-from event.bench import DEFAULT_WINDOW, run_bench
+from event.bench import DEFAULT_WINDOW, ROUNDS, run_bench
 from event.config import check_count, check_seconds, redact_url, resolve_url
 from event.connect import close_quietly, connect
 from event.dead import DeadQueue
@@ -432,6 +432,8 @@ async def _bench(args: argparse.Namespace) -> int:
     check_count("--jobs", args.jobs, minimum=1)
     check_count("--routing-keys", args.routing_keys, minimum=1)
     check_count("--window", args.window, minimum=1)
+    check_count("--body-size", args.body_size)
+    check_count("--rounds", args.rounds, minimum=1)
     progress = _no_progress if args.json or not sys.stderr.isatty() else _progress_bar
     url = resolve_url(args.url)
     logging.getLogger("pika").setLevel(logging.WARNING)  # the run's admin connection is not news
@@ -447,6 +449,8 @@ async def _bench(args: argparse.Namespace) -> int:
         go_maxprocs=args.go_maxprocs,
         latency=args.latency,
         latency_seconds=args.latency_seconds,
+        body_size=args.body_size,
+        rounds=args.rounds,
     )
     if args.json:
         print(orjson.dumps(r.as_dict()).decode())
@@ -462,15 +466,20 @@ async def _bench(args: argparse.Namespace) -> int:
         ("", "aio-pika", r.publish_aio_pika_per_s, r.publish_aio_pika_cpu_us, r.publish_ratio_aio_pika),
         ("", "go", r.publish_go_per_s, r.publish_go_cpu_us, r.publish_ratio_go),
     ]
-    print(f"  {'':<8} {'':<9} {'msg/s':>10} {'CPU µs/msg':>11}   event's ratio")
+    if r.body_size:
+        print(f"  bodies of {r.body_size} bytes, in {r.rounds} turns of about {r.jobs // r.rounds} each")
+    mib = f" {'MiB/s':>9}" if r.body_size else ""
+    print(f"  {'':<8} {'':<9} {'msg/s':>10}{mib} {'CPU µs/msg':>11}   event's ratio")
     for phase, system, rate, cpu_us, ratio in rows:
         if rate is None or cpu_us is None:
             continue  # the Go anchor, when Go is not installed (said below)
         tail = f"   {ratio:.2f}" if ratio is not None else ""
-        print(f"  {phase:<8} {system:<9} {rate:10.0f} {cpu_us:11.1f}{tail}")
+        volume = f" {rate * r.body_size / 2**20:9.1f}" if r.body_size else ""
+        print(f"  {phase:<8} {system:<9} {rate:10.0f}{volume} {cpu_us:11.1f}{tail}")
     print(f"  (publish: with confirms, {r.window} in flight; ratio: event's rate over the anchor's)")
     print(f"  go: {r.go}")
-    print(f"  RSS      {r.hold_rss_mb:.0f} MB in a worker holding {r.held} messages in flight")
+    if r.hold_rss_mb is not None:
+        print(f"  RSS      {r.hold_rss_mb:.0f} MB in a worker holding {r.held} messages in flight")
     print(f"           {r.peak_rss_mb:.0f} MB peak of the event consumer")
     if r.latency:
         print("  latency, publish → handler (ms), one contestant at a time on a paced stream:")
@@ -714,6 +723,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--latency-seconds", type=float, default=5.0,
         help="how long each contestant takes the paced stream, per rate (default: 5)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--body-size", type=int, default=0,
+        help="bytes of JSON a message, e.g. 1048576 (default: the seed's {\"n\": n}); "
+        "leaves out the memory phase",
+    )  # fmt: skip
+    bench.add_argument(
+        "--rounds", type=int, default=ROUNDS,
+        help=f"turns of each phase, the jobs shared among them: --jobs 60 --rounds 6 is bursts of 10 "
+        f"(default: {ROUNDS})",
     )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(run=_bench)

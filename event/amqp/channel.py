@@ -412,7 +412,12 @@ class AMQPChannel:
                 self._publish_methods.clear()
             self._publish_methods[exchange, routing_key, mandatory] = method
         connection.send(method)
-        connection.send(frames.encode_content(self._number, properties, body, connection.frame_max))
+        if len(body) < frames.LARGE_BODY:
+            connection.send(frames.encode_content(self._number, properties, body, connection.frame_max))
+        else:  # its frames written around the body's own bytes, not joined into a copy of it
+            connection.send_parts(
+                frames.encode_content_parts(self._number, properties, body, connection.frame_max)
+            )
         if not self._confirms:
             return
         self._published += 1

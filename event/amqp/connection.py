@@ -7,7 +7,11 @@ consumer's callback, and no task is made per frame.
 
 Writes are coalesced: :meth:`AMQPConnection.send` appends to a list, flushed with one
 ``transport.write`` at the next turn of the loop, so the acks, publishes and RPCs of one turn leave in
-one system call.
+one system call. A large body is not joined into that write: :meth:`AMQPConnection.send_parts` queues
+its frames as pieces (the body's bytes by reference), and the flush hands them to the transport as
+they are, with ``writelines`` where the transport writes a list without joining it (uvloop's, TLS,
+Python 3.12's own), else piece by piece, the small ones between large ones joined, and only while the
+transport does not ask for a pause: the rest waits in the list for ``resume_writing``.
 
 What the broker sends is held to the protocol (a buggy or hostile peer must not hang, bloat or
 mislead the process): a frame larger than the negotiated ``frame_max`` is refused as soon as its
@@ -108,8 +112,10 @@ class AMQPConnection(asyncio.Protocol):
         self._open_frame = pamqp.frame.marshal(spec.Connection.Open(virtual_host=params.vhost), 0)
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._flush_scheduled = False
+        self._out_parts = False  # a large body's pieces are in _out: flushed without joining them
+        self._writelines = False  # the transport writes a list without joining it first
         self._state = _START
         self._channels: dict[int, AMQPChannel] = {}
         self.opened: asyncio.Future[None] = loop.create_future()
@@ -209,6 +215,9 @@ class AMQPConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (asyncio's or uvloop's, which is not an asyncio.Transport subclass).
         self._transport = cast(asyncio.Transport, transport)
+        # asyncio's WriteTransport.writelines joins the list (Python 3.11's socket transport keeps it);
+        # uvloop's, the TLS transport's and 3.12's own write the pieces themselves.
+        self._writelines = type(self._transport).writelines is not asyncio.WriteTransport.writelines
         self._transport.write(ProtocolHeader().marshal())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -233,6 +242,9 @@ class AMQPConnection(asyncio.Protocol):
         self.paused = False
         if self._blocked is None:
             self._publishable.set()
+        if self._out and not self._flush_scheduled:  # large pieces held back while the transport was full
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
 
     def data_received(self, data: bytes) -> None:
         self._heard = True
@@ -309,6 +321,15 @@ class AMQPConnection(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
+    def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """Queue a large message's pieces (:func:`event.amqp.frames.encode_content_parts`) for the
+        next write, in order with everything else, without copying them into one string."""
+        self._out += parts
+        self._out_parts = True
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
     def forget(self, number: int, *, close_ok_due: bool = False) -> None:
         """Channel ``number`` is closed: the number is free again, or once the broker's ``CloseOk``
         comes if ``close_ok_due`` (till then its late frames are dropped, not taken as a violation)."""
@@ -362,16 +383,47 @@ class AMQPConnection(asyncio.Protocol):
 
     # --- inside ---------------------------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self, *, hold: bool = True) -> None:
         self._flush_scheduled = False
         out = self._out
         if not out:
             return
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if not self._out_parts:
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            elif self._writelines:
+                transport.writelines(out)
+            else:
+                written = self._write_each(transport, out, hold)
+                self._wrote = True
+                if written < len(out):  # the rest waits for resume_writing, in order, not copied
+                    del out[:written]
+                    return
             self._wrote = True
+        self._out_parts = False
         out.clear()
+
+    def _write_each(self, transport: asyncio.Transport, out: list[bytes | memoryview], hold: bool) -> int:
+        """``out`` written piece by piece, for a transport that would join a list: each large piece as
+        it is, the small ones between them joined. With ``hold``, writing stops once the transport
+        asks for a pause (its buffer above the high-water mark): what Python 3.11's socket transport
+        does not send at once it copies into one growing buffer, some 2 ms a MiB of a 300 MiB burst,
+        so the rest is kept here, by reference, until it drains. Returns how many pieces were written."""
+        small: list[bytes | memoryview] = []
+        for k, part in enumerate(out):
+            if len(part) < frames.LARGE_BODY:
+                small.append(part)
+                continue
+            if hold and self.paused:
+                return k - len(small)  # the small pieces before it wait with it
+            if small:
+                transport.write(small[0] if len(small) == 1 else b"".join(small))
+                small.clear()
+            transport.write(part)
+        if small:
+            transport.write(small[0] if len(small) == 1 else b"".join(small))
+        return len(out)
 
     def _frame_error(self, rest: bytes | bytearray, exc: Exception) -> None:
         """Bytes we cannot decode: the stream cannot be trusted past them, so the connection ends.
@@ -535,7 +587,7 @@ class AMQPConnection(asyncio.Protocol):
             self._closing.set_exception(exc())
         transport = self._transport
         if transport is not None:
-            self._flush()
+            self._flush(hold=False)  # everything still queued goes before the close, as it always did
             if abort:
                 transport.abort()
             else:

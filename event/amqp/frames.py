@@ -9,7 +9,10 @@ straight-line codecs here:
   content header (``Basic.Properties``) and field tables, reading from a ``bytearray`` at an offset
   (the protocol's receive buffer) without copying the frame out first;
 - encoding ``Basic.Publish`` with its content header and body frames (split at ``frame_max``), and the
-  ``Basic.Ack``/``Nack``/``Reject`` a consumer sends.
+  ``Basic.Ack``/``Nack``/``Reject`` a consumer sends. A large body (:data:`LARGE_BODY` bytes or more)
+  is not copied into the frames: :func:`encode_content_parts` gives the frames' own bytes and slices of
+  the body (``memoryview``) for a vectored write, so a MiB body is copied once on its way to the socket
+  (by the transport, for what the socket does not take at once), not two or three times.
 
 Every other frame is pamqp's (``pamqp.frame.unmarshal`` / ``marshal``). pamqp is the reference: a
 property test (tests/unit/test_amqp_frames.py) checks each codec here against it for arbitrary frames.
@@ -581,6 +584,48 @@ def encode_publish_method(channel: int, exchange: str, routing_key: str, mandato
     head = _PUBLISH_HEAD.pack(FRAME_METHOD, channel, 9 + len(ex) + len(rk), _PUBLISH, 0)
     tail = b"\x01\xce" if mandatory else b"\x00\xce"
     return b"".join((head, _U8.pack(len(ex)), ex, _U8.pack(len(rk)), rk, tail))
+
+
+# From this many bytes of body on, a publish writes the body's own bytes (encode_content_parts) rather than
+# a copy joined with its frames: below it a join costs less than handing the transport several pieces.
+LARGE_BODY = 64 * 1024
+
+
+def _content_header(channel: int, properties: Properties | None, size: int) -> bytes:
+    if properties is None:
+        flags, props = 0, b""
+    else:
+        flags, props = encode_properties(properties)
+    return _CONTENT_HEAD.pack(FRAME_HEADER, channel, 14 + len(props), _BASIC, 0, size, flags) + props
+
+
+def encode_content_parts(
+    channel: int, properties: Properties | None, body: bytes, frame_max: int
+) -> list[bytes | memoryview]:
+    """The content header and body frames of one message, as pieces to write one after the other:
+    the body is in them by reference (itself, or ``memoryview`` slices of at most ``frame_max`` less
+    the frame's 8 bytes), between the small pieces of frame end and frame header.
+
+    ``b"".join`` of the pieces is :func:`encode_content`'s bytes."""
+    if type(body) is not bytes:
+        # A bytearray under a memoryview cannot be resized until it is written, and a caller may
+        # change it meanwhile: the pieces hold an immutable copy instead.
+        body = bytes(body)
+    size = len(body)
+    lead = _content_header(channel, properties, size) + _END
+    chunk = frame_max - FRAME_OVERHEAD
+    if size <= chunk:
+        if not size:
+            return [lead]
+        return [lead + _BODY_HEAD.pack(FRAME_BODY, channel, size), body, _END]
+    parts: list[bytes | memoryview] = []
+    view = memoryview(body)
+    for start in range(0, size, chunk):
+        piece = view[start : start + chunk]
+        parts += (lead + _BODY_HEAD.pack(FRAME_BODY, channel, len(piece)), piece)
+        lead = _END
+    parts.append(_END)
+    return parts
 
 
 def encode_content(channel: int, properties: Properties | None, body: bytes, frame_max: int) -> bytes:

@@ -43,8 +43,8 @@ def test_bench_json_reports_every_figure_and_ratio(amqp_url: str, loop: str) -> 
     [line] = result.stdout.splitlines()
     figures = json.loads(line)
     assert set(figures) == {
-        "jobs", "routing_keys", "window", "loop", *RATES, *RATIOS, *CPU, "peak_rss_mb", "hold_rss_mb", "held",
-        *GO, "latency",
+        "jobs", "routing_keys", "window", "loop", "body_size", "rounds", *RATES, *RATIOS, *CPU, "peak_rss_mb",
+        "hold_rss_mb", "held", *GO, "latency",
     }  # fmt: skip
     assert figures["latency"] is None  # only with --latency
     if shutil.which("go") is None:
@@ -62,9 +62,33 @@ def test_bench_json_reports_every_figure_and_ratio(amqp_url: str, loop: str) -> 
             expected = figures[f"{phase}_event_per_s"] / figures[f"{phase}_{anchor}_per_s"]
             assert figures[f"{phase}_ratio_{anchor}"] == pytest.approx(expected, rel=0.01), (phase, anchor)
     assert (figures["jobs"], figures["routing_keys"], figures["window"]) == (3000, 3, 100)
+    assert (figures["body_size"], figures["rounds"]) == (0, 3)  # the seed's {"n": n}, three turns
     assert figures["loop"] == loop  # every child checked that it ran on it
     assert figures["held"] == 3000
     assert 0 < figures["hold_rss_mb"] < 100
+
+
+def test_bench_large_bodies_in_bursts_measures_every_contestant_in_mib_per_second(amqp_url: str) -> None:
+    # Two turns of three 200 kB messages each (frames of at most 128 KiB: two body frames a message); the
+    # parent checks every consumed queue empty and every publish in the sink, as for small messages.
+    result = bench(
+        "--jobs", "6", "--rounds", "2", "--body-size", "200000", "--routing-keys", "1", "--loop", "asyncio",
+        env={**os.environ, "AMQP_URL": amqp_url}, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "bodies of 200000 bytes, in 2 turns of about 3 each" in result.stdout
+    assert "MiB/s" in result.stdout
+    assert "RSS" not in result.stdout  # no memory phase with a body size: 10,000 of them would not fit
+    rows = []
+    for line in result.stdout.splitlines():
+        words = line.split()
+        words = words[1:] if words[:1] in (["consume"], ["publish"]) else words
+        if words[:1] in (["event"], ["pika"], ["aio-pika"], ["go"]):
+            rows.append(words)  # system, msg/s, MiB/s, CPU µs a message, the ratio
+    assert len(rows) == 2 * (4 if shutil.which("go") else 3), result.stdout
+    for row in rows:
+        # msg/s is printed whole, MiB/s to a tenth: within half a message of 200 kB, and the rounding
+        assert float(row[2]) == pytest.approx(float(row[1]) * 200000 / 2**20, abs=0.2), row
 
 
 def test_bench_without_go_says_so_and_measures_the_rest(amqp_url: str) -> None:
@@ -104,6 +128,12 @@ def test_bench_rejects_bad_arguments() -> None:
     result = bench("--window", "0")
     assert result.returncode == 2
     assert "--window must be at least 1" in result.stderr
+    result = bench("--body-size", "-1")
+    assert result.returncode == 2
+    assert "--body-size must be at least 0" in result.stderr
+    result = bench("--rounds", "0")
+    assert result.returncode == 2
+    assert "--rounds must be at least 1" in result.stderr
     result = bench("--loop", "trio")
     assert result.returncode == 2
     assert "invalid choice: 'trio'" in result.stderr

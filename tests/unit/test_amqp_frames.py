@@ -269,6 +269,32 @@ def test_publish_writes_what_pamqp_writes(
     assert all(len(piece) <= frame_max for piece in split_frames(ours))
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    ch=channels,
+    props=optional(properties),
+    body=st.one_of(st.just(b""), st.binary(max_size=300), st.binary(min_size=4000, max_size=20000)),
+    frame_max=st.sampled_from([4096, 8192, 131072]),
+)
+def test_content_parts_are_the_content_frames_with_the_body_by_reference(
+    ch: int, props: Any, body: bytes, frame_max: int
+) -> None:
+    parts = frames.encode_content_parts(ch, props, body, frame_max)
+    assert b"".join(parts) == frames.encode_content(ch, props, body, frame_max)
+    # The body's bytes are in the pieces as themselves or views of it, in order, never copied.
+    views = [part for part in parts if isinstance(part, memoryview) or part is body]
+    assert all(view.obj is body for view in views if isinstance(view, memoryview))
+    assert b"".join(views) == body
+    assert all(len(view) <= frame_max - 8 for view in views)
+
+
+def test_content_parts_of_a_bytearray_hold_a_copy_not_a_view_of_it() -> None:
+    body = bytearray(b"x" * 10000)
+    parts = frames.encode_content_parts(1, None, body, 4096)  # type: ignore[arg-type]
+    body[:] = b"y"  # the caller's buffer is free to change and to resize
+    assert b"".join(parts) == frames.encode_content(1, None, b"x" * 10000, 4096)
+
+
 def split_frames(data: bytes) -> list[bytes]:
     out, at = [], 0
     while at < len(data):
