@@ -32,7 +32,7 @@ def body(n: int, size: int) -> bytes:
 
 
 async def round_trip(url: str) -> None:
-    connection = await amqp.connect(url, name="large bodies", timeout=10)
+    connection = await amqp.open_connection(url, name="large bodies", timeout=10)
     try:
         channel = await connection.channel(confirms=True)
         queue = (await channel.queue_declare("", exclusive=True)).queue
@@ -80,7 +80,7 @@ async def test_large_bodies_arrive_whole_over_tls(
 
 @pytest.mark.both_loops
 async def test_a_bytearray_body_changed_after_its_publish_is_delivered_as_it_was(amqp_url: str) -> None:
-    connection = await amqp.connect(amqp_url, name="large bodies", timeout=10)
+    connection = await amqp.open_connection(amqp_url, name="large bodies", timeout=10)
     try:
         channel = await connection.channel()  # no confirms: the publish returns before the write
         queue = (await channel.queue_declare("", exclusive=True)).queue
