@@ -291,10 +291,11 @@ class Probe:
             self._channel = await self._connection.channel()
         return self._channel
 
-    async def new_channel(self) -> Any:
-        """Another channel on the probe's connection (for a consumer of its own, with its own QoS)."""
+    async def new_channel(self, *, confirms: bool = True) -> Any:
+        """Another channel on the probe's connection (for a consumer of its own, with its own QoS; without
+        ``confirms``, for filling a queue fast: each publish is written, none awaits the broker)."""
         await self.channel()
-        return await self._connection.channel()
+        return await self._connection.channel(publisher_confirms=confirms)
 
     async def broker_version(self) -> tuple[int, ...]:
         """The broker's version, e.g. ``(3, 10, 8)``, as it tells every client at connection."""
