@@ -47,6 +47,15 @@ def shared_spec_dir() -> Path | None:
     return None
 
 
+def examples(full: int) -> int:
+    """A property test's hypothesis examples: ``full``, the strength it is written with and runs with
+    locally and in CI's first pass; a share of it when $EVENT_TEST_EXAMPLES_SHARE says so (CI's passes
+    that run tests/unit again, under other Pythons: the same derandomized or random properties, fewer
+    times), never below hypothesis's own default of 100."""
+    share = float(os.environ.get("EVENT_TEST_EXAMPLES_SHARE") or 1)
+    return full if share >= 1 else max(min(full, 100), round(full * share))
+
+
 def vectors() -> dict[str, Any]:
     """The wire format's test vectors (tests/vectors.json)."""
     loaded: dict[str, Any] = json.loads(VECTORS.read_text())
