@@ -47,6 +47,15 @@ def shared_spec_dir() -> Path | None:
     return None
 
 
+def examples(full: int) -> int:
+    """A property test's hypothesis examples: ``full``, the strength it is written with and runs with
+    locally and in CI's first pass; a share of it when $EVENT_TEST_EXAMPLES_SHARE says so (CI's passes
+    that run tests/unit again, under other Pythons: the same derandomized or random properties, fewer
+    times), never below hypothesis's own default of 100."""
+    share = float(os.environ.get("EVENT_TEST_EXAMPLES_SHARE") or 1)
+    return full if share >= 1 else max(min(full, 100), round(full * share))
+
+
 def vectors() -> dict[str, Any]:
     """The wire format's test vectors (tests/vectors.json)."""
     loaded: dict[str, Any] = json.loads(VECTORS.read_text())
@@ -291,10 +300,11 @@ class Probe:
             self._channel = await self._connection.channel()
         return self._channel
 
-    async def new_channel(self) -> Any:
-        """Another channel on the probe's connection (for a consumer of its own, with its own QoS)."""
+    async def new_channel(self, *, confirms: bool = True) -> Any:
+        """Another channel on the probe's connection (for a consumer of its own, with its own QoS; without
+        ``confirms``, for filling a queue fast: each publish is written, none awaits the broker)."""
         await self.channel()
-        return await self._connection.channel()
+        return await self._connection.channel(publisher_confirms=confirms)
 
     async def broker_version(self) -> tuple[int, ...]:
         """The broker's version, e.g. ``(3, 10, 8)``, as it tells every client at connection."""

@@ -6,6 +6,7 @@ import asyncio
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from event.acks import AckLedger, AckTracker
 
@@ -49,7 +50,7 @@ def completions(draw: st.DrawFn) -> tuple[list[int], list[int]]:
     return tags, list(order)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(completions(), st.integers(min_value=1, max_value=10))
 def test_every_tag_is_acked_exactly_once_and_only_after_it_finished(
     case: tuple[list[int], list[int]], batch: int
@@ -209,7 +210,7 @@ def test_ledger_prefix_never_passes_an_unfinished_tag(finished_order: list[int])
         assert all(t in done for t in tags if t <= ledger.ackable_upto)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(completions(), st.integers(min_value=1, max_value=10), st.data())
 def test_tags_settled_alone_are_covered_by_a_multiple_ack_but_never_named_by_one(
     case: tuple[list[int], list[int]], batch: int, data: st.DataObject
@@ -276,7 +277,7 @@ def histories(draw: st.DrawFn) -> tuple[list[int], list[tuple[str, int]]]:
     return tags, [(kind, tag) for kind, tag in steps if tag not in running]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(histories(), st.integers(min_value=1, max_value=10))
 def test_the_broker_holds_unacked_only_what_runs_plus_less_than_one_batch(
     case: tuple[list[int], list[tuple[str, int]]], batch: int

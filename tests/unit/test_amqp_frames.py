@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
+from support import examples
 
 from event.amqp import frames
 
@@ -87,7 +88,7 @@ def reference(raw: bytes) -> Any:
 # --- decoders ------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     consumer_tag=short, tag=tags, redelivered=st.booleans(), exchange=names, routing_key=short, ch=channels
 )
@@ -106,7 +107,7 @@ def test_deliver_reads_what_pamqp_reads(
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     tag=tags, redelivered=st.booleans(), exchange=names, routing_key=short, count=st.integers(0, 2**32 - 1)
 )
@@ -124,7 +125,7 @@ def test_get_ok_reads_what_pamqp_reads(
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(tag=tags, multiple=st.booleans(), requeue=st.booleans())
 def test_ack_and_nack_read_what_pamqp_reads(tag: int, multiple: bool, requeue: bool) -> None:
     ack = pamqp.frame.marshal(spec.Basic.Ack(tag, multiple), 3)
@@ -134,7 +135,7 @@ def test_ack_and_nack_read_what_pamqp_reads(tag: int, multiple: bool, requeue: b
     assert frames.decode_nack(*payload(nack)) == (theirs.delivery_tag, theirs.multiple, theirs.requeue)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(code=st.integers(300, 599), text=short, exchange=names, routing_key=short)
 def test_return_reads_what_pamqp_reads(code: int, text: str, exchange: str, routing_key: str) -> None:
     raw = pamqp.frame.marshal(spec.Basic.Return(code, text, exchange, routing_key), 5)
@@ -143,7 +144,7 @@ def test_return_reads_what_pamqp_reads(code: int, text: str, exchange: str, rout
     assert ours == (theirs.reply_code, theirs.reply_text, theirs.exchange, theirs.routing_key)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(props=properties, body_size=st.integers(min_value=0, max_value=2**63 - 1), ch=channels)
 def test_content_header_reads_what_pamqp_reads(props: spec.Basic.Properties, body_size: int, ch: int) -> None:
     raw = pamqp.frame.marshal(ContentHeader(body_size=body_size, properties=props), ch)
@@ -182,7 +183,7 @@ def table_bytes(entries: list[tuple[str, bytes]]) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(entries=st.lists(st.tuples(keys, raw_values), max_size=6), nested=st.booleans())
 def test_a_table_of_any_field_types_reads_as_pamqp_reads_it(
     entries: list[tuple[str, bytes]], nested: bool
@@ -201,7 +202,7 @@ def test_a_table_of_any_field_types_reads_as_pamqp_reads_it(
     assert frames.decode_header(header, 0, len(header))[1].headers == theirs
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     frame=st.one_of(
         st.builds(spec.Basic.Deliver, short, tags, st.booleans(), names, short),
@@ -250,7 +251,7 @@ def pamqp_publish(
     return b"".join(parts)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     ch=channels,
     exchange=names,
@@ -304,7 +305,7 @@ def split_frames(data: bytes) -> list[bytes]:
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(props=properties)
 def test_properties_and_tables_write_what_pamqp_writes(props: spec.Basic.Properties) -> None:
     flags, data = frames.encode_properties(props)
@@ -312,7 +313,7 @@ def test_properties_and_tables_write_what_pamqp_writes(props: spec.Basic.Propert
     assert frames.encode_table(props.headers or {}) == pamqp.encode.field_table(props.headers or {})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(ch=channels, tag=tags, multiple=st.booleans(), requeue=st.booleans())
 def test_ack_nack_and_reject_write_what_pamqp_writes(
     ch: int, tag: int, multiple: bool, requeue: bool

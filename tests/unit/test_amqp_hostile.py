@@ -29,7 +29,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
-from support import eventually
+from support import eventually, examples
 
 from event import amqp, driver
 from event.amqp import frames
@@ -748,7 +748,7 @@ def _mutate(data: bytes, flips: list[tuple[int, int]], cut: int | None) -> bytes
 
 
 @settings(
-    max_examples=6000,
+    max_examples=examples(6000),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     derandomize=True,

@@ -9,6 +9,7 @@ import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from event import ConfigurationError, Message, ValidationError
 from event.payloads import converter, payload_spec
@@ -150,7 +151,7 @@ def test_a_clock_set_back_does_not_hold_the_rate_limiter_for_that_long() -> None
     assert limiter.reserve() == pytest.approx(limiter.interval * 2)  # and the line goes on from there
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     per_second=st.sampled_from([0.5, 1.0, 10.0, 30.0]),
     burst=st.integers(1, 4),

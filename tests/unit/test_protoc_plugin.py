@@ -46,13 +46,20 @@ ignore_errors = true
 """
 
 
-def _mypy(*targets: str, path: Path) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache of this module's two mypy runs, new each run (as tests/unit/test_typing.py's): the second
+    reads `event`, protobuf's stubs and the standard library's from it instead of checking them again."""
+    return tmp_path_factory.mktemp("mypy-cache")
+
+
+def _mypy(*targets: str, path: Path, cache: Path) -> subprocess.CompletedProcess[str]:
     # From this tree's root, so that mypy reads its `event` rather than the one the venv installed.
     config = Path(str(path).split(os.pathsep)[0]).parent / "mypy.ini"
     config.write_text(MYPY_CONFIG)
     env = {**os.environ, "MYPYPATH": str(path)}
     command = [
-        sys.executable, "-m", "mypy", f"--config-file={config}", "--strict", "--no-incremental",
+        sys.executable, "-m", "mypy", f"--config-file={config}", "--strict", f"--cache-dir={cache}",
         "--show-error-codes", *targets,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -87,15 +94,16 @@ def test_a_streaming_rpc_is_refused_with_the_rpc_named(tmp_path: Path) -> None:
     assert "rpc s.S.Watch streams" in done.stderr
 
 
-def test_mypy_strict_accepts_the_generated_modules_and_their_correct_use() -> None:
+def test_mypy_strict_accepts_the_generated_modules_and_their_correct_use(mypy_cache: Path) -> None:
     out = importable()
     result = _mypy(
-        "-m", "eventtest.shop_services_event", "-m", "typed_services", path=Path(f"{out}{os.pathsep}{TYPING}")
-    )
+        "-m", "eventtest.shop_services_event", "-m", "typed_services",
+        path=Path(f"{out}{os.pathsep}{TYPING}"), cache=mypy_cache,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_rejects_each_wrong_use_with_its_error_code() -> None:
+def test_mypy_strict_rejects_each_wrong_use_with_its_error_code(mypy_cache: Path) -> None:
     # Each line marked "# E: code" must be rejected with that code, and no other line at all.
     wrong = TYPING / "typed_services_wrong.py"
     expected = {
@@ -103,7 +111,9 @@ def test_mypy_strict_rejects_each_wrong_use_with_its_error_code() -> None:
         for number, line in enumerate(wrong.read_text().splitlines(), start=1)
         if "  # E: " in line
     }
-    result = _mypy("-m", "typed_services_wrong", path=Path(f"{importable()}{os.pathsep}{TYPING}"))
+    result = _mypy(
+        "-m", "typed_services_wrong", path=Path(f"{importable()}{os.pathsep}{TYPING}"), cache=mypy_cache
+    )
     found = set(re.findall(r"typed_services_wrong\.py:(\d+): error: .*\[([a-z-]+)\]$", result.stdout, re.M))
     assert {(int(n), code) for n, code in found} == expected, result.stdout
     assert ("arg-type" in {code for _, code in expected}) and len(expected) >= 10

@@ -6,6 +6,7 @@ import asyncio
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from event import wire
 from event.schedule_copies import ScheduleCopies
@@ -101,7 +102,7 @@ def test_a_copy_is_run_when_the_broker_cannot_be_asked() -> None:
 namespaces = st.sets(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=1)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     ruby=namespaces,
     event=st.sets(st.sampled_from(["p", "q", "r"])),
