@@ -14,10 +14,10 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -52,17 +52,30 @@ class Schedule:
         return f"{self.name}@{tick.astimezone(UTC).isoformat()}"
 
 
-def define_schedule(
-    expression: str,
-    routing_key: str,
-    *,
-    payload: Any = None,
-    tz: str = "UTC",
-    catch_up: str = "skip",
-    name: str | None = None,
-    headers: dict[str, Any] | None = None,
-) -> Schedule:
+class ScheduleOptions(TypedDict, total=False):
+    """A schedule's options, their one list: :func:`define_schedule` gives each left out its default,
+    :meth:`event.WorkerPool.schedule` and :meth:`event.WorkerPool.cron` take them as they are."""
+
+    payload: Any  # default None: the message body is JSON null
+    tz: str  # default "UTC": the zone the expression's fields are read in
+    catch_up: str  # default "skip"; "last" publishes the latest missed tick when a worker comes back
+    name: str | None  # default "<routing key>@<expression>": the message ids' prefix, one per pool
+    headers: Mapping[str, Any] | None  # default none: extra AMQP headers on every tick's message
+
+
+def define_schedule(expression: str, routing_key: str, **options: Unpack[ScheduleOptions]) -> Schedule:
     """Validate a schedule now, at decoration time, naming the expression or time zone at fault."""
+    unknown = sorted(set(options) - ScheduleOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(
+            f"define_schedule() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: the "
+            f"schedule options are {', '.join(sorted(ScheduleOptions.__optional_keys__))}"
+        )
+    payload = options.get("payload")
+    tz = options.get("tz", "UTC")
+    catch_up = options.get("catch_up", "skip")
+    name = options.get("name")
+    headers = options.get("headers")
     if not isinstance(expression, str) or not croniter.is_valid(expression):
         raise ConfigurationError(
             f"cron expression {expression!r} is not valid (croniter: 5 fields, an optional 6th for seconds, "

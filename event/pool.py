@@ -33,7 +33,7 @@ from event.consumer import (
     check_options,
     define_consumer,
 )
-from event.cron import Schedule, define_schedule
+from event.cron import Schedule, ScheduleOptions, define_schedule
 from event.dispatch import OnDead
 from event.errors import ConfigurationError
 from event.lifecycle import Declared, PoolRun
@@ -49,6 +49,11 @@ if TYPE_CHECKING:
 
 H = TypeVar("H", bound=Handler)
 M = TypeVar("M", bound=Middleware)
+
+
+class CronOptions(ScheduleOptions, ConsumerOptions, total=False):
+    """The options of ``@pool.cron(...)``: a schedule's and its consumer's, each listed once where it is
+    defined (the two lists share no name)."""
 
 
 def _is_async(func: object) -> bool:
@@ -243,33 +248,16 @@ class WorkerPool:
             self.registry.register(self._runner_counts)
         return self._runner_counts
 
-    def schedule(
-        self,
-        expression: str,
-        routing_key: str,
-        *,
-        payload: Any = None,
-        tz: str = "UTC",
-        catch_up: str = "skip",
-        name: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-    ) -> Schedule:
+    def schedule(self, expression: str, routing_key: str, **options: Unpack[ScheduleOptions]) -> Schedule:
         """Publish ``payload`` with ``routing_key`` on every tick of the croniter ``expression`` in ``tz``.
 
         However many workers run this pool, each tick is published once (by the current leader), with
         the message id ``<name>@<tick in UTC>``. Ticks missed while no worker ran are skipped, or with
-        ``catch_up="last"`` the most recent one is published when a worker comes back. A bad expression
-        or time zone raises :class:`ConfigurationError` here, not at the first tick.
+        ``catch_up="last"`` the most recent one is published when a worker comes back. The options
+        (``payload``, ``tz``, ``catch_up``, ``name``, ``headers``) are :class:`event.cron.ScheduleOptions`.
+        A bad expression or time zone raises :class:`ConfigurationError` here, not at the first tick.
         """
-        defined = define_schedule(
-            expression,
-            routing_key,
-            payload=payload,
-            tz=tz,
-            catch_up=catch_up,
-            name=name,
-            headers=dict(headers or {}),
-        )
+        defined = define_schedule(expression, routing_key, **options)
         if defined.name in self._schedules:
             raise ConfigurationError(
                 f"a schedule named {defined.name!r} exists already; give this one name=..."
@@ -277,23 +265,17 @@ class WorkerPool:
         self._schedules[defined.name] = defined
         return defined
 
-    def cron(
-        self,
-        expression: str,
-        routing_key: str,
-        *,
-        payload: Any = None,
-        tz: str = "UTC",
-        catch_up: str = "skip",
-        name: str | None = None,
-        **consumer_options: Unpack[ConsumerOptions],
-    ) -> Callable[[H], H]:
+    def cron(self, expression: str, routing_key: str, **options: Unpack[CronOptions]) -> Callable[[H], H]:
         """:meth:`schedule` the event and register the decorated function as its consumer.
 
-        ``consumer_options`` are those of :meth:`consumer` (queue, prefetch, retries, ...).
+        ``options`` are the schedule's (payload, tz, catch_up, name, headers) and those of
+        :meth:`consumer` (queue, prefetch, retries, ...).
         """
-        self.schedule(expression, routing_key, payload=payload, tz=tz, catch_up=catch_up, name=name)
-        return self.consumer(routing_key, **consumer_options)
+        given = dict(options)
+        schedule_options = {key: given.pop(key) for key in ScheduleOptions.__optional_keys__ if key in given}
+        check_options(given, "cron")
+        self.schedule(expression, routing_key, **schedule_options)  # type: ignore[arg-type]
+        return self.consumer(routing_key, **given)  # type: ignore[arg-type]
 
     @property
     def schedules(self) -> tuple[Schedule, ...]:

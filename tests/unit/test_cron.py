@@ -112,3 +112,18 @@ def test_cron_registers_the_schedule_and_its_consumer() -> None:
     pool.schedule("0 4 * * *", "app.other")
     with pytest.raises(ConfigurationError, match="exists already"):
         pool.schedule("0 4 * * *", "app.other")
+
+
+def test_cron_takes_every_schedule_option_and_refuses_a_misspelt_one() -> None:
+    pool = WorkerPool("amqp://guest:guest@127.0.0.1:5672/", namespace="ns")
+
+    @pool.cron("0 3 * * *", "app.cleanup", headers={"x-source": "cron"}, catch_up="last", max_concurrency=1)
+    async def cleanup(ctx: object, msg: object) -> None: ...
+
+    [schedule] = pool.schedules
+    assert (schedule.headers, schedule.catch_up) == ({"x-source": "cron"}, "last")
+    assert pool.consumers[0].max_concurrency == 1
+    with pytest.raises(TypeError, match="'time_zone'"):
+        pool.cron("0 3 * * *", "app.other", time_zone="UTC")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'every'"):
+        pool.schedule("0 3 * * *", "app.other", every=3)  # type: ignore[call-arg]
