@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-log = logging.getLogger("event.acks")
+log = logging.getLogger(__name__)
 
 SendAck = Callable[[int, bool], None]  # (delivery tag, multiple): a channel's basic_ack
 SendReject = Callable[[int], None]  # a channel's basic_reject with requeue

@@ -32,7 +32,7 @@ from event.driver import Delivery
 from event.metrics import PoolStats
 from event.sending import Sender, properties
 
-log = logging.getLogger("event.control")
+log = logging.getLogger(__name__)
 
 ACTIONS = ("pause", "resume")
 REPORT = "report"

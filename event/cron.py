@@ -28,7 +28,7 @@ from event.connect import Channel, Connection, close_quietly, open_channel
 from event.errors import ConfigurationError
 from event.sending import Sender, properties
 
-log = logging.getLogger("event.cron")
+log = logging.getLogger(__name__)
 
 CatchUp = Literal["skip", "last"]
 CANDIDATE_RETRY_S = 0.5

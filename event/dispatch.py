@@ -34,7 +34,7 @@ from event.schedule_copies import ScheduleCopies
 from event.sending import Sender, copy_properties
 from event.signals import BatchFailed, Dead, Retry
 
-log = logging.getLogger("event.dispatch")
+log = logging.getLogger(__name__)
 
 REQUEUE_PAUSE_S = 1.0
 

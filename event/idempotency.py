@@ -61,7 +61,7 @@ from event.signals import Retry
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-log = logging.getLogger("event.idempotency")
+log = logging.getLogger(__name__)
 
 DONE = "done"  # a key's value once its handler returned; a claim's value is its owner's token
 WARN_EVERY_S = 10.0

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-log = logging.getLogger("event.supervisor")
+log = logging.getLogger(__name__)
 
 RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 

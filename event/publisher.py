@@ -42,7 +42,7 @@ from event.errors import ConfigurationError, ConnectionFailed, PublishError, Top
 from event.metrics import PublishStats
 from event.sending import Sender, copy_properties, properties
 
-log = logging.getLogger("event.publisher")
+log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 

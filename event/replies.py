@@ -40,7 +40,7 @@ from event.connect import Channel, Connection, Connector, close_quietly, connect
 from event.errors import ConnectionFailed, PublishNacked, RemoteError, ReplyTimeout, Unroutable
 from event.sending import new_message_id, properties
 
-log = logging.getLogger("event.replies")
+log = logging.getLogger(__name__)
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 """The pseudo-queue a caller consumes for its replies, and the ``reply_to`` its requests carry."""

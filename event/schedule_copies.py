@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from event import wire
 
-log = logging.getLogger("event.schedule_copies")
+log = logging.getLogger(__name__)
 
 RECHECK_S = 30.0
 WINDOW = 4096

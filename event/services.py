@@ -32,7 +32,7 @@ from event.publisher import Publisher, encode_payload
 from event.replies import Replier, Requester
 from event.signals import Dead, Retry
 
-log = logging.getLogger("event.services")
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 

@@ -21,7 +21,7 @@ from event.connect import Channel, broker_reason
 from event.errors import ConfigurationError, ConnectionFailed, EventError, TopologyMismatch
 from event.management import ManagementApi
 
-log = logging.getLogger("event.topology")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

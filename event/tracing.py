@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span
 
-log = logging.getLogger("event.tracing")
+log = logging.getLogger(__name__)
 
 
 def _installed() -> bool:

@@ -44,7 +44,7 @@ from event.gateway.openapi import document
 from event.gateway.pull import MAX_LEASE_S, MAX_WAIT_S, NoLease, PullQueues
 from event.gateway.security import SESSION_COOKIE, Guard, Secrets
 
-log = logging.getLogger("event.gateway")
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_REQUEST_DELAY_S = 366 * 24 * 3600  # beyond a year a delay is a mistake, and far beyond one it overflows

@@ -42,7 +42,7 @@ PAUSE_SETTLE_S = 10.0
 # How long the workers have to answer a report request (all of them answered: sooner).
 REPORT_WAIT_S = 1.0
 
-log = logging.getLogger("event.gateway")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

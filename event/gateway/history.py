@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger("event.gateway")
+log = logging.getLogger(__name__)
 
 INTERVAL_S = 10.0
 KEPT = 360  # an hour of samples

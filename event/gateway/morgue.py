@@ -25,7 +25,7 @@ from event.dead import DeadMessage, DeadQueue
 
 Fingerprint = tuple[int, int | None]
 
-log = logging.getLogger("event.gateway")
+log = logging.getLogger(__name__)
 
 
 def dead_key(message: DeadMessage) -> str:

@@ -17,7 +17,7 @@ from event.gateway.app import create_app
 from event.gateway.backend import Backend, GatewayConfig
 from event.gateway.security import check_bind, is_loopback
 
-log = logging.getLogger("event.gateway")
+log = logging.getLogger(__name__)
 
 
 def server(app: ASGIApp, host: str, port: int) -> uvicorn.Server:

@@ -31,7 +31,7 @@ from event.message import Message
 from event.runners.counts import OutcomeCounts
 from event.signals import Dead, Retry
 
-log = logging.getLogger("event.runners.command")
+log = logging.getLogger(__name__)
 
 EX_TEMPFAIL = 75
 DEFAULT_TIMEOUT_S = 60.0

@@ -33,7 +33,7 @@ from event.runners.command import check_command, feed_stdin
 if TYPE_CHECKING:
     from pyreqwest.client import Client
 
-log = logging.getLogger("event.runners.hooks")
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RUNNING = 4  # hook calls at once: the hook is told in the background, never on the hot path

@@ -42,7 +42,7 @@ from event.message import Message
 from event.runners.counts import OutcomeCounts
 from event.signals import Dead, Retry
 
-log = logging.getLogger("event.runners.http")
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 30.0
 PREVIEW_BYTES = 200  # of a failed response, in event-error (the header is cut at 1 KiB anyway)
