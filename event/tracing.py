@@ -34,6 +34,7 @@ at the first span, not with ``event``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
 import logging
@@ -131,6 +132,7 @@ class _Otel:
         self.getter = HeaderGetter()
         self.tracer = trace.get_tracer("event", _version())
         self.provided = False  # an application set a tracer provider (spans may record)
+        self._unset_this_turn = False  # no provider was set when this turn of the loop asked
         self._textmap: object = None
         self._fields: frozenset[str] = frozenset()
 
@@ -157,8 +159,25 @@ class _Otel:
         """Whether a consumer span for a message with ``headers`` would be seen by nobody: no tracer
         provider is set and the message carries no trace context, so its span would have an invalid
         context and nothing to hand on. A message that carries a context still gets its
-        (non-recording) span, which hands that context on to the handler's publishes."""
-        return not self.provider_set() and not self._carries_context(headers)
+        (non-recording) span, which hands that context on to the handler's publishes.
+
+        The deliveries of one read are dispatched in one turn of the loop: a provider still unset is
+        taken as unset for the rest of that turn (asking the API reads ``os.environ``, dearer than the
+        rest of a delivery's dispatch together); one set since is seen from the next turn on."""
+        if headers and self._carries_context(headers):
+            return False
+        if self.provided:
+            return False
+        if self._unset_this_turn:
+            return True
+        if self.provider_set():
+            return False
+        self._unset_this_turn = True
+        asyncio.get_running_loop().call_soon(self._next_turn)
+        return True
+
+    def _next_turn(self) -> None:
+        self._unset_this_turn = False
 
     def _carries_context(self, headers: Mapping[str, Any] | None) -> bool:
         # Whether ``headers`` hold any of the configured propagators' fields (traceparent, baggage, ...).
