@@ -42,6 +42,7 @@ from event.connection import (
 from event.consumer import Consumer, Handler, define_consumer
 from event.cron import CronRunner, Schedule, define_schedule
 from event.dispatch import Dispatcher, OnDead
+from event.eager import Slots
 from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.management import ManagementApi, configured_base
 from event.message import Context
@@ -416,7 +417,7 @@ class WorkerPool:
         self._stop_calls = 0
         self.stats.consumers = []
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="event-handler")
-        pool_slots = asyncio.Semaphore(self.concurrency) if self.concurrency else None
+        pool_slots = Slots(self.concurrency) if self.concurrency else None
         copies = ScheduleCopies(self.exchange, self._queue_exists, self._schedule_bound)
         self._dispatchers = [
             Dispatcher(
