@@ -16,6 +16,9 @@ Why a worker task rather than the first step in the read loop's callback itself 
 so a timeout cancels exactly it, and cancelling a worker (a shutdown past its grace) cancels exactly the
 coroutine it runs. Each coroutine runs in a context of its own (``contextvars``), as in a task of its
 own: what one handler sets is not seen by the next.
+
+The same rule for a limit shared by several runners (a pool's concurrency): :class:`Slots` hands out a
+free slot without an await, so a coroutine that finds one free does not suspend for it.
 """
 
 from __future__ import annotations
