@@ -132,7 +132,8 @@ class _Otel:
         self.getter = HeaderGetter()
         self.tracer = trace.get_tracer("event", _version())
         self.provided = False  # an application set a tracer provider (spans may record)
-        self._unset_this_turn = False  # no provider was set when this turn of the loop asked
+        # The loop in whose current turn no provider was set when asked (see passes_nothing_on).
+        self._unset_in: asyncio.AbstractEventLoop | None = None
         self._textmap: object = None
         self._fields: frozenset[str] = frozenset()
 
@@ -168,16 +169,19 @@ class _Otel:
             return False
         if self.provided:
             return False
-        if self._unset_this_turn:
+        loop = asyncio.get_running_loop()
+        if self._unset_in is loop:
             return True
         if self.provider_set():
             return False
-        self._unset_this_turn = True
-        asyncio.get_running_loop().call_soon(self._next_turn)
+        # Forgotten at the next turn; a loop closed before it runs leaves it naming a loop no
+        # longer running, which no later delivery's loop is.
+        self._unset_in = loop
+        loop.call_soon(self._next_turn)
         return True
 
     def _next_turn(self) -> None:
-        self._unset_this_turn = False
+        self._unset_in = None
 
     def _carries_context(self, headers: Mapping[str, Any] | None) -> bool:
         # Whether ``headers`` hold any of the configured propagators' fields (traceparent, baggage, ...).
