@@ -163,21 +163,22 @@ class _Otel:
         (non-recording) span, which hands that context on to the handler's publishes.
 
         The deliveries of one read are dispatched in one turn of the loop: a provider still unset is
-        taken as unset for the rest of that turn (asking the API reads ``os.environ``, dearer than the
-        rest of a delivery's dispatch together); one set since is seen from the next turn on."""
+        taken as unset for the rest of that turn (asking the API reads ``os.environ`` each time, some
+        tenth of what dispatching a delivery costs); one set since is seen from the next turn on."""
         if headers and self._carries_context(headers):
             return False
         if self.provided:
             return False
-        loop = asyncio.get_running_loop()
-        if self._unset_in is loop:
+        unset_in = self._unset_in
+        # The answer stands while the loop that got it runs (its next turn clears it). Not "is it the
+        # running loop": asyncio.get_running_loop() costs as much as the question it saves.
+        if unset_in is not None and unset_in.is_running():
             return True
         if self.provider_set():
             return False
-        # Forgotten at the next turn; a loop closed before it runs leaves it naming a loop no
-        # longer running, which no later delivery's loop is.
+        loop = asyncio.get_running_loop()
         self._unset_in = loop
-        loop.call_soon(self._next_turn)
+        loop.call_soon(self._next_turn)  # forgotten at the next turn
         return True
 
     def _next_turn(self) -> None:
