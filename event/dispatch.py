@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -23,7 +23,7 @@ from event.acks import AckTracker
 from event.batching import Batcher
 from event.consumer import Consumer
 from event.driver import Delivery, Properties
-from event.eager import EagerRunner
+from event.eager import EagerRunner, Slots
 from event.errors import DecodeError, PayloadError
 from event.message import DeadLetter, Message
 from event.metrics import ConsumerStats
@@ -55,6 +55,30 @@ class _Gathered:
 OnDead = Callable[[DeadLetter], None]
 
 
+class _CopyKind(NamedTuple):
+    """What a copy that replaces a delivery is: its words in the log, its outcome in the metrics."""
+
+    what: str
+    outcome: str
+
+
+_RETRY = _CopyKind("a retry", "retried")
+_DEAD = _CopyKind("the dead queue", "dead")
+_REPARK = _CopyKind("a re-park", "reparked")
+_RECOUNT = _CopyKind("a counted copy", "recounted")
+
+
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """A copy to store before its delivery is acked: what it is, where it goes, what it carries."""
+
+    kind: _CopyKind
+    exchange: str
+    key: str  # its routing key: the queue's name when it goes straight to one
+    props: Properties
+    routing_key: str  # the event's own, the one its outcome is counted under
+
+
 def _explicit_delay(error: BaseException) -> bool:
     """A ``Retry(in_=...)``: a delay the broker's retry cannot give, so it goes through a park queue."""
     return isinstance(error, Retry) and error.delay is not None
@@ -66,7 +90,7 @@ class HandlerAborted(Exception):
 
 def decode(raw: bytes, content_type: str | None) -> Any:
     """The JSON body of a delivery; :class:`DecodeError` for another content type or invalid JSON."""
-    if content_type:
+    if content_type and content_type != wire.CONTENT_TYPE:  # the usual one needs no parsing
         media = content_type.split(";", 1)[0].strip().lower()
         if media != wire.CONTENT_TYPE:
             raise DecodeError(f"content type {content_type!r} is not {wire.CONTENT_TYPE}")
@@ -125,7 +149,7 @@ class Dispatcher:
         exchange: str,
         dead_queue: str,
         middleware: Sequence[Middleware],
-        pool_slots: asyncio.Semaphore | None,
+        pool_slots: Slots | None,
         executor: Executor,
         pool_concurrency: int = 0,
         sender: Sender,
@@ -159,6 +183,9 @@ class Dispatcher:
         self.running = 0  # handlers running now (for tests and metrics)
         self.stats = stats or ConsumerStats(consumer.queue, consumer.max_concurrency)
         self.stats.in_flight = lambda: self.running
+        # The two counts every message adds to, held here: a dict add in place of a call each.
+        self._received = self.stats.outcomes["received"]
+        self._handled = self.stats.outcomes["handled"]
         self._suspect_running = False  # a counted copy (see _run_counted_copy) is running now
         # Deliveries being replaced by a copy here, done once the original's ack has gone out.
         self._replacing: set[asyncio.Future[None]] = set()
@@ -224,11 +251,11 @@ class Dispatcher:
         # kills this worker too, no other counted copy is held here and charged with it. One that
         # arrives meanwhile goes back to the tail of the queue, uncharged, instead of waiting here.
         if self._suspect_running:
+            routing_key = wire.logical_routing_key("", headers, self.exchange)
+            props = copy_properties(delivered.properties, headers, None)
             await self._replace(
-                delivered, tag, acks, ("", self.consumer.queue),
-                copy_properties(delivered.properties, headers, None),
-                "a counted copy", "recounted", wire.logical_routing_key("", headers, self.exchange),
-            )  # fmt: skip
+                delivered, tag, acks, _Copy(_RECOUNT, "", self.consumer.queue, props, routing_key)
+            )
             return
         self._suspect_running = True
         try:
@@ -251,12 +278,11 @@ class Dispatcher:
         consumer = self.consumer
         props = delivered.properties
         headers: dict[str, Any] = props.headers or {}
-        delivery_routing_key = delivered.routing_key
-        addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
-        if addressed is not None and addressed != consumer.queue:
+        read = wire.read_headers(delivered.routing_key, headers, self.exchange)
+        if read.addressed_queue is not None and read.addressed_queue != consumer.queue:
             acks.ack(tag)  # a retry meant for another queue, as in _process
             return
-        routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
+        routing_key = read.routing_key
         deliveries = wire.unsettled_deliveries(headers, redelivered=True)
         if wire.is_poison(deliveries, consumer.max_deliveries):
             log.error(
@@ -274,30 +300,16 @@ class Dispatcher:
                 failures=wire.failures(headers, consumer.routing_keys, consumer.queue),
             )
             dead[wire.H_DELIVERIES] = deliveries
-            await self._replace(
-                delivered, tag, acks, ("", self.dead_queue), copy_properties(props, dead, None),
-                "the dead queue", "dead", routing_key,
-            )  # fmt: skip
+            copy = _Copy(_DEAD, "", self.dead_queue, copy_properties(props, dead, None), routing_key)
+            await self._replace(delivered, tag, acks, copy)
             return
         if not (self.accepting and acks.alive):
             return  # shutting down: left unacked, handed back
         counted = wire.recount_headers(headers, deliveries=deliveries, routing_key=routing_key)
-        await self._replace(
-            delivered, tag, acks, ("", consumer.queue), copy_properties(props, counted, None),
-            "a counted copy", "recounted", routing_key,
-        )  # fmt: skip
+        copy = _Copy(_RECOUNT, "", consumer.queue, copy_properties(props, counted, None), routing_key)
+        await self._replace(delivered, tag, acks, copy)
 
-    async def _replace(
-        self,
-        delivered: Delivery,
-        tag: int,
-        acks: AckTracker,
-        route: tuple[str, str],
-        props: Properties,
-        what: str,
-        outcome: str,
-        routing_key: str,
-    ) -> None:
+    async def _replace(self, delivered: Delivery, tag: int, acks: AckTracker, copy: _Copy) -> None:
         """Like :meth:`_settle_with_copy`, but the ack goes out at once, alone.
 
         The copy may come back to this very worker within milliseconds; if it kills the worker while
@@ -307,9 +319,7 @@ class Dispatcher:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._replacing.add(done)
         try:
-            await self._settle_with_copy(
-                delivered, tag, acks, route, props, what, outcome, routing_key, ack_at_once=True
-            )
+            await self._settle_with_copy(delivered, tag, acks, copy, ack_at_once=True)
         finally:
             self._replacing.discard(done)
             done.set_result(None)
@@ -324,7 +334,8 @@ class Dispatcher:
             if self.accepting and acks.alive:
                 await self._process(delivered, tag, acks)
             return
-        await pool_slots.acquire()
+        if not pool_slots.try_take():
+            await pool_slots.acquire()
         try:
             if self.accepting and acks.alive:
                 # A delivery not started before shutdown stays unacked: the broker hands it back.
@@ -339,11 +350,11 @@ class Dispatcher:
         headers: dict[str, Any] = props.headers or {}
         delivery_routing_key = delivered.routing_key
         if headers:
-            addressed = wire.addressed_queue(delivery_routing_key, headers, self.exchange)
-            if addressed is not None and addressed != consumer.queue:
+            read = wire.read_headers(delivery_routing_key, headers, self.exchange)
+            if read.addressed_queue is not None and read.addressed_queue != consumer.queue:
                 acks.ack(tag)  # an older retry meant for another queue, seen here through '#'
                 return
-            origin = wire.schedule_copy_origin(delivery_routing_key, headers, self.exchange)
+            origin = read.schedule_origin
             copies = self.schedule_copies
             if (
                 origin is not None
@@ -353,18 +364,18 @@ class Dispatcher:
                 self.stats.count("duplicate", delivery_routing_key)
                 acks.ack(tag)  # another namespace's copy of the same hutch-schedule publish runs
                 return
-            routing_key = wire.logical_routing_key(delivery_routing_key, headers, self.exchange)
-            due_in = wire.due_in_ms(headers, int(self.clock() * 1000))
+            routing_key = read.routing_key
+            due_in = read.due_in_ms(int(self.clock() * 1000))
             if due_in is not None and due_in > 1000:
                 self.stats.count("received", routing_key)
                 if due_in > wire.MAX_DELAY_MS:  # a wrong clock or client: parked for ever otherwise
-                    failures = wire.failures(headers, consumer.routing_keys, consumer.queue, self.exchange)
+                    failures = read.failures(consumer.routing_keys, consumer.queue)
                     far = PayloadError(wire.beyond_horizon(headers, due_in))
                     await self._failed(delivered, tag, acks, routing_key, failures, far)
                     return
                 await self._park(delivered, tag, acks, routing_key, due_in / 1000)
                 return
-            failures = wire.failures(headers, consumer.routing_keys, consumer.queue, self.exchange)
+            failures = read.failures(consumer.routing_keys, consumer.queue)
             if self._broker_retry:
                 # Every earlier delivery that ended unacked: our rejects, and a worker that died with
                 # it. One past the retries already (deaths): dead now, not run again.
@@ -378,8 +389,8 @@ class Dispatcher:
                     return
         else:  # the common case, a plain publish: every header rule has its default answer
             routing_key, failures = delivery_routing_key, 0
-        stats = self.stats
-        stats.count("received", routing_key)
+        received = self._received
+        received[routing_key] = received.get(routing_key, 0) + 1
         try:
             if self.max_body_bytes and len(delivered.body) > self.max_body_bytes:
                 raise PayloadError(
@@ -425,11 +436,12 @@ class Dispatcher:
             error = exc
         finally:
             self.running -= 1
-            stats.durations.observe(time.perf_counter() - started)
+            self.stats.durations.observe(time.perf_counter() - started)
         if error is not None:
             await self._failed(delivered, tag, acks, routing_key, failures, error)
             return
-        stats.count("handled", routing_key)
+        handled = self._handled
+        handled[routing_key] = handled.get(routing_key, 0) + 1
         acks.ack(tag)
 
     async def _run_batch(self, batch: list[_Gathered]) -> None:
@@ -530,16 +542,8 @@ class Dispatcher:
                 due_at_ms=due_at_ms,
                 foreign=wire.foreign_failures(received, consumer.routing_keys, consumer.queue, self.exchange),
             )  # fmt: skip
-            route = self._park_route(level, routing_key, headers)
             await self._settle_with_copy(
-                delivered,
-                tag,
-                acks,
-                route,
-                copy_properties(props, headers, level),
-                "a retry",
-                "retried",
-                routing_key,
+                delivered, tag, acks, self._parked(_RETRY, level, routing_key, props, headers)
             )
             return
         log.error(
@@ -557,16 +561,8 @@ class Dispatcher:
             failed_at_ms=int(self.clock() * 1000),
             failures=failures,
         )
-        stored = await self._settle_with_copy(
-            delivered,
-            tag,
-            acks,
-            ("", self.dead_queue),
-            copy_properties(props, headers, None),
-            "the dead queue",
-            "dead",
-            routing_key,
-        )
+        copy = _Copy(_DEAD, "", self.dead_queue, copy_properties(props, headers, None), routing_key)
+        stored = await self._settle_with_copy(delivered, tag, acks, copy)
         if stored and self.on_dead is not None:
             letter = DeadLetter(props.message_id, routing_key, consumer.queue, self.dead_queue, error_text,
                                 failures + 1)  # fmt: skip
@@ -582,55 +578,39 @@ class Dispatcher:
         props = delivered.properties
         level = wire.delay_level(seconds)
         headers = wire.repark_headers(props.headers or {}, queue=self.consumer.queue, routing_key=routing_key)
-        route = self._park_route(level, routing_key, headers)
         await self._settle_with_copy(
-            delivered,
-            tag,
-            acks,
-            route,
-            copy_properties(props, headers, level),
-            "a re-park",
-            "reparked",
-            routing_key,
+            delivered, tag, acks, self._parked(_REPARK, level, routing_key, props, headers)
         )
 
-    def _park_route(self, level: int, routing_key: str, headers: dict[str, Any]) -> tuple[str, str]:
-        """The exchange and routing key that reach this namespace's park queue of ``level`` (named in
-        ``headers``): the event's own key, which the copy keeps when it comes out (see wire.park_in)."""
-        return wire.park_in(self.namespace, self.exchange, level, headers), routing_key
+    def _parked(
+        self, kind: _CopyKind, level: int, routing_key: str, props: Properties, headers: dict[str, Any]
+    ) -> _Copy:
+        """A copy for this namespace's park queue of ``level`` (named in ``headers``), sent with the
+        event's own key, which the copy keeps when it comes out (see wire.park_in)."""
+        exchange = wire.park_in(self.namespace, self.exchange, level, headers)
+        return _Copy(kind, exchange, routing_key, copy_properties(props, headers, level), routing_key)
 
     async def _settle_with_copy(
-        self,
-        delivered: Delivery,
-        tag: int,
-        acks: AckTracker,
-        route: tuple[str, str],
-        props: Properties,
-        what: str,
-        outcome: str,
-        routing_key: str,
-        *,
-        ack_at_once: bool = False,
+        self, delivered: Delivery, tag: int, acks: AckTracker, copy: _Copy, *, ack_at_once: bool = False
     ) -> bool:
-        """Ack the delivery once its copy is confirmed at ``route`` (exchange, key); else hand it back.
+        """Ack the delivery once its copy is confirmed where it goes; else hand it back.
 
         Returns whether the copy was stored. ``ack_at_once`` sends the ack alone, not in a batch."""
-        exchange, queue = route
         try:
-            await self.sender.send(exchange, queue, delivered.body, props, mandatory=True)
+            await self.sender.send(copy.exchange, copy.key, delivered.body, copy.props, mandatory=True)
         except Exception as exc:
             log.error(
                 "could not store %s of message %s in %s (%s); it stays in %s for redelivery",
-                what,
+                copy.kind.what,
                 delivered.properties.message_id,
-                queue,
+                copy.key,
                 exc,
                 self.consumer.queue,
             )
             await asyncio.sleep(REQUEUE_PAUSE_S)
             acks.reject(tag)
             return False
-        self.stats.count(outcome, routing_key)
+        self.stats.count(copy.kind.outcome, copy.routing_key)
         if ack_at_once:
             acks.ack_now(tag)
         else:

@@ -16,6 +16,9 @@ Why a worker task rather than the first step in the read loop's callback itself 
 so a timeout cancels exactly it, and cancelling a worker (a shutdown past its grace) cancels exactly the
 coroutine it runs. Each coroutine runs in a context of its own (``contextvars``), as in a task of its
 own: what one handler sets is not seen by the next.
+
+The same rule for a limit shared by several runners (a pool's concurrency): :class:`Slots` hands out a
+free slot without an await, so a coroutine that finds one free does not suspend for it.
 """
 
 from __future__ import annotations
@@ -137,3 +140,55 @@ class EagerRunner(Generic[T]):
             # leaves them to the workers holding the items that run: each takes the next when done.)
             if pending and not self._free and self._running < self._limit:
                 self._spawn()
+
+
+class Slots:
+    """A limit on how many run at once, shared (a pool's concurrency): a slot free now is taken without
+    awaiting (:meth:`try_take`), so a delivery that finds one creates no coroutine for it.
+
+    :meth:`acquire` waits its turn otherwise: first come, first served, and a slot freed while some wait
+    goes straight to the first of them (nobody takes it past them with :meth:`try_take`)."""
+
+    __slots__ = ("_free", "_waiting")
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    def locked(self) -> bool:
+        """Whether a slot cannot be taken now."""
+        return not self._free or bool(self._waiting)
+
+    def try_take(self) -> bool:
+        """Take a slot if one is free and nobody waits for one; whether it was taken."""
+        if self._free and not self._waiting:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting for one if none is free."""
+        if self.try_take():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter
+        except BaseException:  # a cancel, or anything else thrown in while it waited
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as it was cancelled: pass it on
+            else:
+                waiter.cancel()
+                if waiter in self._waiting:  # (a release may have passed it by already)
+                    self._waiting.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the first that waits for one, else free."""
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1

@@ -31,6 +31,7 @@ from event.connect import (
 from event.consumer import Consumer
 from event.cron import CronRunner, Schedule
 from event.dispatch import Dispatcher, OnDead
+from event.eager import Slots
 from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.management import ManagementApi, configured_base
 from event.metrics import ConsumerStats, PoolStats
@@ -109,7 +110,7 @@ class PoolRun:
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=declared.threads, thread_name_prefix="event-handler"
         )
-        pool_slots = asyncio.Semaphore(declared.concurrency) if declared.concurrency else None
+        pool_slots = Slots(declared.concurrency) if declared.concurrency else None
         copies = ScheduleCopies(declared.exchange, self._queue_exists, self._schedule_bound)
         self.dispatchers = [
             Dispatcher(

@@ -34,6 +34,7 @@ at the first span, not with ``event``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
 import logging
@@ -131,6 +132,8 @@ class _Otel:
         self.getter = HeaderGetter()
         self.tracer = trace.get_tracer("event", _version())
         self.provided = False  # an application set a tracer provider (spans may record)
+        # The loop in whose current turn no provider was set when asked (see passes_nothing_on).
+        self._unset_in: asyncio.AbstractEventLoop | None = None
         self._textmap: object = None
         self._fields: frozenset[str] = frozenset()
 
@@ -157,8 +160,29 @@ class _Otel:
         """Whether a consumer span for a message with ``headers`` would be seen by nobody: no tracer
         provider is set and the message carries no trace context, so its span would have an invalid
         context and nothing to hand on. A message that carries a context still gets its
-        (non-recording) span, which hands that context on to the handler's publishes."""
-        return not self.provider_set() and not self._carries_context(headers)
+        (non-recording) span, which hands that context on to the handler's publishes.
+
+        The deliveries of one read are dispatched in one turn of the loop: a provider still unset is
+        taken as unset for the rest of that turn (asking the API reads ``os.environ`` each time, some
+        tenth of what dispatching a delivery costs); one set since is seen from the next turn on."""
+        if headers and self._carries_context(headers):
+            return False
+        if self.provided:
+            return False
+        unset_in = self._unset_in
+        # The answer stands while the loop that got it runs (its next turn clears it). Not "is it the
+        # running loop": asyncio.get_running_loop() costs as much as the question it saves.
+        if unset_in is not None and unset_in.is_running():
+            return True
+        if self.provider_set():
+            return False
+        loop = asyncio.get_running_loop()
+        self._unset_in = loop
+        loop.call_soon(self._next_turn)  # forgotten at the next turn
+        return True
+
+    def _next_turn(self) -> None:
+        self._unset_in = None
 
     def _carries_context(self, headers: Mapping[str, Any] | None) -> bool:
         # Whether ``headers`` hold any of the configured propagators' fields (traceparent, baggage, ...).

@@ -10,6 +10,7 @@ import bisect
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from event.errors import ConfigurationError
@@ -480,6 +481,41 @@ def due_in_ms(headers: Mapping[str, Any], now_ms: int) -> int | None:
     """Milliseconds until ``event-due-at``, or None when the header is absent or unusable."""
     due = header_int(headers, H_DUE_AT)
     return None if due is None else due - now_ms
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryHeaders:
+    """A delivery's headers as the rules above read them, read once (see :func:`read_headers`)."""
+
+    headers: Mapping[str, Any]
+    exchange: str
+    routing_key: str  # the event's own (logical_routing_key)
+    addressed_queue: str | None  # the one queue an older retry is meant for (addressed_queue)
+    schedule_origin: str | None  # the namespace of a hutch-schedule copy (schedule_copy_origin)
+    due_at_ms: int | None  # event-due-at, when usable
+
+    def due_in_ms(self, now_ms: int) -> int | None:
+        """Milliseconds until ``event-due-at``, or None (see :func:`due_in_ms`)."""
+        return None if self.due_at_ms is None else self.due_at_ms - now_ms
+
+    def failures(self, routing_keys: Iterable[str], queue: str) -> int:
+        """How many times it failed before (see :func:`failures`): counted when asked, as it walks
+        ``x-death``, which a message that is not run does not need."""
+        return failures(self.headers, routing_keys, queue, self.exchange)
+
+
+def read_headers(
+    delivery_routing_key: str, headers: Mapping[str, Any], exchange: str = "hutch"
+) -> DeliveryHeaders:
+    """What a consumer needs of a delivery's headers, by the rules above, in one reading."""
+    return DeliveryHeaders(
+        headers,
+        exchange,
+        logical_routing_key(delivery_routing_key, headers, exchange),
+        addressed_queue(delivery_routing_key, headers, exchange),
+        schedule_copy_origin(delivery_routing_key, headers, exchange),
+        header_int(headers, H_DUE_AT),
+    )
 
 
 def beyond_horizon(headers: Mapping[str, Any], due_in: int) -> str:

@@ -545,38 +545,42 @@ class AMQPChannel:
         kind: int
         number: int
         size: int
-        self._in_method = deliver
-        self._in_kind = _DELIVER
-        if total - at < 8:
-            return at
-        kind, number, size = frames.HEAD.unpack_from(buf, at)
-        end = at + 7 + size
-        payload_max = self._payload_max
-        if (
-            kind != frames.FRAME_HEADER
-            or number != self._number
-            or end >= total
-            or size > payload_max
-            or buf[end] != frames.FRAME_END
-        ):
-            return at  # not (all) here yet, or not what follows a Deliver: the frame loop judges it
-        body_size, properties = frames.decode_header(buf, at + 7, end)
-        if body_size > BODY_MAX:
-            raise frames.Violation(frames.FRAME_ERROR, f"a body of {body_size} bytes, above {BODY_MAX}")
-        at = end + 1
-        if body_size == 0:
-            self._complete(properties, b"")
-            return at
         if total - at >= 8:
             kind, number, size = frames.HEAD.unpack_from(buf, at)
             end = at + 7 + size
-            whole = kind == frames.FRAME_BODY and number == self._number and size == body_size
-            if whole and end < total and size <= payload_max and buf[end] == frames.FRAME_END:
-                self._complete(properties, bytes(buf[at + 7 : end]))
-                return end + 1
-        self._in_properties = properties
-        self._in_size = body_size
-        self._in_parts = None
+            payload_max = self._payload_max
+            if (
+                kind == frames.FRAME_HEADER
+                and number == self._number
+                and end < total
+                and size <= payload_max
+                and buf[end] == frames.FRAME_END
+            ):
+                body_size, properties = frames.decode_header(buf, at + 7, end)
+                if body_size > BODY_MAX:
+                    raise frames.Violation(
+                        frames.FRAME_ERROR, f"a body of {body_size} bytes, above {BODY_MAX}"
+                    )
+                at = end + 1
+                if body_size == 0:
+                    self._deliver(deliver, properties, b"")
+                    return at
+                if total - at >= 8:
+                    kind, number, size = frames.HEAD.unpack_from(buf, at)
+                    end = at + 7 + size
+                    whole = kind == frames.FRAME_BODY and number == self._number and size == body_size
+                    if whole and end < total and size <= payload_max and buf[end] == frames.FRAME_END:
+                        self._deliver(deliver, properties, bytes(buf[at + 7 : end]))
+                        return end + 1
+                self._in_method = deliver
+                self._in_kind = _DELIVER
+                self._in_properties = properties
+                self._in_size = body_size
+                self._in_parts = None
+                return at
+        # Not (all) here yet, or not what follows a Deliver: the frame loop judges it.
+        self._in_method = deliver
+        self._in_kind = _DELIVER
         return at
 
     def on_header(self, buf: bytearray, start: int, end: int) -> None:
@@ -745,32 +749,7 @@ class AMQPChannel:
         """The last piece of a message arrived: hand it over."""
         kind, self._in_kind = self._in_kind, _NOTHING
         if kind == _DELIVER:
-            consumer_tag, delivery_tag, redelivered, exchange, routing_key = self._in_method
-            consumer = self._consumers.get(consumer_tag)
-            # Only a delivery that will be acked must have a tag above the last: RabbitMQ's direct
-            # reply-to hands a no_ack consumer its replies under one tag, again and again (seen on 3.10).
-            if consumer is None or consumer.acks:
-                if delivery_tag <= self._last_tag:
-                    self._tag_not_above(delivery_tag)
-                self._last_tag = delivery_tag
-            if self._closed:
-                return  # closing: the broker requeues it when the channel closes
-            if consumer is None:
-                self._unclaimed(consumer_tag, delivery_tag)
-                return
-            if consumer.acks:
-                in_hand = self._in_hand
-                in_hand[delivery_tag] = None
-                if len(in_hand) > self._pause_at and not self._holding:
-                    self._holding = True
-                    self._connection.hold(self._number)
-            delivery = driver.Delivery(
-                delivery_tag, redelivered, exchange, routing_key, properties, body, consumer_tag
-            )
-            try:
-                consumer.on_delivery(delivery)
-            except Exception:  # a callback's failure must not end the read loop of every channel
-                log.exception("the on_delivery callback of consumer %s failed", consumer_tag)
+            self._deliver(self._in_method, properties, body)
         elif kind == _GET:
             delivery_tag, redelivered, exchange, routing_key, count = self._in_method
             if delivery_tag <= self._last_tag:
@@ -796,6 +775,38 @@ class AMQPChannel:
                 )
                 return
             self._returns.append(returned)
+
+    def _deliver(
+        self, deliver: tuple[str, int, bool, str, str], properties: driver.Properties, body: bytes
+    ) -> None:
+        """A whole ``Basic.Deliver`` (method, properties, body): hand it to its consumer."""
+        consumer_tag, delivery_tag, redelivered, exchange, routing_key = deliver
+        consumer = self._consumers.get(consumer_tag)
+        # Only a delivery that will be acked must have a tag above the last: RabbitMQ's direct
+        # reply-to hands a no_ack consumer its replies under one tag, again and again (seen on 3.10).
+        if consumer is None or consumer.acks:
+            if delivery_tag <= self._last_tag:
+                self._tag_not_above(delivery_tag)
+            self._last_tag = delivery_tag
+        if self._closed:
+            return  # closing: the broker requeues it when the channel closes
+        if consumer is None:
+            self._unclaimed(consumer_tag, delivery_tag)
+            return
+        if consumer.acks:
+            in_hand = self._in_hand
+            in_hand[delivery_tag] = None
+            if len(in_hand) > self._pause_at and not self._holding:
+                self._holding = True
+                self._connection.hold(self._number)
+        try:
+            consumer.on_delivery(
+                driver.Delivery(
+                    delivery_tag, redelivered, exchange, routing_key, properties, body, consumer_tag
+                )
+            )
+        except Exception:  # a callback's failure must not end the read loop of every channel
+            log.exception("the on_delivery callback of consumer %s failed", consumer_tag)
 
     def _tag_not_above(self, delivery_tag: int) -> None:
         raise frames.Violation(

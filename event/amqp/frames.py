@@ -280,7 +280,9 @@ def decode_header(buf: bytes | bytearray, at: int, end: int) -> tuple[int, Prope
     else:
         p.message_id = None
     if flags & _F_TIMESTAMP:
-        p.timestamp = _timestamp(buf, at)
+        (stamp,) = _U64.unpack_from(buf, at)
+        last = _last_decoded  # the usual case, the same second as the message before: no call
+        p.timestamp = last[1] if stamp == last[0] else _decode_timestamp(stamp)
         at += 8
     else:
         p.timestamp = None
@@ -313,11 +315,28 @@ def decode_header(buf: bytes | bytearray, at: int, end: int) -> tuple[int, Prope
     return body_size, p
 
 
+# The last timestamp decoded, as (wire value, datetime): messages of the same second come in runs, and
+# an aware ``fromtimestamp`` costs more than the rest of a content header. A datetime is immutable, so
+# the messages of a run may share one.
+_last_decoded = (-1, datetime.datetime.fromtimestamp(0, tz=_UTC))  # -1: no wire value
+
+
 def _timestamp(buf: bytes | bytearray, at: int) -> datetime.datetime:
     (value,) = _U64.unpack_from(buf, at)
+    last_value, last = _last_decoded
+    if value == last_value:
+        return last
+    return _decode_timestamp(value)
+
+
+def _decode_timestamp(value: int) -> datetime.datetime:
+    global _last_decoded
     if value > 0xFFFFFFFF:  # pamqp reads a value past the year 2106 as milliseconds
-        return datetime.datetime.fromtimestamp(value / 1000.0, tz=_UTC)
-    return datetime.datetime.fromtimestamp(value, tz=_UTC)
+        decoded = datetime.datetime.fromtimestamp(value / 1000.0, tz=_UTC)
+    else:
+        decoded = datetime.datetime.fromtimestamp(value, tz=_UTC)
+    _last_decoded = (value, decoded)
+    return decoded
 
 
 def _table(buf: bytes | bytearray, at: int, depth: int) -> tuple[dict[str, Any], int]:

@@ -7,7 +7,7 @@ import contextvars
 
 import pytest
 
-from event.eager import EagerRunner
+from event.eager import EagerRunner, Slots
 
 seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="")
 
@@ -142,3 +142,52 @@ async def test_a_failing_coroutine_is_logged_and_the_next_one_runs(caplog: pytes
         "a bug",
         "a later bug",
     ]
+
+
+async def test_slots_are_taken_without_waiting_while_free_then_handed_on_in_arrival_order() -> None:
+    slots = Slots(2)
+    assert slots.try_take() and slots.try_take()
+    assert slots.locked() and not slots.try_take()
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        await slots.acquire()
+        order.append(name)
+
+    first = asyncio.create_task(wait("first"))
+    second = asyncio.create_task(wait("second"))
+    await asyncio.sleep(0)
+    slots.release()  # goes to the first waiting, not to a try_take
+    assert not slots.try_take()
+    await first
+    slots.release()
+    await second
+    assert order == ["first", "second"]
+    for _ in range(3):  # both held by the waiters, and the one taken at first: all given back
+        slots.release()
+    assert not slots.locked()
+    assert slots.try_take() and slots.try_take() and slots.try_take() and not slots.try_take()
+
+
+async def test_a_cancelled_wait_for_a_slot_neither_takes_one_nor_blocks_the_next() -> None:
+    slots = Slots(1)
+    assert slots.try_take()
+    cancelled = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    slots.release()
+    assert slots.try_take()  # free again, nobody left waiting
+    # Handed a slot and cancelled before it ran: the slot goes on to the next waiting.
+    handed = asyncio.create_task(slots.acquire())
+    after = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()
+    handed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handed
+    await asyncio.wait_for(after, 1)
+    assert slots.locked()
+    slots.release()
+    assert slots.try_take()

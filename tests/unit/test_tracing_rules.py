@@ -257,3 +257,59 @@ def test_without_a_tracer_provider_only_what_a_message_carries_is_passed_on_and_
         ["traced", ["traceparent"]],  # the provider set meanwhile: a span, its context in the headers
     ]
     assert report["spans"] == ["publish hutch:app.x"]
+
+
+PROVIDER_SET_BETWEEN_DELIVERIES = textwrap.dedent(
+    """
+    import asyncio, json
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from event import Message, Publisher, WorkerPool
+    from event.testing import TestBroker
+
+    URL = "amqp://nobody:nothing@127.0.0.1:1/"
+    exporter = InMemorySpanExporter()
+
+    async def deliver(n):
+        pool = WorkerPool(URL, namespace="t")
+        sender = Publisher(URL, namespace="t")
+
+        @pool.consumer("app.in")
+        async def handle(ctx, msg: Message) -> None:
+            pass
+
+        async with TestBroker(pool, sender) as broker:
+            await sender.publish("app.in", {"n": n})
+            await broker.drain()
+
+    def consumer_spans():
+        return [s.name for s in exporter.get_finished_spans() if s.name.startswith("process")]
+
+    # Deliveries with no provider set, in a loop that then ends; the provider set; a delivery again.
+    asyncio.run(deliver(1))
+    before = consumer_spans()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    asyncio.run(deliver(2))
+    print(json.dumps({"before": before, "after": consumer_spans()}))
+    """
+)
+
+
+def test_a_tracer_provider_set_after_deliveries_without_one_is_seen_by_the_next_delivery() -> None:
+    # The consumer side asks whether a provider is set once per turn of the loop, not per delivery: the
+    # answer of one turn (here, of a loop since closed) does not stand for a later one.
+    result = subprocess.run(
+        [sys.executable, "-c", PROVIDER_SET_BETWEEN_DELIVERIES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["before"] == []
+    assert report["after"] == ["process hutch:app.in:t:handle"]

@@ -51,11 +51,15 @@ def test_failures(case: dict[str, Any]) -> None:
     got = wire.failures(case["headers"], case["routing_keys"], case["queue"])
     assert got == case["failures"]
     assert got + 1 == case["attempt"]
+    # The same through the reading a consumer makes of a delivery's headers.
+    read = wire.read_headers("any.key", case["headers"])
+    assert read.failures(case["routing_keys"], case["queue"]) == case["failures"]
 
 
 @pytest.mark.parametrize("case", V["logical_routing_key"], ids=lambda c: c["delivery_routing_key"])
 def test_logical_routing_key(case: dict[str, Any]) -> None:
     assert wire.logical_routing_key(case["delivery_routing_key"], case["headers"]) == case["routing_key"]
+    assert wire.read_headers(case["delivery_routing_key"], case["headers"]).routing_key == case["routing_key"]
 
 
 @given(st.floats(min_value=0, max_value=wire.MAX_LEVEL, allow_nan=False, exclude_min=True))
@@ -143,3 +147,26 @@ def test_queue_arguments_are_the_specs() -> None:
         "x-dead-letter-exchange": "hutch",
     }
     assert wire.dead_queue_arguments() == {"x-message-ttl": 2592000000, "x-max-length": 100000}
+
+
+def test_a_delivery_s_headers_read_once_give_each_rule_s_answer() -> None:
+    # An older event's retry through a hutch-schedule delay queue, addressed to one queue, due later.
+    headers = {
+        "CC": [b"app:orders"],
+        wire.H_ROUTING_KEY: "orders.created",
+        wire.H_DUE_AT: 5_000,
+        "x-death": [{"queue": "ns:hutch_delay_queue_5s", "count": 1, "routing-keys": ["orders.created"]}],
+    }
+    key = "hutch_delay_queue_5s"
+    read = wire.read_headers(key, headers)
+    assert read.routing_key == wire.logical_routing_key(key, headers) == "orders.created"
+    assert read.addressed_queue == wire.addressed_queue(key, headers) == "app:orders"
+    assert read.schedule_origin == wire.schedule_copy_origin(key, headers)
+    assert read.due_in_ms(1_000) == wire.due_in_ms(headers, 1_000) == 4_000
+    assert read.failures(["orders.created"], "app:orders") == wire.failures(
+        headers, ["orders.created"], "app:orders"
+    )
+    # hutch-schedule's copy out of another namespace's delay queue
+    copy = {"x-death": [{"queue": "other:hutch_delay_queue_5s", "count": 1}]}
+    assert wire.read_headers("hutch.schedule.5s", copy).schedule_origin == "other"
+    assert wire.read_headers("orders.created", {"x": 1}).due_in_ms(0) is None
