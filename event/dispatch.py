@@ -297,7 +297,7 @@ class Dispatcher:
                 queue=consumer.queue,
                 error=wire.poison_error(deliveries, consumer.max_deliveries),
                 failed_at_ms=int(self.clock() * 1000),
-                failures=wire.failures(headers, consumer.routing_keys, consumer.queue),
+                failures=read.failures(consumer.routing_keys, consumer.queue),
             )
             dead[wire.H_DELIVERIES] = deliveries
             copy = _Copy(_DEAD, "", self.dead_queue, copy_properties(props, dead, None), routing_key)

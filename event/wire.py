@@ -470,8 +470,11 @@ def foreign_failures(
         died_in = header_text(death, "queue") or ""
         if is_park_queue_name(died_in, exchange) or header_text(death, "exchange") == delay_exchange:
             continue
-        keys = death.get("routing-keys") or ()
-        if any((key.decode() if isinstance(key, bytes) else key) in ours for key in keys):
+        keys = death.get("routing-keys")
+        if not isinstance(keys, (list, tuple)):  # another client's malformed entry names no key of ours
+            continue
+        if any((key.decode(errors="replace") if isinstance(key, bytes) else key) in ours
+               for key in keys if isinstance(key, (str, bytes))):  # fmt: skip
             count = header_int(death, "count")
             total += count if count is not None else 1
     return total

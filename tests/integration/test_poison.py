@@ -144,3 +144,55 @@ async def test_quorum_consumer_queues_dead_letter_at_the_brokers_own_limit(
     [dead] = await probe.take_all(dead_queue)
     assert dead.header.properties.message_id == "looping"
     assert dead.header.properties.headers["x-death"][0]["reason"] in (b"delivery_limit", "delivery_limit")
+
+
+async def test_a_poison_messages_dead_copy_counts_its_failures_on_the_pools_own_exchange(
+    pool_kwargs: dict[str, Any], iso: Isolation, probe: Probe
+) -> None:
+    # A message retried once by this pool (its death in this exchange's park queue, event-retries 1),
+    # then delivered MAX_DELIVERIES times without settling: its dead copy counts the one failure. The
+    # pool's exchange is not Hutch's default: the park queue's death must be known as ours by this
+    # exchange's name, else it is counted a second time as hutch-schedule's.
+    pool = WorkerPool(**pool_kwargs)
+    ran: list[Any] = []
+
+    @pool.consumer("app.work", max_deliveries=MAX_DELIVERIES)
+    async def work(ctx: object, msg: Any) -> None:
+        ran.append(msg)
+
+    async with pool.running():
+        pass  # declares the topology
+    queue, dead_queue = f"{iso.namespace}:work", wire.dead_queue_name(iso.namespace, iso.exchange)
+    park = wire.park_queue_name(iso.namespace, iso.exchange, 5)
+    entry = wire.park_entry_exchange_name(iso.exchange)
+    death = {
+        "count": 1,
+        "reason": "expired",
+        "queue": park,
+        "exchange": entry,
+        "routing-keys": [park, "app.work"],
+    }
+    headers = {
+        wire.H_RETRIES: 1,
+        wire.H_FOREIGN_FAILURES: 0,
+        wire.H_ROUTING_KEY: "app.work",
+        wire.H_DELIVERIES: MAX_DELIVERIES - 1,
+        "x-death": [death],
+    }
+    await probe.publish("", queue, b"{}", delivery_mode=2, message_id="crashed", headers=headers)
+    taker = await probe.new_channel()
+    got = await taker.basic_get(queue, no_ack=False)
+    assert not isinstance(got.delivery, spec.Basic.GetEmpty)
+    await taker.close()  # unsettled: the broker hands it back, redelivered, as after a worker's death
+
+    async with pool.running():
+
+        async def dead() -> bool:
+            return await probe.depth(dead_queue) == 1
+
+        await eventually(dead, timeout=10)
+    [copy] = await probe.take_all(dead_queue)
+    assert ran == []
+    assert copy.header.properties.message_id == "crashed"
+    assert copy.header.properties.headers[wire.H_DELIVERIES] == MAX_DELIVERIES
+    assert copy.header.properties.headers[wire.H_RETRIES] == 1  # was 2: the park death counted as Ruby's

@@ -168,6 +168,37 @@ def test_failures_never_go_down_when_a_broker_forgets_x_death() -> None:
     assert wire.failures(headers, ["app.a"], "ns:q") == 3
 
 
+# What another client may put in an x-death entry: any header value, nested.
+HEADER_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(
+    entries=st.lists(
+        st.fixed_dictionaries(
+            {}, optional={"routing-keys": HEADER_VALUES, "count": HEADER_VALUES, "queue": HEADER_VALUES}
+        )
+        | HEADER_VALUES,
+        max_size=4,
+    )
+)
+def test_a_malformed_x_death_counts_what_it_can_and_never_raises(entries: list[Any]) -> None:
+    # A delivery whose x-death a client wrote wrong is still run or dead-queued: its count cannot raise
+    # (before, routing-keys that was not a list raised TypeError and the delivery was never settled).
+    counted = wire.failures({"x-death": [*entries, RUBY_DEATH]}, ["app.a"], "ns:q")
+    assert counted >= 2
+
+
+def test_routing_keys_not_a_list_or_not_utf8_name_no_key() -> None:
+    for keys in (7, b"app.a", {"app.a": 1}, [b"\xff\xfe", 3]):
+        assert (
+            wire.foreign_failures({"x-death": [{**RUBY_DEATH, "routing-keys": keys}]}, ["app.a"], "ns:q") == 0
+        )
+
+
 @given(
     own=st.integers(min_value=0, max_value=50),
     seen=st.integers(min_value=0, max_value=50),
