@@ -272,3 +272,35 @@ def test_broker_retry_needs_a_quorum_queue_of_the_consumer_or_of_the_pool() -> N
     pool = WorkerPool(namespace="t", queue_type="quorum")
     pool.consumer("app.a", retry="broker")(handler)
     assert pool.consumers[0].arguments["x-delayed-retry-type"] == "failed"
+
+
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(
+            [
+                "x-death",
+                "CC",
+                "BCC",
+                wire.H_RETRIES,
+                wire.H_FOREIGN_FAILURES,
+                wire.H_ROUTING_KEY,
+                wire.H_DUE_AT,
+                wire.H_DELIVERIES,
+                "x-first-death-queue",
+                "other",
+            ]
+        ),
+        HEADER_VALUES,
+    ),
+    delivery_routing_key=st.text(max_size=20),
+)
+def test_any_headers_from_another_client_are_read_without_raising(
+    headers: dict[str, Any], delivery_routing_key: str
+) -> None:
+    # Every rule a consumer applies to a delivery's headers before its handler: whatever another client
+    # wrote, each answers (a default when a header is unusable), so the delivery is always settled.
+    read = wire.read_headers(delivery_routing_key, headers, "ex")
+    assert isinstance(read.routing_key, str)
+    assert read.failures(["app.a"], "ns:q") >= 0
+    read.due_in_ms(0)
+    assert wire.unsettled_deliveries(headers, redelivered=True) >= 1
