@@ -95,7 +95,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
-# What a generated producer inherits from event.services.Producer: an rpc of such a name gets a "_".
+# What a generated producer inherits from event.services.ServiceProducer: an rpc of such a name gets a "_".
 _PRODUCER_ATTRIBUTES = frozenset(("close", "publisher", "service"))
 
 
@@ -256,7 +256,7 @@ def _render_service(
     producer = module.define(f"{service.name}Producer", what)
     servicer = module.define(f"{service.name}Servicer", what)
     register = module.define(_register_name(service), what)
-    module.add("", "", f"class {producer}(_services.Producer):")
+    module.add("", "", f"class {producer}(_services.ServiceProducer):")
     module.add(*_docstring(_joined(f"Publishes the requests of {full}.", service_doc), "    "))
     module.add("", f"    service = {prefix}")
     for name, constant, request, response, doc in rpcs:

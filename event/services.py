@@ -1,7 +1,7 @@
 """Protobuf services at run time: what the modules protoc-gen-event writes stand on.
 
 A generated module (see :mod:`event.protoc_plugin`) declares a :class:`Service` of :class:`Rpc`\\ s, each
-with its :class:`event.Contract`; a producer class deriving from :class:`Producer` with one typed method
+with its :class:`event.Contract`; a producer class deriving from :class:`ServiceProducer` with one typed method
 per rpc; a servicer ``Protocol``; and a ``register_<service>`` function calling :func:`register`. Only
 the typed surface is generated: what each method does lives here, once.
 
@@ -65,7 +65,7 @@ class Service:
         return wire.name_from_qualname(f"{self.name}.{rpc.name}")
 
 
-class Producer:
+class ServiceProducer:
     """The base of a generated ``<Service>Producer``: its methods publish through ``publisher``.
 
     Requests sent for their answer go through ``requester``, or one this producer opens at the first
@@ -257,4 +257,4 @@ def _handler(
     return handle
 
 
-__all__ = ["Producer", "Registration", "Replier", "Requester", "Rpc", "Service", "register"]
+__all__ = ["Registration", "Replier", "Requester", "Rpc", "Service", "ServiceProducer", "register"]
