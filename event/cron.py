@@ -26,13 +26,13 @@ from croniter import croniter
 from event import driver, wire
 from event.connect import Channel, Connection, close_quietly, open_channel
 from event.errors import ConfigurationError
+from event.pacing import RESTART_DELAYS_S, delay_before
 from event.sending import Sender, properties
 
 log = logging.getLogger(__name__)
 
 CatchUp = Literal["skip", "last"]
 CANDIDATE_RETRY_S = 0.5
-RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # a failing schedule's back-off before each restart
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ class CronRunner:
                     return  # the connection died: the pool reconnects and starts another runner
                 if self._fired.get(schedule.name) != fired_before:
                     failures = 0  # it fired since the last restart: the back-off starts over
-                delay = self.restart_delays[min(failures, len(self.restart_delays) - 1)]
+                delay = delay_before(failures, self.restart_delays)
                 failures += 1
                 log.error(
                     "cron schedule %s (%s) failed: %s: %s; starting it again in %g s, the others go on",

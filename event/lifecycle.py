@@ -36,18 +36,18 @@ from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.management import ManagementApi, configured_base
 from event.metrics import ConsumerStats, PoolStats
 from event.middleware import Middleware
+from event.pacing import RECONNECT_DELAYS_S, delay_before
 from event.pausing import PauseSwitch
 from event.retry import BROKER_RETRY_SINCE
 from event.schedule_copies import ScheduleCopies
 from event.sending import Sender
-from event.supervise import ConsumerSupervisor, delay_before
+from event.supervise import ConsumerSupervisor
 from event.topology import Plan
 
 log = logging.getLogger(__name__)
 
 ACK_INTERVAL_S = 0.05
 STARTS_IN_FLIGHT = 32  # consumers starting at once (their channels, declarations and consumes)
-RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class LostWhileStarting(ConnectionFailed):

@@ -14,9 +14,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-log = logging.getLogger(__name__)
+from event.pacing import RESTART_DELAYS_S, delay_before
 
-RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+log = logging.getLogger(__name__)
 
 
 def process_count(requested: int) -> int:
@@ -87,7 +87,7 @@ class Supervisor:
                 return code
             stop.cancel()
             code = exited.result()
-            delay = RESTART_DELAYS_S[min(restarts, len(RESTART_DELAYS_S) - 1)]
+            delay = delay_before(restarts, RESTART_DELAYS_S)
             restarts += 1
             log.error(
                 "worker %d (pid %d) exited with %d; restarting it in %g s", slot, child.pid, code, delay

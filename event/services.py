@@ -1,8 +1,8 @@
 """Protobuf services at run time: what the modules protoc-gen-event writes stand on.
 
 A generated module (see :mod:`event.protoc_plugin`) declares a :class:`Service` of :class:`Rpc`\\ s, each
-with its :class:`event.Contract`; a producer class deriving from :class:`ServiceProducer` with one typed method
-per rpc; a servicer ``Protocol``; and a ``register_<service>`` function calling :func:`register`. Only
+with its :class:`event.Contract`; a producer class deriving from :class:`ServiceProducer` with one typed
+method per rpc; a servicer ``Protocol``; and a ``register_<service>`` function calling :func:`register`. Only
 the typed surface is generated: what each method does lives here, once.
 
 An rpc whose response is not ``google.protobuf.Empty`` may be called for its answer

@@ -30,16 +30,9 @@ from event.connect import (
 )
 from event.dispatch import Dispatcher
 from event.errors import ConnectionFailed, EventError
+from event.pacing import COMEBACK_DELAYS_S, delay_before
 
 log = logging.getLogger(__name__)
-
-# Pause before each attempt to consume again: at once after a cancel, then slower while it keeps failing.
-COMEBACK_DELAYS_S = (0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-
-
-def delay_before(attempt: int, delays: Sequence[float]) -> float:
-    """The pause before attempt number ``attempt`` (from 0), the last delay repeating."""
-    return delays[min(attempt, len(delays) - 1)]
 
 
 # Starts consuming a queue on a channel with a delivery and a cancel callback; returns the consumer tag.

@@ -22,13 +22,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from event import control
+
 log = logging.getLogger(__name__)
 
 INTERVAL_S = 10.0
 KEPT = 360  # an hour of samples
 CHARTED_ROLES = ("consumer", "dead")
-OUTCOMES = ("processed", "failed", "retried", "dead")  # charted names; the workers' counts below
-REPORTED = ("handled", "failed", "retried", "dead")  # event.control.REPORTED, in the same order
+CHARTED = ("processed", "failed", "retried", "dead")  # the charts' names of control.REPORTED, in its order
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +116,13 @@ class History:
             for queue, state in (report.get("consumers") or {}).items():
                 if not isinstance(state, dict):
                     continue
-                counts = tuple(int(state.get(name) or 0) for name in REPORTED)
+                counts = tuple(int(state.get(name) or 0) for name in control.REPORTED)
                 key = (host, pid, queue)
                 now[key] = counts
-                total = summed.setdefault(queue, [0] * len(REPORTED))
+                total = summed.setdefault(queue, [0] * len(control.REPORTED))
                 if first:
                     continue  # the baseline: counted before this gateway looked
-                before = last.get(key, (0,) * len(REPORTED))
+                before = last.get(key, (0,) * len(control.REPORTED))
                 for i, (n, b) in enumerate(zip(counts, before, strict=True)):
                     total[i] += max(0, n - b)
         # A worker missing from this answer keeps its last counts: its increase goes to the next sample.
@@ -149,6 +150,6 @@ class History:
         for name in sorted({name for s in samples for name in s.outcomes}):
             counted = [s.outcomes.get(name) for s in samples]
             row = series.setdefault(name, {})
-            for i, key in enumerate(OUTCOMES):
+            for i, key in enumerate(CHARTED):
                 row[key] = [None if c is None else c[i] for c in counted]
         return {"interval_s": self.interval_s, "times": [s.at for s in samples], "series": series}

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "event"
 FLOORS: dict[str, tuple[str, ...]] = {
     "ground": (
         "errors", "config", "signals", "message", "middleware", "metrics", "logs", "endpoint", "eager",
-        "acks", "batching", "drain", "loops",
+        "acks", "batching", "drain", "loops", "pacing",
     ),
     "seam": ("driver", "amqp", "amqp.channel", "amqp.connection", "amqp.frames", "amqp.reasons", "amqp.url"),
     "rules": (
