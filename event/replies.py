@@ -80,7 +80,36 @@ def expired(headers: Mapping[str, Any], now: float) -> bool:
     return isinstance(reply_by, int) and now * 1000 > reply_by + CLOCK_SKEW_MS
 
 
-class Requester:
+class _OwnChannel:
+    """A connection and a channel of a requester's or a replier's own: opened at first use, and again
+    after either was lost; :meth:`_open` says what the channel is made for."""
+
+    def __init__(self, url: str, connector: Connector, name: str) -> None:
+        self.url = url
+        self.connector = connector
+        self.name = name
+        self._connection: Connection | None = None
+        self._channel: Channel | None = None
+        self._opening = asyncio.Lock()
+
+    async def _ready(self) -> Channel:
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._opening:
+            if self._channel is not None and not self._channel.is_closed:
+                return self._channel
+            if self._connection is None or self._connection.is_closed:
+                await close_quietly(self._connection)
+                self._connection = await self.connector(self.url, name=self.name)
+            self._channel = await self._open(self._connection)
+            return self._channel
+
+    async def _open(self, connection: Connection) -> Channel:
+        raise NotImplementedError
+
+
+class Requester(_OwnChannel):
     """Sends requests to ``exchange`` and waits for their replies, on a connection and channel of its own.
 
     The connection opens at the first request (or :meth:`connect`) and again after it was lost; requests
@@ -96,16 +125,11 @@ class Requester:
         name: str = "event requester",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.url = url
+        super().__init__(url, connector, name)
         self.exchange = exchange
-        self.connector = connector
-        self.name = name
         self.clock = clock
         self.late = 0  # replies that came after their caller stopped waiting
-        self._connection: Connection | None = None
-        self._channel: Channel | None = None
         self._address = ""
-        self._opening = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[driver.Delivery]] = {}
 
     def __repr__(self) -> str:
@@ -200,26 +224,17 @@ class Requester:
             raise RemoteError(routing_key, kind, detail)
         return reply
 
-    async def _ready(self) -> Channel:
-        channel = self._channel
-        if channel is not None and not channel.is_closed:
-            return channel
-        async with self._opening:
-            if self._channel is not None and not self._channel.is_closed:
-                return self._channel
-            if self._connection is None or self._connection.is_closed:
-                await close_quietly(self._connection)
-                self._connection = await self.connector(self.url, name=self.name)
-            channel = await open_channel(self._connection, confirms=True)
-            try:
-                await channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, no_ack=True)
-                self._address = await _learn_address(channel)
-            except BaseException:
-                await close_quietly(channel)
-                raise
-            channel.closing.add_done_callback(lambda closing: self._on_closed(channel, closing))
-            self._channel = channel
-            return channel
+    async def _open(self, connection: Connection) -> Channel:
+        channel = await open_channel(connection, confirms=True)
+        try:
+            await channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, no_ack=True)
+            self._address = await _learn_address(channel)
+        except BaseException:
+            await close_quietly(channel)
+            raise
+        # Runs a loop turn after the close, when this channel is already _ready's.
+        channel.closing.add_done_callback(lambda closing: self._on_closed(channel, closing))
+        return channel
 
     def _on_reply(self, delivery: driver.Delivery) -> None:
         # In the driver's read loop: hand the reply over, never block.
@@ -268,7 +283,7 @@ async def _learn_address(channel: Channel) -> str:
     return str(address)
 
 
-class Replier:
+class Replier(_OwnChannel):
     """Publishes the servicer's replies to their callers' addresses, on a connection of its own.
 
     The connection opens at the first reply and again after it was lost. Replies are sent without
@@ -277,12 +292,7 @@ class Replier:
     """
 
     def __init__(self, url: str, *, connector: Connector = connect, name: str = "event replier") -> None:
-        self.url = url
-        self.connector = connector
-        self.name = name
-        self._connection: Connection | None = None
-        self._channel: Channel | None = None
-        self._opening = asyncio.Lock()
+        super().__init__(url, connector, name)
 
     def __repr__(self) -> str:
         return f"Replier(url={redact_url(self.url)!r})"
@@ -319,18 +329,8 @@ class Replier:
         except (driver.AMQPError, ConnectionError) as exc:
             raise ConnectionFailed(f"the reply to {address!r} was not sent: {exc}") from exc
 
-    async def _ready(self) -> Channel:
-        channel = self._channel
-        if channel is not None and not channel.is_closed:
-            return channel
-        async with self._opening:
-            if self._channel is not None and not self._channel.is_closed:
-                return self._channel
-            if self._connection is None or self._connection.is_closed:
-                await close_quietly(self._connection)
-                self._connection = await self.connector(self.url, name=self.name)
-            self._channel = await open_channel(self._connection, confirms=False)
-            return self._channel
+    async def _open(self, connection: Connection) -> Channel:
+        return await open_channel(connection, confirms=False)
 
 
 __all__ = [
