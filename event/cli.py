@@ -25,7 +25,7 @@ from event.config import check_count, check_seconds, redact_url, resolve_url
 from event.connect import close_quietly, connect
 from event.dead import DeadQueue
 from event.drain import drain_seconds
-from event.endpoint import serve
+from event.endpoint import serve_endpoint
 from event.errors import ConfigurationError, ConnectionFailed, EventError
 from event.management import ManagementApi, configured_base
 from event.metrics import exposition
@@ -104,7 +104,7 @@ async def _run_pool(pool: WorkerPool, args: argparse.Namespace) -> int:
             return pool.ready
 
         server = await _listening(
-            serve(
+            serve_endpoint(
                 args.metrics_host, args.metrics_port, metrics=metrics, ready=ready, paused=lambda: pool.paused
             ),
             args.metrics_host,
@@ -137,7 +137,9 @@ async def _supervise(args: argparse.Namespace) -> int:
     server = None
     if args.metrics_port is not None:
         server = await _listening(
-            serve(args.metrics_host, args.metrics_port, metrics=supervisor.metrics, ready=supervisor.ready),
+            serve_endpoint(
+                args.metrics_host, args.metrics_port, metrics=supervisor.metrics, ready=supervisor.ready
+            ),
             args.metrics_host,
             args.metrics_port,
         )

@@ -22,7 +22,7 @@ def _no_pauses() -> Iterable[str]:
     return ()
 
 
-async def serve(
+async def serve_endpoint(
     host: str, port: int, *, metrics: Metrics, ready: Ready, paused: Paused = _no_pauses
 ) -> asyncio.Server:
     """Start serving; ``metrics`` renders the exposition, ``ready`` says whether ``/readyz`` is 200,

@@ -40,7 +40,7 @@ from event.gateway.backend import (
     parse_at,
 )
 from event.gateway.morgue import DeadFilter, dead_key
-from event.gateway.openapi import document
+from event.gateway.openapi import openapi_document
 from event.gateway.pull import MAX_LEASE_S, MAX_WAIT_S, NoLease, PullQueues
 from event.gateway.security import SESSION_COOKIE, Guard, Secrets
 
@@ -492,11 +492,11 @@ class Gateway:
 
     async def openapi(self, request: Request) -> Response:
         _only(request)
-        return JSONResponse(document())
+        return JSONResponse(openapi_document())
 
     async def api_page(self, request: Request) -> Response:
         _only(request)
-        return HTMLResponse(render_api_page(document()))
+        return HTMLResponse(render_api_page(openapi_document()))
 
     async def favicon(self, request: Request) -> Response:
         icon = resources.files("event.gateway").joinpath("dashboard", "favicon.svg").read_bytes()

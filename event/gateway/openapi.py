@@ -149,7 +149,7 @@ _MATCHING = _query("matching", {"type": "boolean"}, "every message that passes t
 _SELECTION = [_MESSAGE_ID, _KEYS, _ALL, _MATCHING, *_FILTER]
 
 
-def document() -> dict[str, Any]:
+def openapi_document() -> dict[str, Any]:
     """The OpenAPI document served at ``/openapi.json``."""
     command = {
         "parameters": [_path("queue", "the consumer queue's full name, e.g. myapp:send_email")],

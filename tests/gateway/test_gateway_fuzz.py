@@ -22,7 +22,7 @@ from support import Isolation, Management
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is missing")
 gateway_openapi = pytest.importorskip("event.gateway.openapi", reason="the serve extra is missing")
 
-schema = schemathesis.openapi.from_dict(gateway_openapi.document())
+schema = schemathesis.openapi.from_dict(gateway_openapi.openapi_document())
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import Isolation, Probe, eventually
 
 from event import Message, Publisher, WorkerPool
-from event.endpoint import serve
+from event.endpoint import serve_endpoint
 from event.metrics import exposition
 
 
@@ -48,7 +48,7 @@ async def test_drain_seconds_predicts_how_long_the_queue_takes_to_drain(
         return pool.ready
 
     async with pool.running(), Publisher(**pool_kwargs) as publisher:
-        server = await serve("127.0.0.1", 0, metrics=metrics, ready=ready)
+        server = await serve_endpoint("127.0.0.1", 0, metrics=metrics, ready=ready)
         port = server.sockets[0].getsockname()[1]
         try:
             await asyncio.gather(*(publisher.publish("app.steady", {"n": n}) for n in range(600)))

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import Isolation, Management, eventually
 
 from event import Dead, Message, Publisher, WorkerPool
-from event.endpoint import serve
+from event.endpoint import serve_endpoint
 from event.metrics import exposition
 
 
@@ -42,7 +42,7 @@ async def endpoint_for(pool: WorkerPool) -> tuple[asyncio.Server, int]:
     async def ready() -> bool:
         return pool.ready
 
-    server = await serve("127.0.0.1", 0, metrics=metrics, ready=ready)
+    server = await serve_endpoint("127.0.0.1", 0, metrics=metrics, ready=ready)
     return server, server.sockets[0].getsockname()[1]
 
 
