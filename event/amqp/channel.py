@@ -56,7 +56,7 @@ from event.amqp import frames
 if TYPE_CHECKING:
     from event.amqp.connection import AMQPConnection
 
-log = logging.getLogger("event.amqp")
+log = logging.getLogger(__name__)
 
 Frame = TypeVar("Frame", bound=base.Frame)
 

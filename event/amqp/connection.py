@@ -51,7 +51,7 @@ from event.amqp.url import Params, parse
 from event.config import redact_url
 from event.errors import ConfigurationError, ConnectionFailed
 
-log = logging.getLogger("event.amqp")
+log = logging.getLogger(__name__)
 
 FRAME_MAX = 131072  # what we accept at most (RabbitMQ's default too), and our cap when the broker says 0
 FRAME_MIN = 4096  # the protocol's minimum frame_max: a broker's lower value is refused
