@@ -80,6 +80,17 @@ def retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def _copied(buf: bytearray, start: int, end: int) -> bytes:
+    """``buf[start:end]`` as bytes. A large body frame (up to ``frame_max``, 128 KiB) leaves the receive
+    buffer in one copy, through a view (8 → 3.6 µs for 128 KiB here), where ``bytes(buf[start:end])``
+    copies twice (a bytearray slice first); a small one the plain way, which costs less than making the
+    views (260 against 600 ns). The views are gone when this returns: the buffer may resize at once."""
+    if end - start < 4096:
+        return bytes(buf[start:end])
+    with memoryview(buf) as view:
+        return bytes(view[start:end])
+
+
 class _Rpc:
     """A synchronous method sent (or waiting its turn) and the reply it waits for."""
 
@@ -612,10 +623,10 @@ class AMQPChannel:
                 if size > self._in_size:
                     self._too_long(size)
                 properties, self._in_properties = self._in_properties, None
-                self._complete(properties, bytes(buf[start:end]))
+                self._complete(properties, _copied(buf, start, end))
                 return
             if size:  # an empty body frame adds nothing (and must not grow the list)
-                self._in_parts = [bytes(buf[start:end])]
+                self._in_parts = [_copied(buf, start, end)]
                 self._in_got = size
             return
         got = self._in_got + size
@@ -624,10 +635,10 @@ class AMQPChannel:
                 self._too_long(got)
             whole, self._in_properties, self._in_parts = self._in_properties, None, None
             assert whole is not None
-            parts.append(bytes(buf[start:end]))
+            parts.append(_copied(buf, start, end))
             self._complete(whole, b"".join(parts))
         elif size:
-            parts.append(bytes(buf[start:end]))
+            parts.append(_copied(buf, start, end))
             self._in_got = got
 
     def _too_long(self, got: int) -> None:
