@@ -294,7 +294,7 @@ async def test_management_off_wrong_password_and_broker_down_each_say_so_at_star
         finally:
             process.terminate()
             output = (await process.communicate())[0].decode()
-        warnings = [line for line in output.splitlines() if "WARNING event.gateway: event serve:" in line]
+        warnings = [line for line in output.splitlines() if "WARNING event.gateway.server: event serve:" in line]
         assert len(warnings) == len(started), output
         for line, said in zip(warnings, started, strict=True):
             assert said in line, output
