@@ -574,7 +574,7 @@ class Backend:
 
     async def requeue(self, *, message_id: str | None = None, where: DeadSelection = None) -> RequeueReport:
         """Requeue one dead message by id, the ones ``where`` selects, or all of them (both None)."""
-        async with self._dead() as dead:
+        async with self.morgue.changing(), self._dead() as dead:
             if where is not None:
                 report = await dead.requeue(where=where)
             else:
@@ -586,7 +586,7 @@ class Backend:
     async def discard(self, *, message_id: str | None = None, where: DeadSelection = None) -> int:
         """Delete one dead message by id, the ones ``where`` selects, or all of them (both None);
         returns how many."""
-        async with self._dead() as dead:
+        async with self.morgue.changing(), self._dead() as dead:
             if where is not None:
                 deleted = await dead.discard_where(where)
                 self.morgue.forget(where)

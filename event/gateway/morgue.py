@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -119,6 +119,14 @@ class Morgue:
             self._refreshing.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._refreshing
+
+    @contextlib.asynccontextmanager
+    async def changing(self) -> AsyncIterator[None]:
+        """Hold reads off while the caller requeues or deletes dead messages. A read hands every message
+        of the queue out and back, so an action run meanwhile would find them gone (it deleted or
+        requeued none of them, and said so)."""
+        async with self._lock:
+            yield
 
     def forget(self, where: Callable[[DeadMessage], bool]) -> None:
         """Drop the messages ``where`` selects from the snapshot: this gateway requeued or deleted them
