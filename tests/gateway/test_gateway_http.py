@@ -294,7 +294,8 @@ async def test_management_off_wrong_password_and_broker_down_each_say_so_at_star
         finally:
             process.terminate()
             output = (await process.communicate())[0].decode()
-        warnings = [line for line in output.splitlines() if "WARNING event.gateway.server: event serve:" in line]
+        said_at_start = "WARNING event.gateway.server: event serve:"
+        warnings = [line for line in output.splitlines() if said_at_start in line]
         assert len(warnings) == len(started), output
         for line, said in zip(warnings, started, strict=True):
             assert said in line, output
